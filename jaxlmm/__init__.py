@@ -1,0 +1,50 @@
+"""jaxlmm: linear mixed models in JAX — lme4's estimates, batched, differentiable.
+
+Examples:
+    >>> import jaxlmm
+    >>> df = jaxlmm.datasets.load("sleepstudy")
+    >>> r = jaxlmm.MixedLM.from_formula("Reaction ~ Days + (Days | Subject)", df).fit()
+    >>> round(r.llf, 4)
+    -871.8141
+"""
+
+from . import datasets as datasets
+from . import errors as errors
+from ._config import enable_compilation_cache as _enable_compilation_cache
+from ._config import float64 as float64
+from ._design import Design as Design
+from ._fit import FitArrays as FitArrays
+from ._fit import fit_arrays as fit_arrays
+from ._model import MixedLM as MixedLM
+from ._results import MixedLMResults as MixedLMResults
+from .errors import (
+    ConvergenceWarning as ConvergenceWarning,
+    DataError as DataError,
+    FormulaError as FormulaError,
+    IdentifiabilityError as IdentifiabilityError,
+    JaxlmmError as JaxlmmError,
+    MissingDataError as MissingDataError,
+    SingularFitWarning as SingularFitWarning,
+)
+
+__version__ = "0.1.0"
+
+_enable_compilation_cache()
+
+__all__ = [
+    "ConvergenceWarning",
+    "DataError",
+    "Design",
+    "FitArrays",
+    "FormulaError",
+    "IdentifiabilityError",
+    "JaxlmmError",
+    "MissingDataError",
+    "MixedLM",
+    "MixedLMResults",
+    "SingularFitWarning",
+    "datasets",
+    "errors",
+    "fit_arrays",
+    "float64",
+]

@@ -1,0 +1,89 @@
+"""The design pytree: the arrays a fit needs (y, X, Z, group codes, mask) and the Λ pattern."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Design:
+    """Arrays of one LMM: ``y`` (n,), ``X`` (n, p), ``Z`` (n, q), ``group`` codes 0..m-1 (n,), ``mask`` (n,).
+
+    ``lambda_index`` (q × q nested tuple) says which θ fills each entry of the lower-triangular
+    relative covariance factor Λ (-1: structurally zero). ``n_groups`` and ``lambda_index`` are
+    static: changing them recompiles; changing the arrays does not. ``replace`` returns a copy
+    with some arrays swapped, for differentiating a fit with respect to them.
+
+    Examples:
+        >>> import jaxlmm
+        >>> df = jaxlmm.datasets.load("sleepstudy")
+        >>> d = jaxlmm.MixedLM.from_formula("Reaction ~ Days + (Days | Subject)", df).design
+        >>> d.X.shape, d.Z.shape, d.n_groups, d.n_theta
+        ((180, 2), (180, 2), 18, 3)
+    """
+
+    y: jax.Array
+    X: jax.Array
+    Z: jax.Array
+    group: jax.Array
+    mask: jax.Array
+    n_groups: int = dataclasses.field(metadata=dict(static=True))
+    lambda_index: tuple = dataclasses.field(metadata=dict(static=True))
+
+    def replace(self, **changes: Any) -> "Design":
+        """A copy with the named arrays replaced (``y``, ``X``, ``Z``, ``mask``)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def n_theta(self) -> int:
+        return int(np.max(np.asarray(self.lambda_index))) + 1
+
+    @property
+    def lambda_index_array(self) -> np.ndarray:
+        return np.asarray(self.lambda_index, dtype=np.int32)
+
+    @property
+    def theta_lower(self) -> np.ndarray:
+        """0 for θ on Λ's diagonal (standard deviations), -inf for off-diagonal θ."""
+        idx = self.lambda_index_array
+        lower = np.full(self.n_theta, -np.inf)
+        lower[np.unique(np.diagonal(idx)[np.diagonal(idx) >= 0])] = 0.0
+        return lower
+
+    @property
+    def theta_start(self) -> np.ndarray:
+        """lme4's start: Λ = I."""
+        return np.where(np.isfinite(self.theta_lower), 1.0, 0.0)
+
+    @property
+    def theta_positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row, col) of the first Λ entry each θ fills."""
+        idx = self.lambda_index_array
+        rows, cols = [], []
+        for j in range(self.n_theta):
+            r, c = np.argwhere(idx == j)[0]
+            rows.append(r)
+            cols.append(c)
+        return np.asarray(rows), np.asarray(cols)
+
+
+def make_design(y, X, Z, group, n_groups: int, lambda_index, mask=None, dtype=jnp.float64) -> Design:
+    """Build a `Design` from array-likes (no checks: the model layer validates user input)."""
+    y = jnp.asarray(y, dtype)
+    if mask is None:
+        mask = jnp.ones(y.shape[0], dtype)
+    return Design(
+        y=y,
+        X=jnp.asarray(X, dtype),
+        Z=jnp.asarray(Z, dtype),
+        group=jnp.asarray(group, jnp.int32),
+        mask=jnp.asarray(mask, dtype),
+        n_groups=int(n_groups),
+        lambda_index=tuple(tuple(int(v) for v in row) for row in np.asarray(lambda_index)),
+    )

@@ -1,0 +1,372 @@
+"""`MixedLM`: user input (formula + DataFrame, or arrays) → checked `Design` → fit → results."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import _formula
+from ._config import float64
+from ._design import Design, make_design
+from .errors import DataError, FormulaError, IdentifiabilityError, MissingDataError
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomBlock:
+    """Columns of Z (by name) that share one covariance block; ``correlated`` for a full block."""
+
+    names: tuple[str, ...]
+    correlated: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What was learned from the fitting data, to encode new data identically."""
+
+    fixed_spec: Any  # formulaic ModelSpec, or None for the array front end
+    random_specs: tuple  # formulaic ModelSpecs, one per random term (or empty)
+    group_expr: str | None
+    response: str
+
+
+def lambda_index_for_blocks(blocks: Sequence[RandomBlock]) -> np.ndarray:
+    """Λ's θ index: block-diagonal, lower triangle of correlated blocks filled column-major (lme4's order)."""
+    q = sum(len(b.names) for b in blocks)
+    idx = np.full((q, q), -1, dtype=np.int32)
+    start, k = 0, 0
+    for block in blocks:
+        size = len(block.names)
+        for j in range(size):
+            for i in range(j, size):
+                if block.correlated or i == j:
+                    idx[start + i, start + j] = k
+                    k += 1
+        start += size
+    return idx
+
+
+def _group_values(expr: str, data: pd.DataFrame) -> pd.Series:
+    parts = [p.strip() for p in expr.split(":")]
+    if any("/" in p for p in parts):
+        raise FormulaError(
+            f"nested grouping '{expr}' (several grouping factors) is not supported yet: jaxlmm fits one "
+            "grouping factor. Fit '(1 | outer)' with the inner factor as a fixed effect, or wait for nested support."
+        )
+    _formula.check_columns_exist(parts, data, expr)
+    if len(parts) == 1:
+        return data[parts[0]]
+    return data[parts].astype(str).agg(":".join, axis=1)
+
+
+def _rank_problem(X: np.ndarray, names: Sequence[str]) -> str | None:
+    """Describe the first column that is a linear combination of earlier ones, or None."""
+    scale = np.linalg.norm(X, axis=0)
+    scale[scale == 0] = 1.0
+    Xs = X / scale
+    for j in range(X.shape[1]):
+        if np.linalg.norm(Xs[:, j]) == 0:
+            return f"column {names[j]!r} is all zeros"
+        if j == 0:
+            continue
+        coef, *_ = np.linalg.lstsq(Xs[:, :j], Xs[:, j], rcond=None)
+        resid = Xs[:, j] - Xs[:, :j] @ coef
+        if np.linalg.norm(resid) < 1e-9 * np.sqrt(X.shape[0]):
+            used = [names[i] for i in np.flatnonzero(np.abs(coef) > 1e-8)]
+            return f"column {names[j]!r} is a linear combination of {', '.join(repr(u) for u in used)}"
+    return None
+
+
+class MixedLM:
+    """A linear mixed model with one grouping factor, fitted by REML or ML.
+
+    Build it from a formula (lme4 bars or statsmodels' ``groups=``/``re_formula=``) or from arrays
+    (``endog``, ``exog``, ``groups``, ``exog_re``; ``exog_re=None`` means a random intercept).
+
+    Examples:
+        >>> import jaxlmm
+        >>> df = jaxlmm.datasets.load("sleepstudy")
+        >>> m = jaxlmm.MixedLM.from_formula("Reaction ~ Days + (Days | Subject)", df)
+        >>> r = m.fit()
+        >>> round(r.fe_params["Days"], 4), r.method
+        (10.4673, 'REML')
+    """
+
+    def __init__(
+        self,
+        endog: Any,
+        exog: Any,
+        groups: Any,
+        exog_re: Any = None,
+        *,
+        missing: str = "raise",
+        _blocks: Sequence[RandomBlock] | None = None,
+        _spec: ModelSpec | None = None,
+        _n_dropped: int = 0,
+    ):
+        if missing not in ("raise", "drop"):
+            raise DataError(f"missing must be 'raise' or 'drop', got {missing!r}.")
+        y, y_name = _as_vector(endog, "endog")
+        X, x_names = _as_matrix(exog, "exog", len(y))
+        if exog_re is None:
+            Z, z_names = np.ones((len(y), 1)), ["Intercept"]
+        else:
+            Z, z_names = _as_matrix(exog_re, "exog_re", len(y))
+        g = pd.Series(np.asarray(groups, dtype=object) if not isinstance(groups, pd.Series) else groups.to_numpy())
+        if len(g) != len(y):
+            raise DataError(f"groups has {len(g)} entries but endog has {len(y)}: pass one group label per row.")
+        if not np.issubdtype(y.dtype, np.number) or y.dtype == bool:
+            raise DataError(f"endog ({y_name}) is not numeric (dtype {y.dtype}); convert it to float.")
+        bad = ~np.isfinite(y) | ~np.all(np.isfinite(X), axis=1) | ~np.all(np.isfinite(Z), axis=1) | g.isna().to_numpy()
+        n_dropped = _n_dropped
+        if bad.any():
+            if missing == "raise":
+                where = [name for name, col in [("endog", ~np.isfinite(y)), ("groups", g.isna().to_numpy())] if col.any()]
+                where += [n for j, n in enumerate(x_names) if (~np.isfinite(X[:, j])).any()]
+                where += [n for j, n in enumerate(z_names) if (~np.isfinite(Z[:, j])).any()]
+                raise MissingDataError(
+                    f"{int(bad.sum())} rows have NaN or inf in {', '.join(where)}. "
+                    "Pass missing='drop' to drop those rows, or clean the data."
+                )
+            y, X, Z, g = y[~bad], X[~bad], Z[~bad], g[~bad].reset_index(drop=True)
+            n_dropped += int(bad.sum())
+        blocks = list(_blocks) if _blocks is not None else [RandomBlock(tuple(z_names), True)]
+        self._init_checked(y, y_name, X, x_names, Z, z_names, g, blocks, _spec, n_dropped)
+
+    def _init_checked(self, y, y_name, X, x_names, Z, z_names, g, blocks, spec, n_dropped):
+        codes, levels = pd.factorize(g, sort=True)
+        n, p = X.shape
+        m, q = len(levels), Z.shape[1]
+        if m < 2:
+            raise DataError(
+                f"the grouping factor has {m} level{'s' if m != 1 else ''}; a mixed model needs at least 2 groups "
+                "(with one group, fit an ordinary regression instead)."
+            )
+        if np.ptp(y) == 0:
+            raise DataError(f"the response {y_name!r} is constant ({y[0]!r} in every row): there is nothing to model.")
+        problem = _rank_problem(X, x_names)
+        if problem:
+            raise IdentifiabilityError(
+                f"the fixed effects are collinear: {problem}. Remove one of these terms from the formula "
+                "(or the exog columns)."
+            )
+        if n <= p:
+            raise IdentifiabilityError(f"{n} observations cannot identify {p} fixed effects; use fewer terms.")
+        if m * q >= n:
+            raise IdentifiabilityError(
+                f"the number of observations ({n}) is not larger than the number of random effects "
+                f"({m} groups × {q} = {m * q}): the random-effect variances and the residual variance cannot "
+                "both be identified. Use fewer random effects per group (e.g. a random intercept only)."
+            )
+        problem = _rank_problem(Z, z_names)
+        if problem:
+            raise IdentifiabilityError(f"the random-effect columns are collinear: {problem}. Remove one of them.")
+        self.endog_name = y_name
+        self.exog_names = list(x_names)
+        self.exog_re_names = list(z_names)
+        self.group_levels = pd.Index(levels)
+        self.blocks = tuple(blocks)
+        self.spec = spec
+        self.n_dropped = n_dropped
+        self._group_codes = codes
+        self.lambda_index = lambda_index_for_blocks(self.blocks)
+        with float64():
+            self.design: Design = make_design(y, X, Z, codes, m, self.lambda_index)
+
+    # --------------------------------------------------------------------------------------------
+    @classmethod
+    def from_formula(
+        cls,
+        formula: str,
+        data: pd.DataFrame,
+        groups: str | None = None,
+        re_formula: str | None = None,
+        *,
+        missing: str = "raise",
+    ) -> "MixedLM":
+        """Build a model from a formula and a DataFrame.
+
+        lme4 style: ``"y ~ x + (x | g)"`` (correlated), ``"(x || g)"`` (uncorrelated),
+        ``"(1 | g) + (0 + x | g)"``. statsmodels style: ``"y ~ x"`` with ``groups="g"`` and
+        ``re_formula="~x"`` (random intercept when omitted). ``missing="drop"`` drops rows with
+        NaN/inf in the columns the model uses; the default raises.
+
+        Examples:
+            >>> import jaxlmm
+            >>> df = jaxlmm.datasets.load("sleepstudy")
+            >>> m = jaxlmm.MixedLM.from_formula("Reaction ~ Days", df, groups="Subject", re_formula="~Days")
+            >>> m.exog_re_names, m.ngroups
+            (['Intercept', 'Days'], 18)
+        """
+        if not isinstance(data, pd.DataFrame):
+            raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}.")
+        parsed = _formula.parse_mixed_formula(formula)
+        terms = list(parsed.random)
+        if groups is not None or re_formula is not None:
+            if groups is None:
+                raise FormulaError("re_formula needs groups= (the grouping column), e.g. groups='Subject'.")
+            if terms:
+                raise FormulaError(
+                    f"formula {formula!r} has random-effect bars and groups= was given too: use one of the two styles."
+                )
+            expr = (re_formula or "1").strip()
+            expr = expr[1:].strip() if expr.startswith("~") else expr
+            group_name = groups if isinstance(groups, str) else None
+            if group_name is None:
+                raise FormulaError("with a formula, groups= must be the name of a column of data.")
+            terms = [_formula.RandomTerm(expr, group_name, True)]
+        if not terms:
+            raise FormulaError(
+                f"formula {formula!r} has no random effects: add a term such as '(1 | group)', or pass groups=."
+            )
+        group_exprs = sorted({t.group for t in terms})
+        if len(group_exprs) > 1:
+            raise FormulaError(
+                f"random effects for several grouping factors ({', '.join(group_exprs)}) are not supported yet: "
+                "jaxlmm fits one grouping factor."
+            )
+        group_expr = group_exprs[0]
+
+        used = _formula.required_columns([f"{parsed.response} ~ {parsed.fixed}"] + [t.expr for t in terms], data)
+        group_cols = [p.strip() for p in group_expr.split(":")]
+        if any("/" in c for c in group_cols):
+            _group_values(group_expr, data)  # raises the nested-grouping error
+        _formula.check_columns_exist(group_cols, data, formula)
+        used_cols = list(dict.fromkeys(used + group_cols))
+        bad = _bad_rows(data, used_cols)
+        n_dropped = 0
+        if bad.any():
+            counts = {c: int(_bad_rows(data, [c]).sum()) for c in used_cols}
+            detail = ", ".join(f"{c!r} ({k} rows)" for c, k in counts.items() if k)
+            if missing == "raise":
+                raise MissingDataError(
+                    f"NaN or inf in columns the model uses: {detail}. Pass missing='drop' to drop those "
+                    f"{int(bad.sum())} rows, or clean the data."
+                )
+            if missing != "drop":
+                raise DataError(f"missing must be 'raise' or 'drop', got {missing!r}.")
+            data = data.loc[~bad]
+            n_dropped = int(bad.sum())
+        data = data.reset_index(drop=True)
+
+        y = _formula.response_vector(parsed.response, data)
+        fixed_mm = _formula.model_matrix(parsed.fixed, data, "fixed-effects matrix")
+        X = np.asarray(fixed_mm, dtype=float)
+        x_names = list(fixed_mm.columns)
+
+        blocks, z_cols, z_names, random_specs = [], [], [], []
+        for term in terms:
+            mm = _formula.model_matrix(term.expr, data, "random-effects matrix")
+            random_specs.append((mm.model_spec, term.correlated))
+            cols = list(mm.columns)
+            if term.correlated:
+                blocks.append(RandomBlock(tuple(cols), True))
+            else:
+                for t, idx in mm.model_spec.term_indices.items():
+                    blocks.append(RandomBlock(tuple(cols[i] for i in idx), True))
+            z_cols.append(np.asarray(mm, dtype=float))
+            z_names += cols
+        if len(set(z_names)) != len(z_names):
+            dup = sorted({n for n in z_names if z_names.count(n) > 1})
+            raise IdentifiabilityError(
+                f"the random-effect column(s) {', '.join(map(repr, dup))} appear in more than one term for "
+                f"{group_expr!r}; each random effect can appear once."
+            )
+        Z = np.concatenate(z_cols, axis=1)
+        g = _group_values(group_expr, data)
+        spec = ModelSpec(fixed_mm.model_spec, tuple(random_specs), group_expr, parsed.response)
+        self = cls.__new__(cls)
+        self._init_checked(y, parsed.response, X, x_names, Z, z_names, g, blocks, spec, n_dropped)
+        self.formula = formula
+        self.group_name = group_expr
+        return self
+
+    # --------------------------------------------------------------------------------------------
+    @property
+    def nobs(self) -> int:
+        return int(self.design.y.shape[0])
+
+    @property
+    def ngroups(self) -> int:
+        return self.design.n_groups
+
+    def fit(self, reml: bool = True, *, gtol: float = 1e-6, warn: bool = True):
+        """Fit by REML (default) or ML (``reml=False``) and return a `MixedLMResults`.
+
+        Examples:
+            >>> import jaxlmm
+            >>> df = jaxlmm.datasets.load("dyestuff")
+            >>> r = jaxlmm.MixedLM.from_formula("Yield ~ 1 + (1 | Batch)", df).fit(reml=False)
+            >>> round(r.llf, 3)
+            -163.663
+        """
+        from ._fit import fit_arrays
+        from ._results import MixedLMResults
+
+        with float64():
+            arrays = fit_arrays(self.design, bool(reml), gtol=gtol)
+            arrays = type(arrays)(*[np.asarray(a) for a in arrays])
+        result = MixedLMResults(self, arrays, bool(reml))
+        if warn:
+            result._warn()
+        return result
+
+    # --------------------------------------------------------------------------------------------
+    def encode(self, data: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.Series]:
+        """X, Z and group labels of new data, encoded exactly as in fitting (formula models)."""
+        if self.spec is None or self.spec.fixed_spec is None:
+            raise DataError("encode(newdata) needs a model built with from_formula; pass arrays to predict instead.")
+        try:
+            X = np.asarray(self.spec.fixed_spec.get_model_matrix(data, na_action="ignore"), dtype=float)
+            Zs = [np.asarray(s.get_model_matrix(data, na_action="ignore"), dtype=float) for s, _ in self.spec.random_specs]
+        except Exception as err:
+            raise DataError(f"cannot encode the new data like the fitting data: {_formula._formulaic_message(err)}") from None
+        g = _group_values(self.spec.group_expr, data)
+        return X, np.concatenate(Zs, axis=1), g
+
+
+def _bad_rows(data: pd.DataFrame, cols: Sequence[str]) -> np.ndarray:
+    bad = np.zeros(len(data), dtype=bool)
+    for c in cols:
+        col = data[c]
+        bad |= col.isna().to_numpy()
+        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+            bad |= ~np.isfinite(col.to_numpy(dtype=float, na_value=np.nan))
+    return bad
+
+
+def _as_vector(obj: Any, what: str) -> tuple[np.ndarray, str]:
+    name = obj.name if isinstance(obj, pd.Series) and obj.name is not None else what
+    arr = np.asarray(obj)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise DataError(f"{what} must be one-dimensional (one value per row), got shape {arr.shape}.")
+    if arr.dtype == object:
+        try:
+            arr = arr.astype(float)
+        except (TypeError, ValueError):
+            raise DataError(f"{what} ({name}) is not numeric; convert it to float.") from None
+    return arr, str(name)
+
+
+def _as_matrix(obj: Any, what: str, n: int) -> tuple[np.ndarray, list[str]]:
+    if isinstance(obj, pd.DataFrame):
+        names = [str(c) for c in obj.columns]
+        try:
+            arr = obj.to_numpy(dtype=float)
+        except (TypeError, ValueError):
+            bad = [c for c in obj.columns if not pd.api.types.is_numeric_dtype(obj[c])]
+            raise DataError(
+                f"{what} has non-numeric columns {bad}: encode them first, or use MixedLM.from_formula."
+            ) from None
+    else:
+        arr = np.asarray(obj, dtype=float)
+        if arr.ndim == 1:
+            arr = arr[:, None]
+        names = [f"{'x' if what == 'exog' else 'z'}{j + 1}" for j in range(arr.shape[1])] if arr.ndim == 2 else []
+    if arr.ndim != 2 or arr.shape[0] != n:
+        raise DataError(f"{what} must be a 2-D array with one row per observation ({n}), got shape {arr.shape}.")
+    return arr, names

@@ -1,0 +1,305 @@
+"""`MixedLMResults`: the user-facing view of one fit (pandas objects with term names).
+
+Built once from the model and the `FitArrays` of a fit; everything else is derived on demand.
+Inference is Wald inference: fixed effects use lme4's covariance σ² (Xᵀ V⁻¹ X)⁻¹ (conditional on
+the variance parameters); the variance parameters use the inverse of the autodiff Hessian of the
+(RE)ML log-likelihood, carried to the data scale by the delta method.
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import cached_property
+from math import erf, sqrt
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConvergenceWarning, DataError, SingularFitWarning
+
+if TYPE_CHECKING:
+    from ._fit import FitArrays
+    from ._model import MixedLM
+
+SINGULAR_TOL = 1e-4
+
+
+def _norm_sf(z: np.ndarray) -> np.ndarray:
+    return np.array([0.5 * (1.0 - erf(v / sqrt(2.0))) for v in np.ravel(z)]).reshape(np.shape(z))
+
+
+def _norm_ppf(p: float) -> float:
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(p)
+
+
+class MixedLMResults:
+    """Results of `MixedLM.fit`: estimates, Wald inference, random effects, predictions, summary.
+
+    Examples:
+        >>> import jaxlmm
+        >>> df = jaxlmm.datasets.load("sleepstudy")
+        >>> r = jaxlmm.MixedLM.from_formula("Reaction ~ Days + (Days | Subject)", df).fit()
+        >>> r.bse_fe.round(4).tolist()
+        [6.8246, 1.5458]
+        >>> r.cov_re.round(2).values.tolist()
+        [[612.09, 9.6], [9.6, 35.07]]
+    """
+
+    def __init__(self, model: "MixedLM", arrays: "FitArrays", reml: bool):
+        self.model = model
+        self._arrays = arrays
+        self.reml = reml
+
+    # ---- fit report -----------------------------------------------------------------------------
+    @property
+    def method(self) -> str:
+        return "REML" if self.reml else "ML"
+
+    @property
+    def converged(self) -> bool:
+        return bool(self._arrays.converged)
+
+    @property
+    def grad_norm(self) -> float:
+        """Largest absolute projected gradient of the deviance in θ at the solution."""
+        return float(self._arrays.grad_norm)
+
+    @property
+    def n_iter(self) -> int:
+        return int(self._arrays.iterations)
+
+    @property
+    def nobs(self) -> int:
+        return self.model.nobs
+
+    @property
+    def ngroups(self) -> int:
+        return self.model.ngroups
+
+    @property
+    def theta(self) -> np.ndarray:
+        """The relative covariance factor parameters (lme4's ``getME(m, "theta")``)."""
+        return np.asarray(self._arrays.theta)
+
+    @property
+    def is_singular(self) -> bool:
+        """True when a random-effect standard deviation in Λ is (near) zero: a boundary fit."""
+        lower = self.model.design.theta_lower
+        return bool(np.any(np.isfinite(lower) & (self.theta < SINGULAR_TOL)))
+
+    # ---- fixed effects ------------------------------------------------------------------------
+    @property
+    def fe_params(self) -> pd.Series:
+        return pd.Series(np.asarray(self._arrays.beta), index=self.model.exog_names, name="Coef.")
+
+    @property
+    def cov_fe(self) -> pd.DataFrame:
+        """Covariance of the fixed effects, σ² (Xᵀ V⁻¹ X)⁻¹ (lme4's ``vcov``)."""
+        names = self.model.exog_names
+        return pd.DataFrame(np.asarray(self._arrays.vcov_beta), index=names, columns=names)
+
+    @property
+    def bse_fe(self) -> pd.Series:
+        return pd.Series(np.sqrt(np.diag(self.cov_fe.values)), index=self.model.exog_names, name="Std.Err.")
+
+    @property
+    def tvalues(self) -> pd.Series:
+        """Wald statistics of the fixed effects (z: compared with the normal distribution)."""
+        return (self.fe_params / self.bse_fe).rename("z")
+
+    @property
+    def pvalues(self) -> pd.Series:
+        return pd.Series(2.0 * _norm_sf(np.abs(self.tvalues.values)), index=self.model.exog_names, name="P>|z|")
+
+    def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
+        """Wald confidence intervals of the fixed effects (columns: lower, upper)."""
+        if not 0.0 < alpha < 1.0:
+            raise DataError(f"alpha must be between 0 and 1, got {alpha!r}.")
+        z = _norm_ppf(1.0 - alpha / 2.0)
+        fe, se = self.fe_params, self.bse_fe
+        return pd.DataFrame({"lower": fe - z * se, "upper": fe + z * se})
+
+    # ---- variance parameters ------------------------------------------------------------------
+    @property
+    def scale(self) -> float:
+        """Residual variance σ²."""
+        return float(self._arrays.sigma2)
+
+    @property
+    def cov_re(self) -> pd.DataFrame:
+        """Random-effects covariance on the data scale (one row/column per random effect)."""
+        names = self.model.exog_re_names
+        return pd.DataFrame(np.asarray(self._arrays.cov_re), index=names, columns=names)
+
+    @cached_property
+    def varpar_names(self) -> list[str]:
+        """Names of the variance parameters: ``Var(a)``/``Cov(a,b)`` of the random effects, then ``Residual``."""
+        rows, cols = self.model.design.theta_positions
+        z = self.model.exog_re_names
+        names = [f"Var({z[r]})" if r == c else f"Cov({z[c]},{z[r]})" for r, c in zip(rows, cols)]
+        return names + ["Residual"]
+
+    @property
+    def vcomp(self) -> pd.Series:
+        """Variance parameters on the data scale (random-effect (co)variances and σ²)."""
+        return pd.Series(np.asarray(self._arrays.varpar), index=self.varpar_names, name="Estimate")
+
+    @cached_property
+    def cov_vcomp(self) -> pd.DataFrame:
+        """Covariance of `vcomp` from the inverse autodiff Hessian (delta method to the data scale)."""
+        from ._config import float64
+        from ._fit import varpar_cov
+
+        with float64():
+            cov = np.asarray(varpar_cov(self.model.design, self._arrays.theta, self._arrays.sigma2, self.reml))
+        return pd.DataFrame(cov, index=self.varpar_names, columns=self.varpar_names)
+
+    @property
+    def bse_re(self) -> pd.Series:
+        """Standard errors of `vcomp` (not meaningful for a parameter on the boundary)."""
+        return pd.Series(np.sqrt(np.clip(np.diag(self.cov_vcomp.values), 0.0, None)), index=self.varpar_names)
+
+    @property
+    def params(self) -> pd.Series:
+        """Fixed effects followed by the variance parameters (data scale)."""
+        return pd.concat([self.fe_params, self.vcomp]).rename("Estimate")
+
+    def cov_params(self) -> pd.DataFrame:
+        """Covariance of `params`: fixed-effect block as `cov_fe`, variance block as `cov_vcomp`.
+
+        The cross block is zero: β̂ is conditionally independent of the variance estimates (exactly
+        under REML, where the criterion does not depend on β; asymptotically under ML).
+        """
+        names = list(self.params.index)
+        p = len(self.model.exog_names)
+        out = np.zeros((len(names), len(names)))
+        out[:p, :p] = self.cov_fe.values
+        out[p:, p:] = self.cov_vcomp.values
+        return pd.DataFrame(out, index=names, columns=names)
+
+    @property
+    def bse(self) -> pd.Series:
+        return pd.Series(np.sqrt(np.clip(np.diag(self.cov_params().values), 0, None)), index=self.params.index)
+
+    # ---- likelihood ---------------------------------------------------------------------------
+    @property
+    def llf(self) -> float:
+        """Log-likelihood at the optimum: the REML log-likelihood for REML fits, as lme4's ``logLik``."""
+        return float(self._arrays.llf)
+
+    @property
+    def df_modelwc(self) -> int:
+        """Number of estimated parameters, counted like lme4: fixed effects + θ + σ²."""
+        return len(self.model.exog_names) + self.model.design.n_theta + 1
+
+    @property
+    def aic(self) -> float:
+        return -2.0 * self.llf + 2.0 * self.df_modelwc
+
+    @property
+    def bic(self) -> float:
+        return -2.0 * self.llf + np.log(self.nobs) * self.df_modelwc
+
+    @property
+    def deviance(self) -> float:
+        """−2 × llf (lme4's REML criterion under REML, deviance under ML)."""
+        return -2.0 * self.llf
+
+    # ---- random effects and predictions -------------------------------------------------------
+    @property
+    def random_effects(self) -> pd.DataFrame:
+        """Conditional modes (BLUPs) of the random effects, one row per group."""
+        return pd.DataFrame(
+            np.asarray(self._arrays.ranef), index=self.model.group_levels, columns=self.model.exog_re_names
+        )
+
+    @property
+    def random_effects_cov(self) -> dict:
+        """Conditional covariance of each group's random effects: {group: DataFrame}."""
+        names = self.model.exog_re_names
+        cov = np.asarray(self._arrays.ranef_cov)
+        return {lev: pd.DataFrame(cov[i], index=names, columns=names) for i, lev in enumerate(self.model.group_levels)}
+
+    def _linear_predictor(self, X, Z, codes, include_re: bool) -> np.ndarray:
+        eta = X @ np.asarray(self._arrays.beta)
+        if include_re:
+            b = np.asarray(self._arrays.ranef)
+            known = codes >= 0
+            eta = eta + np.where(known, np.einsum("nq,nq->n", Z, b[np.where(known, codes, 0)]), 0.0)
+        return eta
+
+    @property
+    def fittedvalues(self) -> pd.Series:
+        """X β̂ + Z b̂ for the fitted rows."""
+        d = self.model.design
+        return pd.Series(
+            self._linear_predictor(np.asarray(d.X), np.asarray(d.Z), np.asarray(d.group), True), name="fitted"
+        )
+
+    @property
+    def resid(self) -> pd.Series:
+        """y − X β̂ − Z b̂ (conditional residuals)."""
+        return pd.Series(np.asarray(self.model.design.y) - self.fittedvalues.values, name="resid")
+
+    def predict(self, newdata: pd.DataFrame | None = None, include_re: bool = True) -> pd.Series:
+        """Predictions for new data; groups not seen in fitting get the population-level prediction.
+
+        Examples:
+            >>> import jaxlmm, pandas as pd
+            >>> df = jaxlmm.datasets.load("sleepstudy")
+            >>> r = jaxlmm.MixedLM.from_formula("Reaction ~ Days + (Days | Subject)", df).fit()
+            >>> new = pd.DataFrame({"Days": [0, 5], "Subject": ["308", "new"]})
+            >>> r.predict(new).round(2).tolist()
+            [253.66, 303.74]
+        """
+        if newdata is None:
+            return self.fittedvalues if include_re else pd.Series(
+                np.asarray(self.model.design.X) @ np.asarray(self._arrays.beta), name="predicted"
+            )
+        X, Z, g = self.model.encode(newdata)
+        labels = pd.Index(self.model.group_levels)
+        g_cast = g.astype(labels.dtype) if labels.dtype != object else g.astype(str) if labels.inferred_type == "string" else g
+        codes = labels.get_indexer(g_cast)
+        index = newdata.index if isinstance(newdata, pd.DataFrame) else None
+        return pd.Series(self._linear_predictor(X, Z, codes, include_re), index=index, name="predicted")
+
+    # ---- reporting ----------------------------------------------------------------------------
+    def summary(self, alpha: float = 0.05):
+        """A summary table (statsmodels' MixedLM layout, then lme4-style random effects)."""
+        from ._summary import Summary
+
+        return Summary(self, alpha)
+
+    def __repr__(self) -> str:
+        return f"<MixedLMResults {self.method}: llf={self.llf:.4f}, nobs={self.nobs}, groups={self.ngroups}>"
+
+    def _warn(self) -> None:
+        if not self.converged:
+            warnings.warn(
+                f"the fit did not converge: the largest gradient of the deviance is {self.grad_norm:.2g} after "
+                f"{self.n_iter} iterations. Estimates may be off. Try rescaling predictors (centre and scale "
+                "continuous covariates) or simplifying the random-effects structure.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        if self.is_singular:
+            warnings.warn(
+                f"boundary (singular) fit: {self._singular_description()}. The random-effects structure is "
+                "richer than these data support; the estimates are still the maximum of the likelihood and "
+                "usable, but consider removing that random effect (or the correlation, with '||'). Standard "
+                "errors of variance parameters on the boundary are not reliable.",
+                SingularFitWarning,
+                stacklevel=3,
+            )
+
+    def _singular_description(self) -> str:
+        cov = self.cov_re.values
+        names = self.model.exog_re_names
+        sd = np.sqrt(np.clip(np.diag(cov), 0, None))
+        zero = [names[i] for i in range(len(names)) if sd[i] < SINGULAR_TOL * np.sqrt(self.scale)]
+        if zero:
+            return "the variance of " + ", ".join(repr(z) for z in zero) + " is estimated as zero"
+        return "a correlation between random effects is estimated as ±1"

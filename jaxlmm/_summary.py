@@ -1,0 +1,99 @@
+"""The summary table: statsmodels' MixedLM layout, followed by lme4's random-effects block."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from ._results import MixedLMResults
+
+
+def _fmt(v: float, digits: int = 4) -> str:
+    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
+
+
+class Summary:
+    """``str()`` is a text table; ``_repr_html_`` renders it in notebooks; ``.tables`` are DataFrames."""
+
+    def __init__(self, results: "MixedLMResults", alpha: float = 0.05):
+        r = results
+        sizes = np.bincount(np.asarray(r.model.design.group), minlength=r.ngroups)
+        self.info = [
+            ("Model:", "MixedLM (jaxlmm)", "Dependent Variable:", r.model.endog_name),
+            ("No. Observations:", str(r.nobs), "Method:", r.method),
+            ("No. Groups:", str(r.ngroups), "Scale:", _fmt(r.scale)),
+            ("Min. group size:", str(sizes.min()), "Log-Likelihood:", _fmt(r.llf)),
+            ("Max. group size:", str(sizes.max()), "Converged:", "Yes" if r.converged else "No"),
+            ("Mean group size:", f"{sizes.mean():.1f}", "AIC / BIC:", f"{r.aic:.4f} / {r.bic:.4f}"),
+        ]
+        if r.model.n_dropped:
+            self.info.append(("Rows dropped (NaN):", str(r.model.n_dropped), "", ""))
+        ci = r.conf_int(alpha)
+        lo, hi = f"[{alpha / 2:.3f}", f"{1 - alpha / 2:.3f}]"
+        fixed = pd.DataFrame(
+            {
+                "Coef.": r.fe_params,
+                "Std.Err.": r.bse_fe,
+                "z": r.tvalues,
+                "P>|z|": r.pvalues,
+                lo: ci["lower"],
+                hi: ci["upper"],
+            }
+        )
+        vc = r.vcomp.drop("Residual")
+        label = r.model.group_name if hasattr(r.model, "group_name") else "Group"
+        variance = pd.DataFrame({"Coef.": vc.values, "Std.Err.": r.bse_re.drop("Residual").values},
+                                index=[f"{label} {n}" for n in vc.index])
+        self.fixed, self.variance = fixed, variance
+        self.random = self._random_block(r, label)
+        self.tables = [pd.DataFrame(self.info), fixed, variance, self.random]
+        self.singular = r.is_singular
+
+    @staticmethod
+    def _random_block(r: "MixedLMResults", label: str) -> pd.DataFrame:
+        cov = r.cov_re.values
+        names = r.model.exog_re_names
+        sd = np.sqrt(np.clip(np.diag(cov), 0, None))
+        rows = []
+        for i, n in enumerate(names):
+            corr = [cov[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else np.nan for j in range(i)]
+            rows.append({"Groups": label if i == 0 else "", "Name": n, "Variance": cov[i, i], "Std.Dev.": sd[i],
+                         **{f"Corr{j + 1}": c for j, c in enumerate(corr)}})
+        rows.append({"Groups": "Residual", "Name": "", "Variance": r.scale, "Std.Dev.": np.sqrt(r.scale)})
+        return pd.DataFrame(rows)
+
+    def _text_info(self) -> list[str]:
+        w = [max(len(row[k]) for row in self.info) for k in range(4)]
+        return [f"{a:<{w[0]}} {b:<{w[1]}}   {c:<{w[2]}} {d:<{w[3]}}" for a, b, c, d in self.info]
+
+    def __str__(self) -> str:
+        info = self._text_info()
+        fixed = self.fixed.copy()
+        body = pd.concat([fixed, self.variance.reindex(columns=fixed.columns)])
+        table = body.to_string(float_format=lambda v: f"{v:.3f}", na_rep="")
+        width = max(max(len(s) for s in info), max(len(s) for s in table.splitlines()))
+        title = "Mixed Linear Model Regression Results".center(width)
+        rand = self.random.copy()
+        rand_text = rand.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4g}")
+        lines = [title, "=" * width, *info, "-" * width, table, "=" * width, "Random effects:", rand_text]
+        if self.singular:
+            lines.append("Note: boundary (singular) fit: see the SingularFitWarning.")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.__str__()
+
+    def _repr_html_(self) -> str:
+        info = "".join(f"<tr><th>{a}</th><td>{b}</td><th>{c}</th><td>{d}</td></tr>" for a, b, c, d in self.info)
+        fixed = pd.concat([self.fixed, self.variance.reindex(columns=self.fixed.columns)])
+        return (
+            "<div><b>Mixed Linear Model Regression Results</b>"
+            f"<table>{info}</table>"
+            + fixed.to_html(float_format=lambda v: f"{v:.3f}", na_rep="")
+            + "<b>Random effects</b>"
+            + self.random.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}")
+            + "</div>"
+        )
