@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import _linalg
 from ._design import Design
@@ -19,7 +20,7 @@ from ._kernels import (
     residual_dof,
     sufficient_stats,
 )
-from ._optimize import minimize_bounded_newton
+from ._optimize import minimize_newton
 
 
 class FitArrays(NamedTuple):
@@ -53,12 +54,32 @@ def _varpar(theta, sigma2, lambda_index, rows, cols):
     return jnp.concatenate([cov[rows, cols], sigma2[None]])
 
 
-def fit_stats(stats, lambda_index, theta0, lower, rows, cols, reml: bool, gtol: float = 1e-6) -> FitArrays:
-    """Fit from sufficient statistics (see `fit_arrays`)."""
+def canonical_theta(theta: jax.Array, lambda_index) -> jax.Array:
+    """Flip the sign of each column of Λ whose diagonal is negative (Λ Λᵀ is unchanged), so that
+    Λ's diagonal — the relative standard deviations — is non-negative, as lme4 reports θ."""
+    idx = np.asarray(lambda_index)
+    diag = np.diagonal(idx)
+    sign = jnp.ones_like(theta)
+    for j in range(idx.shape[0]):
+        if diag[j] < 0:
+            continue
+        col = np.unique(idx[j:, j][idx[j:, j] >= 0])
+        s = jnp.where(theta[diag[j]] < 0, -1.0, 1.0)
+        sign = sign.at[col].set(s)
+    return theta * sign
+
+
+def fit_stats(stats, lambda_index, theta0, snappable, rows, cols, reml: bool, gtol: float = 1e-6) -> FitArrays:
+    """Fit from sufficient statistics (see `fit_arrays`).
+
+    θ is optimised over all of Rᵏ — the deviance depends on Λ only through Λ Λᵀ, so no bounds are
+    needed and a zero variance is an interior point, not a corner — then put in canonical form.
+    """
+    lambda_index_np = np.asarray(lambda_index)
     lambda_index = jnp.asarray(lambda_index)
     objective = partial(profiled_deviance, stats=stats, lambda_index=lambda_index, reml=reml)
-    opt = minimize_bounded_newton(objective, theta0, lower, gtol=gtol)
-    theta = opt.x
+    opt = minimize_newton(objective, theta0, snappable, gtol=gtol)
+    theta = canonical_theta(opt.x, lambda_index_np)
     sol = penalised_solution(theta, stats, lambda_index)
     sigma2 = sol.pwrss / residual_dof(stats, reml)
     lam = relative_factor(theta, lambda_index)
@@ -102,7 +123,7 @@ def fit_arrays(design: Design, reml: bool = True, *, gtol: float = 1e-6) -> FitA
         stats,
         design.lambda_index_array,
         jnp.asarray(design.theta_start, dtype),
-        jnp.asarray(design.theta_lower, dtype),
+        jnp.asarray(np.isfinite(design.theta_lower)),
         rows,
         cols,
         reml,

@@ -20,6 +20,7 @@ This is the same objective lme4 and MixedModels.jl minimise, written per group.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 
 from . import _linalg
 
-LOG_2PI = float(jnp.log(2.0 * jnp.pi))
+LOG_2PI = math.log(2.0 * math.pi)
 
 
 class SufficientStats(NamedTuple):
