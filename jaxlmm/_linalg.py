@@ -1,9 +1,10 @@
 """Cholesky factorisation and triangular solves for small matrices, unrolled over the matrix size.
 
 The matrices here are q × q per group (q = random effects per group, usually 1–4) and p × p for the
-fixed effects. Written as elementwise operations over a leading batch axis, they compile in a
-fraction of the time of XLA's general linear-algebra expanders (which matters because the first
-fit pays for compilation) and run as fast. Above ``UNROLL_MAX`` the library routines are used.
+fixed effects. Up to ``UNROLL_MAX`` they are written as elementwise operations over a leading batch
+axis; above it the library routines are used. Measured on 2 CPU cores, unrolling only pays for
+1 × 1 (a scalar square root); beyond that the unrolled graph (and its Hessian) takes XLA longer to
+compile than LAPACK calls, and the first fit pays for compilation.
 A non-positive-definite input gives NaN (as `jnp.linalg.cholesky` does).
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-UNROLL_MAX = 8
+UNROLL_MAX = 1
 
 
 def cholesky(M: jax.Array) -> jax.Array:

@@ -63,7 +63,16 @@ def minimize_newton(
     compiled once): the start, each Newton trial point and the snap trial all go through it.
     """
     value_grad = jax.value_and_grad(fun)
-    hessian = jax.hessian(fun)
+
+    def grad_with_aux(x):
+        f, g = value_grad(x)
+        return g, (f, g)
+
+    def evaluate(x):
+        """f, ∇f and ∇²f from one forward-over-reverse pass (f is traced once)."""
+        H, (f, g) = jax.jacfwd(grad_with_aux, has_aux=True)(x)
+        return f, g, H
+
     n = x0.shape[0]
     snappable = jnp.asarray(snappable, bool)
 
@@ -85,8 +94,7 @@ def minimize_newton(
             state.x,
             jnp.where(state.phase == _SNAP, jnp.where(near_zero(state.x), 0.0, state.x), newton_proposal(state)),
         )
-        f_new, g_new = value_grad(x_new)
-        H_new = hessian(x_new)
+        f_new, g_new, H_new = evaluate(x_new)
         finite = jnp.isfinite(f_new) & jnp.all(jnp.isfinite(g_new)) & jnp.all(jnp.isfinite(H_new))
         tol = jnp.where(state.phase == _SNAP, 1e-10 * jnp.maximum(1.0, jnp.abs(state.f)), 0.0)
         ok = (state.phase == _START) | (finite & (f_new <= state.f + tol))
