@@ -126,7 +126,7 @@ def required_columns(expressions: list[str], data: pd.DataFrame) -> list[str]:
     return [c for c in data.columns if c in needed]
 
 
-def model_matrix(expr: str, data: pd.DataFrame, what: str):
+def model_matrix(expr: str, data: pd.DataFrame, what: str, formula: str | None = None):
     """formulaic's model matrix of ``expr`` (no NA handling here: the caller has checked)."""
     try:
         return formulaic.model_matrix(expr, data, na_action="ignore")
@@ -134,7 +134,7 @@ def model_matrix(expr: str, data: pd.DataFrame, what: str):
         msg = _formulaic_message(err)
         missing = re.search(r"`([^`]+)` is not present in the dataset", msg)
         if missing:
-            check_columns_exist([missing.group(1)], data, expr)
+            check_columns_exist([missing.group(1)], data, formula or expr)
         raise FormulaError(f"cannot build the {what} from {expr!r}: {msg}") from None
 
 

@@ -251,14 +251,16 @@ class MixedLM:
             n_dropped = int(bad.sum())
         data = data.reset_index(drop=True)
 
+        if parsed.response not in data.columns and parsed.response.isidentifier():
+            _formula.check_columns_exist([parsed.response], data, formula)
         y = _formula.response_vector(parsed.response, data)
-        fixed_mm = _formula.model_matrix(parsed.fixed, data, "fixed-effects matrix")
+        fixed_mm = _formula.model_matrix(parsed.fixed, data, "fixed-effects matrix", formula)
         X = np.asarray(fixed_mm, dtype=float)
         x_names = list(fixed_mm.columns)
 
         blocks, z_cols, z_names, random_specs = [], [], [], []
         for term in terms:
-            mm = _formula.model_matrix(term.expr, data, "random-effects matrix")
+            mm = _formula.model_matrix(term.expr, data, "random-effects matrix", formula)
             random_specs.append((mm.model_spec, term.correlated))
             cols = list(mm.columns)
             if term.correlated:
