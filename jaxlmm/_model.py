@@ -114,7 +114,12 @@ class MixedLM:
             Z, z_names = np.ones((len(y), 1)), ["Intercept"]
         else:
             Z, z_names = _as_matrix(exog_re, "exog_re", len(y))
-        g = pd.Series(np.asarray(groups, dtype=object) if not isinstance(groups, pd.Series) else groups.to_numpy())
+        g_arr = groups.to_numpy() if isinstance(groups, (pd.Series, pd.Index)) else np.asarray(groups, dtype=object)
+        if g_arr.ndim == 2 and g_arr.shape[1] == 1:
+            g_arr = g_arr[:, 0]
+        if g_arr.ndim != 1:
+            raise DataError(f"groups must be one-dimensional (one group label per row), got shape {g_arr.shape}.")
+        g = pd.Series(g_arr)
         if len(g) != len(y):
             raise DataError(f"groups has {len(g)} entries but endog has {len(y)}: pass one group label per row.")
         if not np.issubdtype(y.dtype, np.number) or y.dtype == bool:
@@ -135,17 +140,17 @@ class MixedLM:
         blocks = list(_blocks) if _blocks is not None else [RandomBlock(tuple(z_names), True)]
         self._init_checked(y, y_name, X, x_names, Z, z_names, g, blocks, _spec, n_dropped)
 
-    def _init_checked(self, y, y_name, X, x_names, Z, z_names, g, blocks, spec, n_dropped):
+    def _init_checked(self, y, y_name, X, x_names, Z, z_names, g, blocks, spec, n_dropped, group_label="groups"):
         codes, levels = pd.factorize(g, sort=True)
         n, p = X.shape
         m, q = len(levels), Z.shape[1]
         if m < 2:
             raise DataError(
-                f"the grouping factor has {m} level{'s' if m != 1 else ''}; a mixed model needs at least 2 groups "
+                f"the grouping factor {group_label!r} has {m} level{'s' if m != 1 else ''}; a mixed model needs at least 2 groups "
                 "(with one group, fit an ordinary regression instead)."
             )
         if np.ptp(y) == 0:
-            raise DataError(f"the response {y_name!r} is constant ({y[0]!r} in every row): there is nothing to model.")
+            raise DataError(f"the response {y_name!r} is constant ({float(y[0]):g} in every row): there is nothing to model.")
         problem = _rank_problem(X, x_names)
         if problem:
             raise IdentifiabilityError(
@@ -202,6 +207,10 @@ class MixedLM:
         """
         if not isinstance(data, pd.DataFrame):
             raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}.")
+        if missing not in ("raise", "drop"):
+            raise DataError(f"missing must be 'raise' or 'drop', got {missing!r}.")
+        if len(data) == 0:
+            raise DataError("data has no rows.")
         parsed = _formula.parse_mixed_formula(formula)
         terms = list(parsed.random)
         if groups is not None or re_formula is not None:
@@ -245,8 +254,6 @@ class MixedLM:
                     f"NaN or inf in columns the model uses: {detail}. Pass missing='drop' to drop those "
                     f"{int(bad.sum())} rows, or clean the data."
                 )
-            if missing != "drop":
-                raise DataError(f"missing must be 'raise' or 'drop', got {missing!r}.")
             data = data.loc[~bad]
             n_dropped = int(bad.sum())
         data = data.reset_index(drop=True)
@@ -278,9 +285,23 @@ class MixedLM:
             )
         Z = np.concatenate(z_cols, axis=1)
         g = _group_values(group_expr, data)
+        built_bad = ~np.isfinite(y) | ~np.all(np.isfinite(X), axis=1) | ~np.all(np.isfinite(Z), axis=1)
+        if built_bad.any():
+            where = ([parsed.response] if (~np.isfinite(y)).any() else []) + [
+                n for j, n in enumerate(x_names) if (~np.isfinite(X[:, j])).any()
+            ] + [n for j, n in enumerate(z_names) if (~np.isfinite(Z[:, j])).any()]
+            if missing == "raise":
+                raise MissingDataError(
+                    f"{int(built_bad.sum())} rows evaluate to NaN or inf in {', '.join(repr(w) for w in where)} "
+                    "(a transform such as log of 0 or of a negative number?). Pass missing='drop' to drop those "
+                    "rows, or change the transform."
+                )
+            keep = ~built_bad
+            y, X, Z, g = y[keep], X[keep], Z[keep], g[keep].reset_index(drop=True)
+            n_dropped += int(built_bad.sum())
         spec = ModelSpec(fixed_mm.model_spec, tuple(random_specs), group_expr, parsed.response)
         self = cls.__new__(cls)
-        self._init_checked(y, parsed.response, X, x_names, Z, z_names, g, blocks, spec, n_dropped)
+        self._init_checked(y, parsed.response, X, x_names, Z, z_names, g, blocks, spec, n_dropped, group_expr)
         self.formula = formula
         self.group_name = group_expr
         return self
@@ -346,6 +367,8 @@ def _as_vector(obj: Any, what: str) -> tuple[np.ndarray, str]:
         arr = arr[:, 0]
     if arr.ndim != 1:
         raise DataError(f"{what} must be one-dimensional (one value per row), got shape {arr.shape}.")
+    if np.iscomplexobj(arr):
+        raise DataError(f"{what} ({name}) is complex; a linear mixed model needs real numbers.")
     if arr.dtype == object:
         try:
             arr = arr.astype(float)
@@ -365,7 +388,10 @@ def _as_matrix(obj: Any, what: str, n: int) -> tuple[np.ndarray, list[str]]:
                 f"{what} has non-numeric columns {bad}: encode them first, or use MixedLM.from_formula."
             ) from None
     else:
-        arr = np.asarray(obj, dtype=float)
+        try:
+            arr = np.asarray(obj, dtype=float)
+        except (TypeError, ValueError):
+            raise DataError(f"{what} is not numeric: pass numbers (encode categories first, or use MixedLM.from_formula).") from None
         if arr.ndim == 1:
             arr = arr[:, None]
         names = [f"{'x' if what == 'exog' else 'z'}{j + 1}" for j in range(arr.shape[1])] if arr.ndim == 2 else []
