@@ -73,17 +73,21 @@ class Design:
         return np.asarray(rows), np.asarray(cols)
 
 
-def make_design(y, X, Z, group, n_groups: int, lambda_index, mask=None, dtype=jnp.float64) -> Design:
-    """Build a `Design` from array-likes (no checks: the model layer validates user input)."""
-    y = jnp.asarray(y, dtype)
+def make_design(y, X, Z, group, n_groups: int, lambda_index, mask=None, dtype=np.float64) -> Design:
+    """Build a `Design` from array-likes (no checks: the model layer validates user input).
+
+    The arrays are kept as NumPy arrays (JAX converts them when a fit is called, and they are
+    valid leaves for jit, vmap and grad).
+    """
+    y = np.asarray(y, dtype)
     if mask is None:
-        mask = jnp.ones(y.shape[0], dtype)
+        mask = np.ones(y.shape[0], dtype)
     return Design(
         y=y,
-        X=jnp.asarray(X, dtype),
-        Z=jnp.asarray(Z, dtype),
-        group=jnp.asarray(group, jnp.int32),
-        mask=jnp.asarray(mask, dtype),
+        X=np.asarray(X, dtype),
+        Z=np.asarray(Z, dtype),
+        group=np.asarray(group, np.int32),
+        mask=np.asarray(mask, dtype),
         n_groups=int(n_groups),
         lambda_index=tuple(tuple(int(v) for v in row) for row in np.asarray(lambda_index)),
     )

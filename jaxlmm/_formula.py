@@ -7,6 +7,7 @@ matrices and a `ModelSpec` that re-encodes new data exactly as in fitting.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 
 import formulaic
@@ -115,19 +116,98 @@ def parse_mixed_formula(formula: str) -> MixedFormula:
     return MixedFormula(response, fixed, tuple(random_terms))
 
 
+@functools.lru_cache(maxsize=256)
+def _required_variables(expr: str) -> frozenset:
+    try:
+        return frozenset(str(v) for v in formulaic.Formula(expr).required_variables)
+    except Exception as err:  # formulaic's parser errors
+        raise FormulaError(f"cannot parse {expr!r}: {_formulaic_message(err)}") from None
+
+
 def required_columns(expressions: list[str], data: pd.DataFrame) -> list[str]:
     """Columns of ``data`` that the formula expressions use, in data order."""
     needed: set[str] = set()
     for expr in expressions:
-        try:
-            needed |= set(formulaic.Formula(expr).required_variables)
-        except Exception as err:  # formulaic's parser errors
-            raise FormulaError(f"cannot parse {expr!r}: {_formulaic_message(err)}") from None
+        needed |= _required_variables(expr)
     return [c for c in data.columns if c in needed]
 
 
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z_0-9.]*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class NumericColumnsSpec:
+    """Encoder for expressions made only of numeric column names and 1/0/-1: ``[Intercept,] cols``.
+
+    Produces exactly what formulaic produces for such expressions (same names, same order), without
+    formulaic's per-call overhead (≈1 ms), which dominates fitting small data sets. Nothing is
+    learned from the data, so new data is encoded the same way.
+    """
+
+    intercept: bool
+    columns: tuple[str, ...]
+
+    @classmethod
+    def try_parse(cls, expr: str, data: pd.DataFrame) -> "NumericColumnsSpec | None":
+        intercept, columns = True, []
+        text = expr.strip()
+        pieces = [p.strip() for p in _split_top_level(text, "+")]
+        for piece in pieces:
+            if piece == "1":
+                continue
+            if piece == "0":
+                intercept = False
+                continue
+            if piece.endswith("- 1") or piece.endswith("-1"):
+                intercept = False
+                piece = piece.rsplit("-", 1)[0].strip()
+                if not piece:
+                    continue
+            if not _IDENT.match(piece) or piece not in data.columns or piece in columns:
+                return None
+            kind = data[piece].dtype.kind
+            if kind not in "fiu":
+                return None
+            columns.append(piece)
+        return cls(intercept, tuple(columns))
+
+    @property
+    def names(self) -> list[str]:
+        return (["Intercept"] if self.intercept else []) + list(self.columns)
+
+    @property
+    def term_indices(self) -> dict:
+        return {name: [i] for i, name in enumerate(self.names)}
+
+    def get_model_matrix(self, data: pd.DataFrame, na_action: str = "ignore") -> pd.DataFrame:
+        check_columns_exist(list(self.columns), data, " + ".join(self.names))
+        values = [np.ones(len(data))] if self.intercept else []
+        values += [data[c].to_numpy(dtype=float) for c in self.columns]
+        matrix = np.column_stack(values) if values else np.empty((len(data), 0))
+        return pd.DataFrame(matrix, columns=self.names, index=data.index)
+
+
+class _FastMatrix:
+    """The result of a `NumericColumnsSpec` encoding, shaped like formulaic's ModelMatrix."""
+
+    def __init__(self, spec: NumericColumnsSpec, data: pd.DataFrame):
+        self.model_spec = spec
+        self._frame = spec.get_model_matrix(data)
+        self.columns = self._frame.columns
+        self.shape = self._frame.shape
+
+    def __array__(self, dtype=None, copy=None):
+        return self._frame.to_numpy(dtype=dtype)
+
+
 def model_matrix(expr: str, data: pd.DataFrame, what: str, formula: str | None = None):
-    """formulaic's model matrix of ``expr`` (no NA handling here: the caller has checked)."""
+    """The model matrix of ``expr`` (no NA handling here: the caller has checked).
+
+    Plain numeric columns take a fast path (`NumericColumnsSpec`); everything else goes to formulaic.
+    """
+    fast = NumericColumnsSpec.try_parse(expr, data)
+    if fast is not None:
+        return _FastMatrix(fast, data)
     try:
         return formulaic.model_matrix(expr, data, na_action="ignore")
     except Exception as err:

@@ -101,6 +101,28 @@ def penalised_solution(theta: jax.Array, stats: SufficientStats, lambda_index: j
     )
 
 
+def deviance_terms(theta: jax.Array, stats: SufficientStats, lambda_index: jax.Array):
+    """(Σ log|L_g|², log|A|, pwrss) at θ — the lean path used by the optimiser.
+
+    One augmented solve: with B_g = Λᵀ [Z_gᵀX, Z_gᵀy] and W_g = L_g⁻¹ B_g, the matrix
+    Ω = [[XᵀX, Xᵀy], [yᵀX, yᵀy]] − Σ W_gᵀ W_g has Cholesky factor R with R[:p, :p] the factor of A
+    and R[p, p]² = pwrss (the Schur complement of A).
+    """
+    lam = relative_factor(theta, lambda_index)
+    q = lam.shape[0]
+    M = jnp.einsum("ji,gjk,kl->gil", lam, stats.ZtZ, lam) + jnp.eye(q, dtype=lam.dtype)
+    L = _linalg.cholesky(M)
+    B = jnp.einsum("ji,gjc->gic", lam, jnp.concatenate([stats.ZtX, stats.Zty[:, :, None]], axis=2))
+    W = _linalg.solve_lower(L, B)
+    top = jnp.concatenate([stats.XtX, stats.Xty[:, None]], axis=1)
+    bottom = jnp.concatenate([stats.Xty, stats.yty[None]])[None, :]
+    omega = jnp.concatenate([top, bottom], axis=0) - jnp.einsum("gqc,gqd->cd", W, W)
+    R = _linalg.cholesky(omega)
+    p = stats.XtX.shape[0]
+    diag = jnp.diagonal(R)
+    return _linalg.logdet_from_cholesky(L), 2.0 * jnp.sum(jnp.log(diag[:p])), diag[p] ** 2
+
+
 def residual_dof(stats: SufficientStats, reml: bool) -> jax.Array:
     """n − p under REML, n under ML."""
     p = stats.XtX.shape[0]
@@ -109,20 +131,20 @@ def residual_dof(stats: SufficientStats, reml: bool) -> jax.Array:
 
 def profiled_deviance(theta: jax.Array, stats: SufficientStats, lambda_index: jax.Array, reml: bool) -> jax.Array:
     """−2 × (REML or ML) log-likelihood with β and σ² profiled out: the objective minimised over θ."""
-    sol = penalised_solution(theta, stats, lambda_index)
+    logdet_L, logdet_A, pwrss = deviance_terms(theta, stats, lambda_index)
     dof = residual_dof(stats, reml)
-    dev = sol.logdet_L + dof * (1.0 + LOG_2PI + jnp.log(sol.pwrss / dof))
-    return dev + sol.logdet_A if reml else dev
+    dev = logdet_L + dof * (1.0 + LOG_2PI + jnp.log(pwrss / dof))
+    return dev + logdet_A if reml else dev
 
 
 def deviance_at_scale(
     theta: jax.Array, sigma2: jax.Array, stats: SufficientStats, lambda_index: jax.Array, reml: bool
 ) -> jax.Array:
     """−2 × log-likelihood at θ and a given σ² (β profiled): equals the profiled deviance at σ̂²."""
-    sol = penalised_solution(theta, stats, lambda_index)
+    logdet_L, logdet_A, pwrss = deviance_terms(theta, stats, lambda_index)
     dof = residual_dof(stats, reml)
-    dev = sol.logdet_L + dof * (LOG_2PI + jnp.log(sigma2)) + sol.pwrss / sigma2
-    return dev + sol.logdet_A if reml else dev
+    dev = logdet_L + dof * (LOG_2PI + jnp.log(sigma2)) + pwrss / sigma2
+    return dev + logdet_A if reml else dev
 
 
 def conditional_modes(theta: jax.Array, sol: PenalisedSolution, lambda_index: jax.Array, sigma2: jax.Array):

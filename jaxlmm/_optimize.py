@@ -5,7 +5,8 @@ Minimises f(θ) over all of Rᵏ with the exact gradient and Hessian (autodiff).
 along negative curvature, not approached), s is the Hessian's scale and μ a Levenberg–Marquardt
 damping that grows when a step fails to decrease f and shrinks when it succeeds. It stops when
 the largest gradient entry is below ``gtol`` (converged), when no step can decrease f any more
-(converged if the gradient is small), or after ``max_iter`` steps.
+(converged if the Newton decrement — the predicted remaining decrease of f — is at rounding
+level), or after ``max_iter`` steps.
 
 Then entries flagged ``snappable`` that are within ``snap_tol`` of zero are set to exactly zero
 when that does not raise f by more than a rounding-level amount, and Newton polishes the rest
@@ -133,5 +134,10 @@ def minimize_newton(
     )
     state = jax.lax.while_loop(cond, body, init)
     gmax = jnp.max(jnp.abs(state.g))
-    converged = jnp.isfinite(state.f) & ((gmax <= gtol) | (state.stalled & (gmax <= 1e3 * gtol)))
+    # A stall (no step lowers f) counts as converged when the Newton decrement gᵀ|H|⁻¹g — the
+    # predicted further decrease of f, invariant to the scale of θ — is at rounding level.
+    evals, evecs = jnp.linalg.eigh(state.H)
+    decrement = jnp.sum((evecs.T @ state.g) ** 2 / jnp.maximum(jnp.abs(evals), 1e-300))
+    rounding = 1e-10 * jnp.maximum(1.0, jnp.abs(state.f))
+    converged = jnp.isfinite(state.f) & ((gmax <= gtol) | (state.stalled & (decrement <= rounding)))
     return NewtonResult(state.x, state.f, state.g, state.H, gmax, state.it, converged, snappable & (state.x == 0))

@@ -331,7 +331,7 @@ def test_dataframe_not_mutated_with_missing_drop(sleep):
 
 # ---- predict --------------------------------------------------------------------------------------
 def test_predict_with_missing_column(sleep_fit):
-    with pytest.raises(DataError, match=r"cannot encode the new data.*`Days`"):
+    with pytest.raises(DataError, match=r"cannot encode the new data.*[`']Days[`']"):
         sleep_fit.predict(pd.DataFrame({"Dys": [1.0], "Subject": ["308"]}))
 
 

