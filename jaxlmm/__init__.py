@@ -10,6 +10,9 @@ Examples:
 
 from . import datasets as datasets
 from . import errors as errors
+from ._batch import BatchResults as BatchResults
+from ._batch import DatasetResults as DatasetResults
+from ._batch import fit_datasets as fit_datasets
 from ._config import enable_compilation_cache as _enable_compilation_cache
 from ._config import float64 as float64
 from ._design import Design as Design
@@ -32,6 +35,9 @@ __version__ = "0.1.0"
 _enable_compilation_cache()
 
 __all__ = [
+    "BatchResults",
+    "DatasetResults",
+    "fit_datasets",
     "ConvergenceWarning",
     "DataError",
     "Design",

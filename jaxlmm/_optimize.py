@@ -1,12 +1,15 @@
-"""Damped Newton minimisation of a small smooth objective, as one `lax.while_loop`.
+"""Trust-region Newton minimisation of a small smooth objective, as one `lax.while_loop`.
 
-Minimises f(θ) over all of Rᵏ with the exact gradient and Hessian (autodiff). The step solves
-(|H| + μ s I) d = −g, where |H| has the eigenvalues of H made positive (so saddle regions are left
-along negative curvature, not approached), s is the Hessian's scale and μ a Levenberg–Marquardt
-damping that grows when a step fails to decrease f and shrinks when it succeeds. It stops when
-the largest gradient entry is below ``gtol`` (converged), when no step can decrease f any more
-(converged if the Newton decrement — the predicted remaining decrease of f — is at rounding
-level), or after ``max_iter`` steps.
+Minimises f(θ) over all of Rᵏ with the exact gradient and Hessian (autodiff). The step is the
+Newton step with the Hessian's eigenvalues made positive, d = −V |Λ|⁻¹ Vᵀ g (a descent direction
+that leaves saddle regions along negative curvature), truncated to a trust radius that shrinks by
+4 when a step fails to lower f and grows after a success.
+
+It stops, converged, when the largest gradient entry is below ``gtol`` or when the Newton decrement
+gᵀ|H|⁻¹g — the predicted remaining decrease of f, invariant to the scale of θ — is below
+``DECREMENT_TOL`` × max(1, |f|), i.e. at rounding level (f is a sum with cancellation, so its last
+digits are noise and a gradient test alone can ask for more than the arithmetic gives). It stops
+unconverged when the trust radius collapses or after ``max_iter`` steps.
 
 Then entries flagged ``snappable`` that are within ``snap_tol`` of zero are set to exactly zero
 when that does not raise f by more than a rounding-level amount, and Newton polishes the rest
@@ -39,14 +42,15 @@ class _State(NamedTuple):
     f: jax.Array
     g: jax.Array
     H: jax.Array
-    mu: jax.Array
+    radius: jax.Array  # trust radius: the longest step (Euclidean) allowed
     it: jax.Array
     phase: jax.Array  # 0: evaluate the start, 1: Newton steps, 2: try snapping to the bounds, 3: done
     snapped: jax.Array  # the snap has been tried
-    stalled: jax.Array
+    converged: jax.Array
 
 
 _START, _NEWTON, _SNAP, _DONE = 0, 1, 2, 3
+DECREMENT_TOL = 1e-14
 
 
 def minimize_newton(
@@ -55,7 +59,7 @@ def minimize_newton(
     snappable: jax.Array,
     *,
     gtol: float = 1e-6,
-    max_iter: int = 200,
+    max_iter: int | jax.Array = 200,
     snap_tol: float = 1e-4,
 ) -> NewtonResult:
     """Minimise ``fun`` from ``x0``; ``snappable`` (bool per entry) marks entries that may snap to 0.
@@ -80,8 +84,13 @@ def minimize_newton(
     def newton_proposal(state: _State):
         evals, evecs = jnp.linalg.eigh(state.H)
         scale = jnp.maximum(jnp.max(jnp.abs(evals)), 1e-300)
-        absvals = jnp.maximum(jnp.abs(evals), 1e-10 * scale) + state.mu * scale
-        return state.x - evecs @ ((evecs.T @ state.g) / absvals)
+        absvals = jnp.maximum(jnp.abs(evals), 1e-10 * scale)
+        projected = evecs.T @ state.g
+        step = -evecs @ (projected / absvals)
+        decrement = jnp.sum(projected * projected / absvals)
+        length = jnp.sqrt(jnp.sum(step * step))
+        step = step * jnp.minimum(1.0, state.radius / jnp.maximum(length, 1e-300))
+        return state.x + step, length, decrement
 
     def near_zero(x):
         return snappable & (jnp.abs(x) <= snap_tol) & (x != 0)
@@ -90,43 +99,47 @@ def minimize_newton(
         return state.phase != _DONE
 
     def body(state: _State):
+        x_newton, length, decrement = newton_proposal(state)
+        newton = state.phase == _NEWTON
+        rounding = jnp.maximum(1.0, jnp.abs(state.f))
+        small_decrement = newton & (decrement <= DECREMENT_TOL * rounding)
         x_new = jnp.where(
             state.phase == _START,
             state.x,
-            jnp.where(state.phase == _SNAP, jnp.where(near_zero(state.x), 0.0, state.x), newton_proposal(state)),
+            jnp.where(state.phase == _SNAP, jnp.where(near_zero(state.x), 0.0, state.x), x_newton),
         )
         f_new, g_new, H_new = evaluate(x_new)
         finite = jnp.isfinite(f_new) & jnp.all(jnp.isfinite(g_new)) & jnp.all(jnp.isfinite(H_new))
-        tol = jnp.where(state.phase == _SNAP, 1e-10 * jnp.maximum(1.0, jnp.abs(state.f)), 0.0)
-        ok = (state.phase == _START) | (finite & (f_new <= state.f + tol))
-        newton = state.phase == _NEWTON
-        mu = jnp.where(
+        tol = jnp.where(state.phase == _SNAP, 1e-10 * rounding, 0.0)
+        ok = (state.phase == _START) | (finite & (f_new <= state.f + tol) & ~small_decrement)
+        taken = jnp.minimum(length, state.radius)
+        radius = jnp.where(
             newton,
-            jnp.where(ok, jnp.where(state.mu < 1e-8, 0.0, state.mu / 10.0), jnp.maximum(state.mu * 10.0, 1e-6)),
-            jnp.where(state.phase == _SNAP, 0.0, state.mu),
+            jnp.where(ok, jnp.maximum(state.radius, 4.0 * taken), 0.25 * taken),
+            jnp.where(state.phase == _SNAP, jnp.inf, state.radius),
         )
         x = jnp.where(ok, x_new, state.x)
         f = jnp.where(ok, f_new, state.f)
         g = jnp.where(ok, g_new, state.g)
         H = jnp.where(ok, H_new, state.H)
-        no_move = newton & ok & (jnp.max(jnp.abs(x_new - state.x)) <= 1e-15 * jnp.maximum(1.0, jnp.max(jnp.abs(x))))
-        stalled = (mu > 1e12) | no_move
-        it = state.it + newton.astype(jnp.int32)
+        stalled = newton & ~small_decrement & (radius < 1e-13 * (1.0 + jnp.max(jnp.abs(state.x))))
+        it = state.it + (newton & ~small_decrement).astype(jnp.int32)
         gmax = jnp.max(jnp.abs(g))
-        finished = (gmax <= gtol) | stalled | (it >= max_iter)
+        converged = ((gmax <= gtol) | small_decrement) & jnp.isfinite(f)
+        finished = converged | stalled | (it >= max_iter)
         try_snap = finished & ~state.snapped & jnp.any(near_zero(x))
         phase = jnp.where(try_snap, _SNAP, jnp.where(finished, _DONE, _NEWTON))
         # After a snap, Newton re-checks (and polishes) the other entries.
         phase = jnp.where((state.phase == _SNAP) & ~finished, _NEWTON, phase)
         snapped = state.snapped | (state.phase == _SNAP)
-        return _State(x, f, g, H, mu, it, phase.astype(jnp.int32), snapped, stalled & (phase == _DONE))
+        return _State(x, f, g, H, radius, it, phase.astype(jnp.int32), snapped, converged)
 
     init = _State(
         x0,
         jnp.asarray(jnp.inf, x0.dtype),
         jnp.zeros_like(x0),
         jnp.zeros((n, n), x0.dtype),
-        jnp.zeros((), x0.dtype),
+        jnp.asarray(jnp.inf, x0.dtype),
         jnp.zeros((), jnp.int32),
         jnp.asarray(_START, jnp.int32),
         jnp.zeros((), bool),
@@ -134,10 +147,4 @@ def minimize_newton(
     )
     state = jax.lax.while_loop(cond, body, init)
     gmax = jnp.max(jnp.abs(state.g))
-    # A stall (no step lowers f) counts as converged when the Newton decrement gᵀ|H|⁻¹g — the
-    # predicted further decrease of f, invariant to the scale of θ — is at rounding level.
-    evals, evecs = jnp.linalg.eigh(state.H)
-    decrement = jnp.sum((evecs.T @ state.g) ** 2 / jnp.maximum(jnp.abs(evals), 1e-300))
-    rounding = 1e-10 * jnp.maximum(1.0, jnp.abs(state.f))
-    converged = jnp.isfinite(state.f) & ((gmax <= gtol) | (state.stalled & (decrement <= rounding)))
-    return NewtonResult(state.x, state.f, state.g, state.H, gmax, state.it, converged, snappable & (state.x == 0))
+    return NewtonResult(state.x, state.f, state.g, state.H, gmax, state.it, state.converged, snappable & (state.x == 0))

@@ -241,8 +241,10 @@ class MixedLMResults:
 
     @property
     def resid(self) -> pd.Series:
-        """y − X β̂ − Z b̂ (conditional residuals)."""
-        return pd.Series(np.asarray(self.model.design.y) - self.fittedvalues.values, name="resid")
+        """y − X β̂ − Z b̂ (conditional residuals); NaN for rows not used in the fit."""
+        d = self.model.design
+        resid = np.where(np.asarray(d.mask) > 0, np.asarray(d.y) - self.fittedvalues.values, np.nan)
+        return pd.Series(resid, name="resid")
 
     def predict(self, newdata: pd.DataFrame | None = None, include_re: bool = True) -> pd.Series:
         """Predictions for new data; groups not seen in fitting get the population-level prediction.

@@ -20,7 +20,8 @@ class Summary:
 
     def __init__(self, results: "MixedLMResults", alpha: float = 0.05):
         r = results
-        sizes = np.bincount(np.asarray(r.model.design.group), minlength=r.ngroups)
+        d = r.model.design
+        sizes = np.bincount(np.asarray(d.group), weights=np.asarray(d.mask), minlength=r.ngroups).astype(int)
         self.info = [
             ("Model:", "MixedLM (jaxlmm)", "Dependent Variable:", r.model.endog_name),
             ("No. Observations:", str(r.nobs), "Method:", r.method),

@@ -1,0 +1,476 @@
+"""Many models at once: many responses on one design (`fit_many`) and many datasets (`fit_datasets`).
+
+Both vmap the same pure fit (`fit_design`) over a batch axis:
+
+* responses: y and the row mask vary per model (a NaN in response i drops that row from model i
+  only); X, Z and the groups are shared;
+* datasets: each data set is padded to a bucket of (rows, groups) — powers of two — with masked
+  rows, so compilation happens once per bucket, not per data set.
+
+Batches are processed in chunks of ``batch_size`` (bounded memory; a tqdm bar shows chunks). The
+Newton loop of a vmapped batch runs until its slowest member stops, so each chunk runs with a small
+iteration cap; the members that have not converged by then continue, from where they stopped, in a
+smaller batch of their own with a doubled cap, and so on — one hard member does not make the whole
+batch pay its iteration count. When JAX sees several devices, the model axis is sharded across them.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from functools import partial
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from ._config import float64
+from ._design import Design
+from ._fit import FitArrays, fit_design
+from ._results import MixedLMResults, _norm_sf
+from .errors import ConvergenceWarning, DataError, SingularFitWarning
+
+FIRST_ROUND_MAX_ITER = 8
+MAX_ITER = 200
+MEMORY_BUDGET_BYTES = 256 * 2**20
+CPU_BATCH = 512  # measured: per-model cost is lowest around 512 models per chunk on CPU (cache-sized)
+
+
+# ---- kernels --------------------------------------------------------------------------------------
+@partial(jax.jit, static_argnums=(4, 5))
+def _fit_responses(design: Design, Y, M, theta0, reml: bool, gtol: float, max_iter) -> FitArrays:
+    def one(y, mask, t0):
+        return fit_design(design.replace(y=y, mask=mask), reml, gtol, max_iter, t0)
+
+    return jax.vmap(one)(Y, M, theta0)
+
+
+@partial(jax.jit, static_argnums=(2, 3))
+def _fit_designs(stacked: Design, theta0, reml: bool, gtol: float, max_iter) -> FitArrays:
+    def one(design, t0):
+        return fit_design(design, reml, gtol, max_iter, t0)
+
+    return jax.vmap(one)(stacked, theta0)
+
+
+def _shard(arrays: list[np.ndarray]) -> list:
+    """Put arrays on the devices, split along the leading (model) axis when there are several."""
+    devices = jax.devices()
+    if len(devices) == 1:
+        return [jnp.asarray(a) for a in arrays]
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("models",))
+    out = []
+    for a in arrays:
+        spec = jax.sharding.PartitionSpec("models", *([None] * (a.ndim - 1)))
+        out.append(jax.device_put(a, jax.sharding.NamedSharding(mesh, spec)))
+    return out
+
+
+def _pad_batch(size: int) -> int:
+    """Batch sizes used: multiples of the device count, powers of two up to 1024, then multiples of 1024."""
+    ndev = jax.device_count()
+    size = max(size, 1)
+    padded = 1 << (size - 1).bit_length() if size <= 1024 else 1024 * math.ceil(size / 1024)
+    return ndev * math.ceil(padded / ndev)
+
+
+def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: int, progress: bool, desc: str):
+    """Fit ``len(theta0)`` models; ``run(inputs_chunk, theta0_chunk, max_iter)`` fits one chunk.
+
+    Stage 1 fits every member in chunks of ``batch_size`` with a small iteration cap; after the first
+    chunk, the others start from the median θ of the converged fits so far (members of a batch
+    usually have similar variance parameters). The members that hit the cap are pooled and continue
+    from where they stopped, with a doubled cap, and so on: the slow few never hold up a full chunk.
+    Only two batch shapes are compiled: ``batch_size`` and a small one for the last stragglers.
+    """
+    k = theta0.shape[0]
+    small = min(32, _pad_batch(batch_size))
+    bar = None
+    if progress and k > batch_size:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=k, desc=desc, unit="model")
+    out: FitArrays | None = None
+    start_theta = np.array(theta0)
+    pending = np.arange(k)
+    total, cap = 0, FIRST_ROUND_MAX_ITER
+    while pending.size:
+        for lo in range(0, pending.size, batch_size):
+            rows = pending[lo : lo + batch_size]
+            size = _pad_batch(batch_size) if rows.size > small else small
+            idx = np.concatenate([rows, np.full(size - rows.size, rows[0])])
+            part = run([x[idx] for x in inputs], start_theta[idx], cap)
+            part = FitArrays(*[np.asarray(a)[: rows.size] for a in part])
+            part = part._replace(iterations=part.iterations + total)
+            if out is None:
+                out = FitArrays(*[np.zeros((k,) + np.shape(a)[1:], np.asarray(a).dtype) for a in part])
+            for field, values in zip(out, part):
+                field[rows] = values
+            if total == 0:
+                good = part.converged
+                if good.any():
+                    later = pending[lo + batch_size :]
+                    start_theta[later] = np.median(part.theta[good], axis=0)
+                if bar is not None:
+                    bar.update(rows.size)
+        total += cap
+        unfinished = ~out.converged[pending] & (out.iterations[pending] >= total)
+        pending = pending[unfinished]
+        start_theta[pending] = out.theta[pending]
+        cap = min(2 * cap, MAX_ITER - total)
+        if cap <= 0:
+            break
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def _auto_batch_size(n_rows: int, q: int, p: int, k: int) -> int:
+    per_model = 8 * n_rows * (4 + q * q + q * p + 2 * p)
+    cap = CPU_BATCH if jax.default_backend() == "cpu" else 65536
+    return int(max(1, min(k, MEMORY_BUDGET_BYTES // max(per_model, 1), cap)))
+
+
+# ---- results --------------------------------------------------------------------------------------
+class _ManyResults:
+    """Shared tables of a batch of fits; ``rb[i]`` is the full single-model results of member i."""
+
+    def __init__(self, names: pd.Index, arrays: FitArrays, reml: bool, exog_names, exog_re_names, varpar_names):
+        self.names = names
+        self._arrays = arrays
+        self.reml = reml
+        self.exog_names = list(exog_names)
+        self.exog_re_names = list(exog_re_names)
+        self._varpar_names = list(varpar_names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def _position(self, key) -> int:
+        if isinstance(key, (int, np.integer)):
+            if not -len(self) <= key < len(self):
+                raise IndexError(f"member {key} out of range for {len(self)} models.")
+            return int(key) % len(self)
+        if key in self.names:
+            return int(self.names.get_loc(key))
+        raise KeyError(f"no model named {key!r}; names are e.g. {list(self.names[:3])}.")
+
+    def _series(self, field: str, name: str) -> pd.Series:
+        return pd.Series(np.asarray(getattr(self._arrays, field)), index=self.names, name=name)
+
+    @property
+    def method(self) -> str:
+        return "REML" if self.reml else "ML"
+
+    @property
+    def fe_params(self) -> pd.DataFrame:
+        return pd.DataFrame(self._arrays.beta, index=self.names, columns=self.exog_names)
+
+    @property
+    def bse_fe(self) -> pd.DataFrame:
+        se = np.sqrt(np.diagonal(self._arrays.vcov_beta, axis1=1, axis2=2))
+        return pd.DataFrame(se, index=self.names, columns=self.exog_names)
+
+    @property
+    def tvalues(self) -> pd.DataFrame:
+        return self.fe_params / self.bse_fe
+
+    @property
+    def pvalues(self) -> pd.DataFrame:
+        z = self.tvalues
+        return pd.DataFrame(2.0 * _norm_sf(np.abs(z.values)), index=z.index, columns=z.columns)
+
+    @property
+    def llf(self) -> pd.Series:
+        return self._series("llf", "llf")
+
+    @property
+    def scale(self) -> pd.Series:
+        return self._series("sigma2", "scale")
+
+    @property
+    def converged(self) -> pd.Series:
+        return self._series("converged", "converged").astype(bool)
+
+    @property
+    def grad_norm(self) -> pd.Series:
+        return self._series("grad_norm", "grad_norm")
+
+    @property
+    def n_iter(self) -> pd.Series:
+        return self._series("iterations", "n_iter")
+
+    @property
+    def theta(self) -> np.ndarray:
+        return np.asarray(self._arrays.theta)
+
+    @property
+    def is_singular(self) -> pd.Series:
+        return pd.Series(np.any(self._arrays.theta_at_bound, axis=1), index=self.names, name="singular")
+
+    @property
+    def cov_re(self) -> np.ndarray:
+        """Random-effects covariances, shape (models, q, q); `cov_re_frame` gives a tidy table."""
+        return np.asarray(self._arrays.cov_re)
+
+    def cov_re_frame(self) -> pd.DataFrame:
+        """One row per model and pair of random effects (lower triangle): response, re1, re2, cov."""
+        q = len(self.exog_re_names)
+        rows, cols = np.tril_indices(q)
+        values = self.cov_re[:, rows, cols]
+        return pd.DataFrame(
+            {
+                "response": np.repeat(self.names.values, len(rows)),
+                "re1": np.tile(np.asarray(self.exog_re_names)[rows], len(self)),
+                "re2": np.tile(np.asarray(self.exog_re_names)[cols], len(self)),
+                "cov": values.ravel(),
+            }
+        )
+
+    @property
+    def vcomp(self) -> pd.DataFrame:
+        return pd.DataFrame(self._arrays.varpar, index=self.names, columns=self._varpar_names)
+
+    def conf_int(self, alpha: float = 0.05) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Wald intervals of the fixed effects: (lower, upper) DataFrames."""
+        from ._results import _norm_ppf
+
+        z = _norm_ppf(1 - alpha / 2)
+        return self.fe_params - z * self.bse_fe, self.fe_params + z * self.bse_fe
+
+    def to_frame(self) -> pd.DataFrame:
+        """Tidy fixed-effects table: response, term, estimate, SE, z, p, converged."""
+        est, se, z, p = self.fe_params, self.bse_fe, self.tvalues, self.pvalues
+        k, terms = len(self), self.exog_names
+        return pd.DataFrame(
+            {
+                "response": np.repeat(self.names.values, len(terms)),
+                "term": np.tile(terms, k),
+                "estimate": est.values.ravel(),
+                "SE": se.values.ravel(),
+                "z": z.values.ravel(),
+                "p": p.values.ravel(),
+                "converged": np.repeat(self.converged.values, len(terms)),
+            }
+        )
+
+    def _warn(self) -> None:
+        bad = ~self.converged.values
+        if bad.any():
+            warnings.warn(
+                f"{int(bad.sum())} of {len(self)} fits did not converge (see .converged and .grad_norm; "
+                f"first: {list(self.names[bad][:5])}). Their estimates may be off.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        sing = self.is_singular.values
+        if sing.any():
+            warnings.warn(
+                f"{int(sing.sum())} of {len(self)} fits are on the boundary (a random-effect variance of zero; "
+                "see .is_singular). Their estimates are still maxima of the likelihood.",
+                SingularFitWarning,
+                stacklevel=3,
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self.method}: {len(self)} models, "
+            f"{int(self.converged.sum())} converged, {int(self.is_singular.sum())} singular>"
+        )
+
+
+class BatchResults(_ManyResults):
+    """Results of `MixedLM.fit_many`: one row per response; ``rb[i]`` / ``rb["name"]`` is a full fit."""
+
+    def __init__(self, model, Y: np.ndarray, M: np.ndarray, names: pd.Index, arrays: FitArrays, reml: bool):
+        probe = MixedLMResults(model, FitArrays(*[a[0] for a in arrays]), reml)
+        super().__init__(names, arrays, reml, model.exog_names, model.exog_re_names, probe.varpar_names)
+        self.model = model
+        self._Y, self._M = Y, M
+
+    @property
+    def nobs(self) -> pd.Series:
+        return pd.Series(self._M.sum(axis=0).astype(int), index=self.names, name="nobs")
+
+    def __getitem__(self, key) -> MixedLMResults:
+        i = self._position(key)
+        member = self.model.with_response(self._Y[:, i], self._M[:, i], name=str(self.names[i]))
+        return MixedLMResults(member, FitArrays(*[a[i] for a in self._arrays]), self.reml)
+
+
+class DatasetResults(_ManyResults):
+    """Results of `fit_datasets`: one row per data set; ``rl[i]`` is that data set's full fit."""
+
+    def __init__(self, models: list, names: pd.Index, arrays: FitArrays, reml: bool):
+        probe = MixedLMResults(models[0], FitArrays(*[a[0] for a in arrays]), reml)
+        super().__init__(names, arrays, reml, models[0].exog_names, models[0].exog_re_names, probe.varpar_names)
+        self.models = models
+
+    @property
+    def nobs(self) -> pd.Series:
+        return pd.Series([m.nobs for m in self.models], index=self.names, name="nobs")
+
+    def __getitem__(self, key) -> MixedLMResults:
+        i = self._position(key)
+        m = self.models[i].ngroups
+        arrays = FitArrays(*[a[i] for a in self._arrays])
+        arrays = arrays._replace(ranef=arrays.ranef[:m], ranef_cov=arrays.ranef_cov[:m])
+        return MixedLMResults(self.models[i], arrays, self.reml)
+
+
+# ---- drivers --------------------------------------------------------------------------------------
+def fit_many(
+    model, Y: Any, reml: bool = True, *, batch_size: int | None = None, progress: bool = True, gtol: float = 1e-6
+) -> BatchResults:
+    """Fit ``model``'s design to every column of ``Y`` (see `MixedLM.fit_many`)."""
+    n = model.nobs
+    if isinstance(Y, pd.DataFrame):
+        names = pd.Index(Y.columns.astype(str))
+        values = Y.to_numpy(dtype=float)
+    elif isinstance(Y, pd.Series):
+        names = pd.Index([str(Y.name) if Y.name is not None else "y0"])
+        values = Y.to_numpy(dtype=float)[:, None]
+    else:
+        try:
+            values = np.asarray(Y, dtype=float)
+        except (TypeError, ValueError):
+            raise DataError("Y must be numeric: an (nobs, k) array or a DataFrame of response columns.") from None
+        if values.ndim == 1:
+            values = values[:, None]
+        names = pd.Index([f"y{i}" for i in range(values.shape[1])]) if values.ndim == 2 else None
+    if values.ndim != 2 or values.shape[0] != n:
+        raise DataError(
+            f"Y must have one row per observation of the model ({n} rows) and one column per response; "
+            f"got shape {values.shape}."
+        )
+    if values.shape[1] == 0:
+        raise DataError("Y has no response columns.")
+    base_mask = np.asarray(model.design.mask, dtype=float)
+    M = (np.isfinite(values) * base_mask[:, None]).astype(float)
+    Yc = np.where(M > 0, values, 0.0)
+    k = values.shape[1]
+    q, p = len(model.exog_re_names), len(model.exog_names)
+    batch_size = batch_size or _auto_batch_size(n, q, p, k)
+    if batch_size < 1:
+        raise DataError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    theta0 = np.tile(model.design.theta_start, (k, 1))
+
+    def run(inputs, t0, max_iter):
+        with float64():
+            Yb, Mb, tb = _shard([inputs[0], inputs[1], t0])
+            return _fit_responses(model.design, Yb, Mb, tb, bool(reml), float(gtol), np.int32(max_iter))
+
+    with float64():
+        arrays = _run_batched(run, [Yc.T.copy(), M.T.copy()], theta0, batch_size, progress, "fitting")
+    too_few = M.sum(axis=0) <= p + q
+    if too_few.any():
+        conv = np.array(arrays.converged)
+        conv[too_few] = False
+        arrays = arrays._replace(converged=conv)
+    result = BatchResults(model, values, M, names, arrays, reml)
+    result._warn()
+    return result
+
+
+def _bucket(n: int, minimum: int) -> int:
+    return max(minimum, 1 << (max(n, 1) - 1).bit_length())
+
+
+def fit_datasets(
+    formula: str,
+    datasets: Sequence[pd.DataFrame],
+    reml: bool = True,
+    *,
+    groups: str | None = None,
+    re_formula: str | None = None,
+    missing: str = "raise",
+    batch_size: int | None = None,
+    progress: bool = True,
+    gtol: float = 1e-6,
+) -> DatasetResults:
+    """Fit the same formula to many data sets at once (vmapped, padded to shape buckets).
+
+    Data sets may differ in rows, numbers of groups and group sizes. Returns a `DatasetResults`:
+    tables with one row per data set, and ``rl[i]`` the full results of data set i — the same fit
+    as ``MixedLM.from_formula(formula, datasets[i]).fit()``.
+
+    Examples:
+        >>> import jaxlmm
+        >>> df = jaxlmm.datasets.load("sleepstudy")
+        >>> halves = [df[df.Days < 5], df[df.Days >= 5]]
+        >>> rl = jaxlmm.fit_datasets("Reaction ~ Days + (1 | Subject)", halves, progress=False)
+        >>> rl.fe_params.shape, bool(rl.converged.all())
+        ((2, 2), True)
+    """
+    from ._model import MixedLM
+
+    if isinstance(datasets, pd.DataFrame) or not len(datasets):
+        raise DataError("datasets must be a non-empty list of DataFrames.")
+    models = [
+        MixedLM.from_formula(formula, d, groups=groups, re_formula=re_formula, missing=missing) for d in datasets
+    ]
+    first = models[0]
+    for i, m in enumerate(models):
+        if m.exog_names != first.exog_names or m.exog_re_names != first.exog_re_names:
+            raise DataError(
+                f"data set {i} encodes to different columns ({m.exog_names} / {m.exog_re_names}) than data set 0 "
+                f"({first.exog_names} / {first.exog_re_names}), e.g. a factor with other levels. Make the "
+                "categorical levels the same in every data set (pd.Categorical with fixed categories)."
+            )
+    k = len(models)
+    buckets: dict[tuple[int, int], list[int]] = {}
+    for i, m in enumerate(models):
+        key = (_bucket(m.nobs, 16), _bucket(m.ngroups, 2))
+        buckets.setdefault(key, []).append(i)
+
+    results: list = [None] * k
+    for (n_rows, n_groups), members in buckets.items():
+        stacked = [_padded_arrays(models[i].design, n_rows) for i in members]
+        inputs = [np.stack([s[j] for s in stacked]) for j in range(5)]
+        template = first.design
+        q, p = len(first.exog_re_names), len(first.exog_names)
+        size = batch_size or _auto_batch_size(n_rows, q, p, len(members))
+
+        def run(chunk, t0, max_iter, n_groups=n_groups):
+            with float64():
+                y, X, Z, g, mask, tb = _shard(list(chunk) + [t0])
+                design = Design(y, X, Z, g, mask, n_groups, template.lambda_index)
+                return _fit_designs(design, tb, bool(reml), float(gtol), np.int32(max_iter))
+
+        theta0 = np.tile(template.theta_start, (len(members), 1))
+        with float64():
+            out = _run_batched(run, inputs, theta0, size, progress, f"fitting {len(members)} data sets")
+        for j, i in enumerate(members):
+            results[i] = FitArrays(*[a[j] for a in out])
+    qmax = max(_bucket(m.ngroups, 2) for m in models)
+
+    def pad_groups(a, axis_len):
+        pad = [(0, qmax - axis_len)] + [(0, 0)] * (a.ndim - 1)
+        return np.pad(a, pad)
+
+    fields = []
+    for f in FitArrays._fields:
+        if f in ("ranef", "ranef_cov"):
+            fields.append(np.stack([pad_groups(getattr(r, f), getattr(r, f).shape[0]) for r in results]))
+        else:
+            fields.append(np.stack([getattr(r, f) for r in results]))
+    names = pd.Index(range(k))
+    result = DatasetResults(models, names, FitArrays(*fields), reml)
+    result._warn()
+    return result
+
+
+def _padded_arrays(design: Design, n_rows: int) -> list[np.ndarray]:
+    n = int(np.asarray(design.y).shape[0])
+    extra = n_rows - n
+
+    def pad(a, value=0):
+        a = np.asarray(a)
+        return np.pad(a, [(0, extra)] + [(0, 0)] * (a.ndim - 1), constant_values=value)
+
+    return [pad(design.y), pad(design.X), pad(design.Z), pad(design.group), pad(design.mask)]
