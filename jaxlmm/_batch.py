@@ -35,7 +35,11 @@ from .errors import ConvergenceWarning, DataError, SingularFitWarning
 FIRST_ROUND_MAX_ITER = 8
 MAX_ITER = 200
 MEMORY_BUDGET_BYTES = 256 * 2**20
-CPU_BATCH = 512  # measured: per-model cost is lowest around 512 models per chunk on CPU (cache-sized)
+# Chunk size on CPU. Per-model cost is near its minimum from ~256 models per chunk (cache-sized
+# arrays); and with jaxlib 0.10.2, XLA:CPU deadlocks (all threads idle, never returns) on this
+# vmapped while-loop from about 384 models per chunk upward — reproduced in isolation, with
+# async dispatch off and with single-threaded Eigen; see the project notes. 256 stays clear of it.
+CPU_BATCH = 256
 
 
 # ---- kernels --------------------------------------------------------------------------------------
