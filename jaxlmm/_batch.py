@@ -266,9 +266,13 @@ class _ManyResults:
     def _warn(self) -> None:
         bad = ~self.converged.values
         if bad.any():
+            extra = ""
+            problems = getattr(self, "problems", None)
+            if problems is not None and (problems != "").any():
+                extra = f" {int((problems != '').sum())} could not be fitted at all (see .problems; their estimates are NaN)."
             warnings.warn(
                 f"{int(bad.sum())} of {len(self)} fits did not converge (see .converged and .grad_norm; "
-                f"first: {list(self.names[bad][:5])}). Their estimates may be off.",
+                f"first: {list(self.names[bad][:5])}). Their estimates may be off.{extra}",
                 ConvergenceWarning,
                 stacklevel=3,
             )
@@ -291,11 +295,15 @@ class _ManyResults:
 class BatchResults(_ManyResults):
     """Results of `MixedLM.fit_many`: one row per response; ``rb[i]`` / ``rb["name"]`` is a full fit."""
 
-    def __init__(self, model, Y: np.ndarray, M: np.ndarray, names: pd.Index, arrays: FitArrays, reml: bool):
+    def __init__(self, model, Y: np.ndarray, M: np.ndarray, names: pd.Index, arrays: FitArrays, reml: bool,
+                 problems: np.ndarray | None = None):
         probe = MixedLMResults(model, FitArrays(*[a[0] for a in arrays]), reml)
         super().__init__(names, arrays, reml, model.exog_names, model.exog_re_names, probe.varpar_names)
         self.model = model
         self._Y, self._M = Y, M
+        self.problems = pd.Series(problems if problems is not None else np.full(len(names), ""), index=names,
+                                  name="problem")
+        """Why a response could not be fitted ("" when it was): too few observations or groups, constant."""
 
     @property
     def nobs(self) -> pd.Series:
@@ -371,14 +379,39 @@ def fit_many(
 
     with float64():
         arrays = _run_batched(run, [Yc.T.copy(), M.T.copy()], theta0, batch_size, progress, "fitting")
-    too_few = M.sum(axis=0) <= p + q
-    if too_few.any():
-        conv = np.array(arrays.converged)
-        conv[too_few] = False
-        arrays = arrays._replace(converged=conv)
-    result = BatchResults(model, values, M, names, arrays, reml)
+    problems = _response_problems(values, M, np.asarray(model.design.group), model.ngroups, p, q)
+    bad = problems != ""
+    if bad.any():
+        arrays = FitArrays(
+            *[
+                np.where(bad.reshape((-1,) + (1,) * (np.ndim(a) - 1)), np.nan, a) if np.issubdtype(np.asarray(a).dtype, np.floating) else a
+                for a in arrays
+            ]
+        )
+        arrays = arrays._replace(
+            converged=np.where(bad, False, arrays.converged),
+            theta_at_bound=np.where(bad[:, None], False, arrays.theta_at_bound),
+        )
+    result = BatchResults(model, values, M, names, arrays, reml, problems)
     result._warn()
     return result
+
+
+def _response_problems(Y: np.ndarray, M: np.ndarray, group: np.ndarray, n_groups: int, p: int, q: int) -> np.ndarray:
+    """Per response, the reason it cannot be fitted (as `MixedLM` would raise for it alone), or ""."""
+    used = M > 0
+    n = used.sum(axis=0)
+    groups_with_data = np.array([np.unique(group[used[:, i]]).size for i in range(Y.shape[1])])
+    masked = np.where(used, Y, np.nan)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+        spread = np.nanmax(masked, axis=0) - np.nanmin(masked, axis=0)
+    out = np.full(Y.shape[1], "", dtype=object)
+    out[(groups_with_data * q >= n) | (n <= p)] = "too few observations for the random effects"
+    out[groups_with_data < 2] = "fewer than 2 groups with data"
+    out[(n > 0) & ~(spread > 0)] = "constant response"
+    out[n == 0] = "no observations"
+    return out
 
 
 def _bucket(n: int, minimum: int) -> int:

@@ -1,0 +1,170 @@
+"""Many models at once: each member of a batch is the same fit as fitting it alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import jaxlmm
+
+FORMULA = "Reaction ~ Days + (Days | Subject)"
+
+
+@pytest.fixture(scope="module")
+def sleep():
+    return jaxlmm.datasets.load("sleepstudy")
+
+
+@pytest.fixture(scope="module")
+def model(sleep):
+    return jaxlmm.MixedLM.from_formula(FORMULA, sleep)
+
+
+def simulate(model, k, seed, cov_scale=1.0):
+    """Responses from the fitted sleepstudy model (random effects scaled by cov_scale)."""
+    r = model.fit(warn=False)
+    d = model.design
+    X, Z, g = np.asarray(d.X), np.asarray(d.Z), np.asarray(d.group)
+    rng = np.random.default_rng(seed)
+    L = np.linalg.cholesky(r.cov_re.values * cov_scale + 1e-12 * np.eye(2))
+    b = rng.normal(size=(k, model.ngroups, 2)) @ L.T
+    eps = rng.normal(size=(k, len(g))) * np.sqrt(r.scale)
+    return (X @ r.fe_params.values + np.einsum("nq,knq->kn", Z, b[:, g]) + eps).T
+
+
+def fit_alone(model, sleep, y, reml=True):
+    keep = np.isfinite(y)
+    d = model.design
+    alone = jaxlmm.MixedLM(y[keep], np.asarray(d.X)[keep], sleep.Subject.values[keep], np.asarray(d.Z)[keep])
+    return alone.fit(reml=reml, warn=False)
+
+
+@pytest.fixture(scope="module")
+def batch(model):
+    Y = simulate(model, 14, seed=1)
+    Y[:, 10] = simulate(model, 1, seed=2, cov_scale=0.0)[:, 0]  # no random effects: a boundary fit
+    Y[:, 11] = Y[:, 11] * 1e-3 + 5.0  # badly scaled response
+    Y[[3, 50, 51], 4] = np.nan  # missing values in one response only
+    Y[:60, 12] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rb = model.fit_many(Y, progress=False)
+    return Y, rb
+
+
+@pytest.mark.parametrize("i", range(14))
+def test_member_equals_fitting_it_alone(model, sleep, batch, i):
+    Y, rb = batch
+    alone = fit_alone(model, sleep, Y[:, i])
+    assert rb.converged.iloc[i] and alone.converged
+    assert rb.llf.iloc[i] == pytest.approx(alone.llf, abs=1e-8)
+    np.testing.assert_allclose(rb.fe_params.iloc[i].values, alone.fe_params.values, rtol=1e-7)
+    np.testing.assert_allclose(rb.bse_fe.iloc[i].values, alone.bse_fe.values, rtol=1e-6)
+    np.testing.assert_allclose(rb.cov_re[i], alone.cov_re.values, rtol=1e-5, atol=1e-6 * alone.scale)
+    assert rb.scale.iloc[i] == pytest.approx(alone.scale, rel=1e-6)
+    assert rb.nobs.iloc[i] == alone.nobs
+
+
+def test_batch_includes_a_boundary_fit(batch):
+    _, rb = batch
+    assert rb.is_singular.iloc[10]
+
+
+def test_member_results_object(model, sleep, batch):
+    Y, rb = batch
+    r4 = rb[4]
+    alone = fit_alone(model, sleep, Y[:, 4])
+    assert r4.nobs == 177
+    assert r4.llf == pytest.approx(alone.llf, abs=1e-8)
+    np.testing.assert_allclose(r4.random_effects.values, alone.random_effects.values, rtol=1e-5, atol=1e-6)
+    assert np.isnan(r4.resid.iloc[3]) and np.isfinite(r4.resid.iloc[4])
+    assert "Mixed Linear Model" in str(r4.summary())
+
+
+def test_tables(batch):
+    _, rb = batch
+    assert rb.fe_params.shape == (14, 2)
+    assert list(rb.fe_params.columns) == ["Intercept", "Days"]
+    tidy = rb.to_frame()
+    assert len(tidy) == 28 and set(tidy.columns) >= {"response", "term", "estimate", "SE", "z", "p"}
+    np.testing.assert_allclose(tidy.estimate.values, rb.fe_params.values.ravel())
+    assert rb.cov_re.shape == (14, 2, 2)
+    assert len(rb.cov_re_frame()) == 14 * 3
+
+
+def test_ml_batch(model, sleep):
+    Y = simulate(model, 3, seed=5)
+    rb = model.fit_many(Y, reml=False, progress=False)
+    for i in range(3):
+        assert rb.llf.iloc[i] == pytest.approx(fit_alone(model, sleep, Y[:, i], reml=False).llf, abs=1e-8)
+
+
+def test_dataframe_names_and_lookup(model):
+    Y = pd.DataFrame(simulate(model, 3, seed=6), columns=["gene_a", "gene_b", "gene_c"])
+    rb = model.fit_many(Y, progress=False)
+    assert list(rb.names) == ["gene_a", "gene_b", "gene_c"]
+    assert rb["gene_b"].llf == pytest.approx(rb.llf["gene_b"])
+
+
+def test_unfittable_members_are_flagged_not_reported_as_fine(model, sleep):
+    Y = np.column_stack([sleep.Reaction, np.full(180, 3.0), np.full(180, np.nan)])
+    with pytest.warns(jaxlmm.ConvergenceWarning, match="2 of 3 fits did not converge"):
+        rb = model.fit_many(Y, progress=False)
+    assert rb.converged.tolist() == [True, False, False]
+    assert rb.problems.tolist() == ["", "constant response", "no observations"]
+    assert np.isnan(rb.llf.iloc[1]) and np.isnan(rb.fe_params.iloc[2]).all()
+
+
+def test_chunking_changes_nothing(model):
+    Y = simulate(model, 40, seed=7)
+    a = model.fit_many(Y, progress=False)
+    b = model.fit_many(Y, progress=False, batch_size=16)
+    np.testing.assert_allclose(a.llf.values, b.llf.values, atol=1e-8)
+
+
+def test_wrong_shape_is_a_clear_error(model):
+    with pytest.raises(jaxlmm.DataError, match="one row per observation of the model \\(180 rows\\)"):
+        model.fit_many(np.zeros((179, 2)))
+
+
+def test_fit_datasets_equals_separate_fits(sleep):
+    parts = [
+        sleep[sleep.Subject.isin(sleep.Subject.unique()[:8])],
+        sleep[sleep.Days < 6],
+        sleep[sleep.Subject.isin(sleep.Subject.unique()[5:])],
+        sleep,
+    ]
+    rl = jaxlmm.fit_datasets(FORMULA, parts, progress=False)
+    assert len(rl) == 4
+    for i, part in enumerate(parts):
+        alone = jaxlmm.MixedLM.from_formula(FORMULA, part).fit(warn=False)
+        assert rl.llf.iloc[i] == pytest.approx(alone.llf, abs=1e-8)
+        np.testing.assert_allclose(rl.fe_params.iloc[i].values, alone.fe_params.values, rtol=1e-7)
+        member = rl[i]
+        assert member.ngroups == alone.ngroups
+        np.testing.assert_allclose(member.random_effects.values, alone.random_effects.values, rtol=1e-5, atol=1e-6)
+
+
+def test_sharded_over_two_devices_equals_one_device(model):
+    Y = simulate(model, 6, seed=8)
+    one = model.fit_many(Y, progress=False)
+    code = (
+        "import json, sys, numpy as np, jax, jaxlmm\n"
+        "assert jax.device_count() == 2, jax.devices()\n"
+        "Y = np.asarray(json.loads(sys.stdin.read()))\n"
+        "m = jaxlmm.MixedLM.from_formula('Reaction ~ Days + (Days | Subject)', jaxlmm.datasets.load('sleepstudy'))\n"
+        "rb = m.fit_many(Y, progress=False)\n"
+        "print(json.dumps(rb.llf.tolist()))\n"
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    out = subprocess.run([sys.executable, "-c", code], input=json.dumps(Y.tolist()), capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    np.testing.assert_allclose(json.loads(out.stdout.strip().splitlines()[-1]), one.llf.values, atol=1e-8)
