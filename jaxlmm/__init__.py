@@ -18,6 +18,8 @@ from ._config import float64 as float64
 from ._design import Design as Design
 from ._fit import FitArrays as FitArrays
 from ._fit import fit_arrays as fit_arrays
+from ._lrtest import LRTestResult as LRTestResult
+from ._lrtest import lrtest as lrtest
 from ._model import MixedLM as MixedLM
 from ._results import MixedLMResults as MixedLMResults
 from .errors import (
@@ -52,5 +54,7 @@ __all__ = [
     "datasets",
     "errors",
     "fit_arrays",
+    "LRTestResult",
+    "lrtest",
     "float64",
 ]

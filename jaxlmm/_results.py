@@ -268,6 +268,12 @@ class MixedLMResults:
         index = newdata.index if isinstance(newdata, pd.DataFrame) else None
         return pd.Series(self._linear_predictor(X, Z, codes, include_re), index=index, name="predicted")
 
+    def compare_lr_test(self, restricted: "MixedLMResults"):
+        """Likelihood-ratio test of a ``restricted`` (nested) fit against this one; see `jaxlmm.lrtest`."""
+        from ._lrtest import lrtest
+
+        return lrtest(restricted, self)
+
     # ---- reporting ----------------------------------------------------------------------------
     def summary(self, alpha: float = 0.05):
         """A summary table (statsmodels' MixedLM layout, then lme4-style random effects)."""
