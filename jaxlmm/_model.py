@@ -16,10 +16,59 @@ from .errors import DataError, FormulaError, IdentifiabilityError, MissingDataEr
 
 @dataclasses.dataclass(frozen=True)
 class RandomBlock:
-    """Columns of Z (by name) that share one covariance block; ``correlated`` for a full block."""
+    """Columns of Z (by name) that share one covariance block; ``correlated`` for a full block.
+
+    A ``tied`` block is a variance component: independent effects with one shared variance (e.g.
+    the casks nested in a batch), named ``label``.
+    """
 
     names: tuple[str, ...]
     correlated: bool
+    tied: bool = False
+    label: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class NestedSpec:
+    """Encoder of a random intercept for a factor nested in the grouping factor, ``(1 | g:h)``.
+
+    Within each level of g, the levels of h seen in fitting are numbered 0, 1, …; column j of the
+    encoding indicates the j-th level of h within the row's g. Levels not seen in fitting encode to
+    zeros (their prediction is population-level).
+    """
+
+    outer: str
+    inner: tuple[str, ...]
+    mapping: tuple  # ((g_label, h_label), j) pairs
+    width: int
+
+    @classmethod
+    def learn(cls, data: pd.DataFrame, outer: str, inner: tuple[str, ...]) -> "NestedSpec":
+        g = _group_values(outer, data).astype(str).to_numpy()
+        h = data[list(inner)].astype(str).agg(":".join, axis=1).to_numpy()
+        mapping = {}
+        for gl in np.unique(g):
+            for j, hl in enumerate(np.unique(h[g == gl])):
+                mapping[(gl, hl)] = j
+        width = max(mapping.values()) + 1
+        return cls(outer, tuple(inner), tuple(sorted(mapping.items())), width)
+
+    @property
+    def names(self) -> list[str]:
+        label = ":".join(self.inner)
+        return [f"{label}[{j}]" for j in range(self.width)]
+
+    def get_model_matrix(self, data: pd.DataFrame, na_action: str = "ignore") -> pd.DataFrame:
+        g = _group_values(self.outer, data).astype(str).to_numpy()
+        _formula.check_columns_exist(list(self.inner), data, ":".join(self.inner))
+        h = data[list(self.inner)].astype(str).agg(":".join, axis=1).to_numpy()
+        lookup = dict(self.mapping)
+        out = np.zeros((len(data), self.width))
+        for i, key in enumerate(zip(g, h)):
+            j = lookup.get(key)
+            if j is not None:
+                out[i, j] = 1.0
+        return pd.DataFrame(out, columns=self.names, index=data.index)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +88,12 @@ def lambda_index_for_blocks(blocks: Sequence[RandomBlock]) -> np.ndarray:
     start, k = 0, 0
     for block in blocks:
         size = len(block.names)
+        if block.tied:
+            for j in range(size):
+                idx[start + j, start + j] = k
+            k += 1
+            start += size
+            continue
         for j in range(size):
             for i in range(j, size):
                 if block.correlated or i == j:
@@ -168,7 +223,8 @@ class MixedLM:
                 f"({m} groups × {q} = {m * q}): the random-effect variances and the residual variance cannot "
                 "both be identified. Use fewer random effects per group (e.g. a random intercept only)."
             )
-        problem = _rank_problem(Z, z_names)
+        plain = [j for j, name in enumerate(z_names) if not any(b.tied and name in b.names for b in blocks)]
+        problem = _rank_problem(Z[:, plain], [z_names[j] for j in plain]) if plain else None
         if problem:
             raise IdentifiabilityError(f"the random-effect columns are collinear: {problem}. Remove one of them.")
         self.endog_name = y_name
@@ -191,6 +247,7 @@ class MixedLM:
         data: pd.DataFrame,
         groups: str | None = None,
         re_formula: str | None = None,
+        vc_formula: dict | None = None,
         *,
         missing: str = "raise",
     ) -> "MixedLM":
@@ -198,8 +255,10 @@ class MixedLM:
 
         lme4 style: ``"y ~ x + (x | g)"`` (correlated), ``"(x || g)"`` (uncorrelated),
         ``"(1 | g) + (0 + x | g)"``. statsmodels style: ``"y ~ x"`` with ``groups="g"`` and
-        ``re_formula="~x"`` (random intercept when omitted). ``missing="drop"`` drops rows with
-        NaN/inf in the columns the model uses; the default raises.
+        ``re_formula="~x"`` (random intercept when omitted). Variance components nested in the
+        grouping factor: ``"(1 | batch) + (1 | batch:cask)"``, ``"(1 | batch/cask)"``, or statsmodels'
+        ``groups="batch", vc_formula={"cask": "0 + C(cask)"}`` (one shared variance per component).
+        ``missing="drop"`` drops rows with NaN/inf in the columns the model uses; the default raises.
 
         Examples:
             >>> import jaxlmm
@@ -216,6 +275,11 @@ class MixedLM:
             raise DataError("data has no rows.")
         parsed = _formula.parse_mixed_formula(formula)
         terms = list(parsed.random)
+        vc_terms: list[tuple[str, str]] = []
+        if vc_formula is not None:
+            if groups is None or not isinstance(vc_formula, dict):
+                raise FormulaError("vc_formula needs groups= and a dict {name: formula}, e.g. {'cask': '0 + C(cask)'}.")
+            vc_terms = [(str(k), str(v).strip().lstrip("~").strip()) for k, v in vc_formula.items()]
         if groups is not None or re_formula is not None:
             if groups is None:
                 raise FormulaError("re_formula needs groups= (the grouping column), e.g. groups='Subject'.")
@@ -233,16 +297,42 @@ class MixedLM:
             raise FormulaError(
                 f"formula {formula!r} has no random effects: add a term such as '(1 | group)', or pass groups=."
             )
-        group_exprs = sorted({t.group for t in terms})
-        if len(group_exprs) > 1:
-            raise FormulaError(
-                f"random effects for several grouping factors ({', '.join(group_exprs)}) are not supported yet: "
-                "jaxlmm fits one grouping factor."
-            )
+        expanded = []
+        for t in terms:
+            if "/" in t.group:
+                parts = [p.strip() for p in t.group.split("/")]
+                for i in range(len(parts)):
+                    expanded.append(_formula.RandomTerm(t.expr, ":".join(parts[: i + 1]), t.correlated))
+            else:
+                expanded.append(t)
+        terms = expanded
+        group_exprs = sorted({t.group for t in terms}, key=lambda g: (g.count(":"), g))
         group_expr = group_exprs[0]
+        nested_terms = [t for t in terms if t.group != group_expr]
+        terms = [t for t in terms if t.group == group_expr]
+        for t in nested_terms:
+            if not t.group.startswith(group_expr + ":"):
+                raise FormulaError(
+                    f"random effects for several grouping factors ({', '.join(group_exprs)}) that are not nested "
+                    "(crossed) are not supported yet: jaxlmm fits one grouping factor and factors nested in it, "
+                    "such as '(1 | batch) + (1 | batch:cask)'."
+                )
+            if t.expr.replace(" ", "") not in ("1", "1+0", "0+1"):
+                raise FormulaError(
+                    f"'({t.expr} | {t.group})': only random intercepts are supported for nested factors; "
+                    f"write '(1 | {t.group})'."
+                )
+        if not terms:
+            terms = [_formula.RandomTerm("0", group_expr, True)]  # no effects for the outer factor itself
 
-        used = _formula.required_columns([f"{parsed.response} ~ {parsed.fixed}"] + [t.expr for t in terms], data)
+        used = _formula.required_columns(
+            [f"{parsed.response} ~ {parsed.fixed}"] + [t.expr for t in terms if t.expr != "0"] + [v for _, v in vc_terms],
+            data,
+        )
         group_cols = [p.strip() for p in group_expr.split(":")]
+        for t in nested_terms:
+            group_cols += [p.strip() for p in t.group.split(":")]
+        group_cols = list(dict.fromkeys(group_cols))
         if any("/" in c for c in group_cols):
             _group_values(group_expr, data)  # raises the nested-grouping error
         _formula.check_columns_exist(group_cols, data, formula)
@@ -270,6 +360,8 @@ class MixedLM:
 
         blocks, z_cols, z_names, random_specs = [], [], [], []
         for term in terms:
+            if term.expr == "0":
+                continue
             mm = _formula.model_matrix(term.expr, data, "random-effects matrix", formula)
             random_specs.append((mm.model_spec, term.correlated))
             cols = list(mm.columns)
@@ -278,6 +370,21 @@ class MixedLM:
             else:
                 for idx in mm.model_spec.term_indices.values():
                     blocks.append(RandomBlock(tuple(cols[i] for i in idx), True))
+            z_cols.append(np.asarray(mm, dtype=float))
+            z_names += cols
+        for t in nested_terms:
+            inner = tuple(p.strip() for p in t.group[len(group_expr) + 1 :].split(":"))
+            nspec = NestedSpec.learn(data, group_expr, inner)
+            random_specs.append((nspec, False))
+            frame = nspec.get_model_matrix(data)
+            blocks.append(RandomBlock(tuple(frame.columns), False, tied=True, label=t.group))
+            z_cols.append(frame.to_numpy())
+            z_names += list(frame.columns)
+        for name, expr in vc_terms:
+            mm = _formula.model_matrix(expr, data, f"variance component {name!r}", formula)
+            random_specs.append((mm.model_spec, False))
+            cols = [f"{name}[{c}]" for c in mm.columns]
+            blocks.append(RandomBlock(tuple(cols), False, tied=True, label=name))
             z_cols.append(np.asarray(mm, dtype=float))
             z_names += cols
         if len(set(z_names)) != len(z_names):
@@ -310,6 +417,22 @@ class MixedLM:
         return self
 
     # --------------------------------------------------------------------------------------------
+    @property
+    def varpar_names(self) -> list[str]:
+        """Names of the variance parameters, one per θ, then ``Residual``."""
+        names = []
+        for block in self.blocks:
+            if block.tied:
+                names.append(f"Var({block.label})")
+                continue
+            size = len(block.names)
+            for j in range(size):
+                for i in range(j, size):
+                    if block.correlated or i == j:
+                        a, b = block.names[j], block.names[i]
+                        names.append(f"Var({a})" if i == j else f"Cov({a},{b})")
+        return names + ["Residual"]
+
     @property
     def nobs(self) -> int:
         """Number of observations used (rows with mask 1)."""

@@ -134,13 +134,10 @@ class MixedLMResults:
         names = self.model.exog_re_names
         return pd.DataFrame(np.asarray(self._arrays.cov_re), index=names, columns=names)
 
-    @cached_property
+    @property
     def varpar_names(self) -> list[str]:
         """Names of the variance parameters: ``Var(a)``/``Cov(a,b)`` of the random effects, then ``Residual``."""
-        rows, cols = self.model.design.theta_positions
-        z = self.model.exog_re_names
-        names = [f"Var({z[r]})" if r == c else f"Cov({z[c]},{z[r]})" for r, c in zip(rows, cols)]
-        return names + ["Residual"]
+        return self.model.varpar_names
 
     @property
     def vcomp(self) -> pd.Series:

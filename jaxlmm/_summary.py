@@ -55,14 +55,26 @@ class Summary:
 
     @staticmethod
     def _random_block(r: "MixedLMResults", label: str) -> pd.DataFrame:
+        """lme4's VarCorr layout: one row per random effect (one per variance component), with the
+        correlations within each term."""
         cov = r.cov_re.values
         names = r.model.exog_re_names
         sd = np.sqrt(np.clip(np.diag(cov), 0, None))
-        rows = []
-        for i, n in enumerate(names):
-            corr = [cov[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else np.nan for j in range(i)]
-            rows.append({"Groups": label if i == 0 else "", "Name": n, "Variance": cov[i, i], "Std.Dev.": sd[i],
-                         **{f"Corr{j + 1}": c for j, c in enumerate(corr)}})
+        rows, first = [], True
+        for block in r.model.blocks:
+            idx = [names.index(n) for n in block.names]
+            if block.tied:
+                i = idx[0]
+                rows.append({"Groups": block.label, "Name": "(Intercept)", "Variance": cov[i, i], "Std.Dev.": sd[i]})
+                continue
+            for k, i in enumerate(idx):
+                corr = {}
+                if block.correlated:
+                    for kk, j in enumerate(idx[:k]):
+                        corr[f"Corr{kk + 1}"] = cov[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else np.nan
+                rows.append({"Groups": label if first else "", "Name": names[i], "Variance": cov[i, i],
+                             "Std.Dev.": sd[i], **corr})
+                first = False
         rows.append({"Groups": "Residual", "Name": "", "Variance": r.scale, "Std.Dev.": np.sqrt(r.scale)})
         return pd.DataFrame(rows)
 

@@ -298,8 +298,13 @@ def test_several_grouping_factors_not_supported(sleep):
         MixedLM.from_formula("Reaction ~ Days + (1 | Subject) + (1 | Days)", sleep)
 
 
-def test_nested_grouping_not_supported(sleep):
-    with pytest.raises(FormulaError, match=r"nested grouping 'Subject/Days'"):
+def test_crossed_grouping_not_supported(sleep):
+    with pytest.raises(FormulaError, match=r"not nested \(crossed\) are not supported"):
+        MixedLM.from_formula("Reaction ~ Days + (1 | Subject) + (1 | Days)", sleep)
+
+
+def test_nested_factor_with_one_row_per_level_is_not_identifiable(sleep):
+    with pytest.raises(IdentifiabilityError, match="not larger than the number of random effects"):
         MixedLM.from_formula("Reaction ~ Days + (1 | Subject/Days)", sleep)
 
 

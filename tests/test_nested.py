@@ -1,0 +1,59 @@
+"""Variance components nested in the grouping factor (Pastes: casks within batches), against lme4."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import jaxlmm
+from dense import dense_loglik
+
+REFERENCE = json.loads((Path(__file__).parent / "data" / "lme4_reference.json").read_text())
+FORMS = [
+    ("strength ~ 1 + (1 | batch) + (1 | batch:cask)", {}, "Var(batch:cask)"),
+    ("strength ~ 1 + (1 | batch/cask)", {}, "Var(batch:cask)"),
+    ("strength ~ 1", {"groups": "batch", "vc_formula": {"cask": "0 + C(cask)"}}, "Var(cask)"),
+]
+
+
+@pytest.mark.parametrize("reml", [True, False])
+@pytest.mark.parametrize("formula, kwargs, cask_name", FORMS)
+def test_pastes_matches_lme4(formula, kwargs, cask_name, reml):
+    entry = REFERENCE["pastes_nested_reml" if reml else "pastes_nested_ml"]
+    r = jaxlmm.MixedLM.from_formula(formula, jaxlmm.datasets.load("pastes"), **kwargs).fit(reml=reml)
+    assert r.converged
+    assert r.llf >= entry["loglik"] - 1e-6
+    assert r.llf == pytest.approx(entry["loglik"], abs=1e-6)
+    lme4 = {v["grp"]: v["vcov"] for v in entry["varcorr"]}
+    assert r.vcomp["Var(Intercept)"] == pytest.approx(lme4["batch"], rel=1e-4)
+    assert r.vcomp[cask_name] == pytest.approx(lme4["batch:cask"], rel=1e-4)
+    assert r.scale == pytest.approx(lme4["Residual"], rel=1e-4)
+    assert r.fe_params.iloc[0] == pytest.approx(entry["fixef"]["(Intercept)"], rel=1e-6)
+    assert r.bse_fe.iloc[0] == pytest.approx(entry["se"]["(Intercept)"], rel=1e-4)
+    assert cask_name in r.cov_params().index  # variance components are in cov_params
+    assert "cask" in str(r.summary())
+
+
+def test_variance_component_with_correlated_random_slope():
+    rng = np.random.default_rng(3)
+    rows = []
+    for g in range(12):
+        b0, b1 = rng.normal(0, [2.0, 0.5])
+        for h in range(3):
+            c = rng.normal(0, 1.5)
+            for x in range(4):
+                rows.append({"g": f"g{g}", "h": f"h{h}", "x": float(x), "y": 1 + 0.5 * x + b0 + b1 * x + c + rng.normal()})
+    df = pd.DataFrame(rows)
+    m = jaxlmm.MixedLM.from_formula("y ~ x + (x | g) + (1 | g:h)", df)
+    r = m.fit()
+    assert r.converged and m.design.n_theta == 4
+    d = m.design
+    assert r.llf == pytest.approx(dense_loglik(d.y, d.X, d.Z, d.group, r.cov_re.values, r.scale, True), abs=1e-8)
+    assert list(r.vcomp.index) == ["Var(Intercept)", "Cov(Intercept,x)", "Var(x)", "Var(g:h)", "Residual"]
+
+
+def test_crossed_factors_are_refused_clearly():
+    with pytest.raises(jaxlmm.FormulaError, match="not nested"):
+        jaxlmm.MixedLM.from_formula("diameter ~ 1 + (1 | plate) + (1 | sample)", jaxlmm.datasets.load("penicillin"))
