@@ -249,3 +249,37 @@ def varpar_cov(design: Design, theta: jax.Array, sigma2: jax.Array, reml: bool =
     info = jax.hessian(neg_loglik)(params)
     jac = jax.jacobian(lambda p: _varpar(p[:-1], p[-1], lambda_index, rows, cols))(params)
     return jac @ jnp.linalg.solve(info, jac.T)
+
+
+@partial(jax.jit, static_argnames=("reml",))
+def satterthwaite_df(design: Design, theta: jax.Array, sigma2: jax.Array, L: jax.Array, reml: bool = True) -> jax.Array:
+    """Satterthwaite degrees of freedom of the contrasts ``L @ β`` (one per row of ``L``).
+
+    ν = 2 (lᵀ C l)² / (∇ᵀ A ∇), where C(θ, σ²) = σ² (Xᵀ V⁻¹ X)⁻¹ is the covariance of β̂ as a
+    function of the variance parameters, ∇ its gradient for the contrast (autodiff) and A the
+    covariance of (θ, σ²): the inverse Hessian of the negative (RE)ML log-likelihood — the
+    construction lmerTest uses.
+    """
+    pre = precondition(design.y, design.X, design.mask)
+    stats = sufficient_stats(pre.y, pre.X, design.Z, design.group, design.mask, design.n_groups)
+    lambda_index = jnp.asarray(design.lambda_index_array)
+    p = pre.R.shape[0]
+    R_inv = jax.scipy.linalg.solve_triangular(pre.R, jnp.eye(p, dtype=theta.dtype), lower=False)
+
+    def vcov(params):
+        sol = penalised_solution(params[:-1], stats, lambda_index)
+        A_inv = _linalg.cho_solve(sol.A_chol, jnp.eye(p, dtype=theta.dtype))
+        return params[-1] * R_inv @ A_inv @ R_inv.T
+
+    def neg_loglik(params):
+        return 0.5 * deviance_at_scale(params[:-1], params[-1], stats, lambda_index, reml)
+
+    params = jnp.concatenate([theta, sigma2[None]])
+    A = jnp.linalg.inv(jax.hessian(neg_loglik)(params))
+
+    def one(l):
+        var = l @ vcov(params) @ l
+        grad = jax.grad(lambda q: l @ vcov(q) @ l)(params)
+        return 2.0 * var**2 / (grad @ A @ grad)
+
+    return jax.vmap(one)(L)

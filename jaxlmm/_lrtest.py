@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from jax.scipy.special import gammaincc
 
+from ._config import float64
 from .errors import DataError
 
 if TYPE_CHECKING:
@@ -20,7 +21,8 @@ def chi2_sf(x: float, df: float) -> float:
     """Upper tail of the χ² distribution (no SciPy needed)."""
     if df <= 0:
         return float(x <= 0)
-    return float(gammaincc(df / 2.0, max(float(x), 0.0) / 2.0))
+    with float64():
+        return float(gammaincc(df / 2.0, max(float(x), 0.0) / 2.0))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import warnings
 from functools import cached_property
-from math import erf, sqrt
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,7 +25,13 @@ SINGULAR_TOL = 1e-4
 
 
 def _norm_sf(z: np.ndarray) -> np.ndarray:
-    return np.array([0.5 * (1.0 - erf(v / sqrt(2.0))) for v in np.ravel(z)]).reshape(np.shape(z))
+    """Upper tail of the standard normal, accurate far into the tail (float64 ndtr)."""
+    from jax.scipy.special import ndtr
+
+    from ._config import float64
+
+    with float64():
+        return np.asarray(ndtr(-np.asarray(z, dtype=float)))
 
 
 def _norm_ppf(p: float) -> float:
@@ -265,6 +270,85 @@ class MixedLMResults:
         index = newdata.index if isinstance(newdata, pd.DataFrame) else None
         return pd.Series(self._linear_predictor(X, Z, codes, include_re), index=index, name="predicted")
 
+    def satterthwaite_df(self, L) -> np.ndarray:
+        """Satterthwaite degrees of freedom for the rows of the contrast matrix ``L`` (lmerTest's)."""
+        from ._config import float64
+        from ._fit import satterthwaite_df
+
+        with float64():
+            return np.asarray(
+                satterthwaite_df(self.model.design, self._arrays.theta, self._arrays.sigma2,
+                                 np.asarray(L, dtype=float), self.reml)
+            )
+
+    def t_test(self, hypotheses, ddf: str = "satterthwaite", adjust: str | None = None) -> pd.DataFrame:
+        """Tests of linear contrasts of the fixed effects, one row per hypothesis.
+
+        ``hypotheses``: a matrix (one column per fixed effect) or strings such as ``"Days = 0"`` or
+        ``["a - b = 0", "c = 0"]``. ``ddf="satterthwaite"`` gives t tests with Satterthwaite degrees
+        of freedom (as lmerTest); ``"wald"`` gives z tests. ``adjust`` = ``"holm"``,
+        ``"bonferroni"`` or ``"fdr_bh"`` adds multiplicity-adjusted p-values.
+
+        Examples:
+            >>> import jaxlmm
+            >>> r = jaxlmm.MixedLM.from_formula("Reaction ~ Days + (1 | Subject)", jaxlmm.datasets.load("sleepstudy")).fit()
+            >>> t = r.t_test("Days = 0")
+            >>> round(float(t["df"].iloc[0]), 1)
+            161.0
+        """
+        from ._contrasts import contrast_table, parse_contrasts
+
+        L, rhs, labels = parse_contrasts(hypotheses, self.model.exog_names)
+        estimate = L @ self.fe_params.values - rhs
+        se = np.sqrt(np.einsum("ij,jk,ik->i", L, self.cov_fe.values, L))
+        if ddf == "satterthwaite":
+            df = self.satterthwaite_df(L)
+        elif ddf == "wald":
+            df = np.full(len(labels), np.inf)
+        else:
+            raise DataError(f"ddf must be 'satterthwaite' or 'wald', got {ddf!r}.")
+        return contrast_table(estimate, se, df, labels, adjust)
+
+    def wald_test(self, hypotheses) -> dict:
+        """Joint Wald χ² test that all the given contrasts are zero: {statistic, df, pvalue}."""
+        from ._contrasts import parse_contrasts
+        from ._lrtest import chi2_sf
+
+        L, rhs, _ = parse_contrasts(hypotheses, self.model.exog_names)
+        diff = L @ self.fe_params.values - rhs
+        cov = L @ self.cov_fe.values @ L.T
+        rank = int(np.linalg.matrix_rank(cov))
+        stat = float(diff @ np.linalg.pinv(cov) @ diff)
+        return {"statistic": stat, "df": rank, "pvalue": chi2_sf(stat, rank)}
+
+    def pairwise(self, term: str, adjust: str | None = "holm", ddf: str = "satterthwaite") -> pd.DataFrame:
+        """All pairwise differences between the levels of a categorical term (treatment-coded),
+        with multiplicity-adjusted p-values (Holm by default).
+
+        ``term`` is the prefix of the coefficient names, e.g. ``"C(session)"`` or ``"Sex"``.
+        """
+        names = self.model.exog_names
+        cols = [n for n in names if n.startswith(term + "[")]
+        if not cols:
+            raise DataError(f"no fixed-effect coefficients for {term!r}; coefficients are: {', '.join(names)}.")
+        level = {c: c[len(term) + 1 : -1].removeprefix("T.") for c in cols}
+        rows, labels = [], []
+        for c in cols:
+            row = np.zeros(len(names))
+            row[names.index(c)] = 1.0
+            rows.append(row)
+            labels.append(f"{level[c]} - (reference)")
+        for i, a in enumerate(cols):
+            for b in cols[i + 1 :]:
+                row = np.zeros(len(names))
+                row[names.index(b)] = 1.0
+                row[names.index(a)] = -1.0
+                rows.append(row)
+                labels.append(f"{level[b]} - {level[a]}")
+        table = self.t_test(np.asarray(rows), ddf=ddf, adjust=adjust)
+        table.index = labels
+        return table
+
     def bootstrap(self, n: int = 1000, seed: int = 0, alpha: float = 0.05, *, progress: bool = True):
         """Parametric bootstrap: simulate ``n`` responses from the fitted model, refit each (batched).
 
@@ -298,11 +382,15 @@ class MixedLMResults:
         return lrtest(restricted, self)
 
     # ---- reporting ----------------------------------------------------------------------------
-    def summary(self, alpha: float = 0.05):
-        """A summary table (statsmodels' MixedLM layout, then lme4-style random effects)."""
+    def summary(self, alpha: float = 0.05, ddf: str = "wald"):
+        """A summary table (statsmodels' MixedLM layout, then lme4-style random effects).
+
+        ``ddf="satterthwaite"`` shows t statistics with Satterthwaite degrees of freedom (as
+        lmerTest) instead of z statistics.
+        """
         from ._summary import Summary
 
-        return Summary(self, alpha)
+        return Summary(self, alpha, ddf)
 
     def __repr__(self) -> str:
         return f"<MixedLMResults {self.method}: llf={self.llf:.4f}, nobs={self.nobs}, groups={self.ngroups}>"

@@ -18,7 +18,7 @@ def _fmt(v: float, digits: int = 4) -> str:
 class Summary:
     """``str()`` is a text table; ``_repr_html_`` renders it in notebooks; ``.tables`` are DataFrames."""
 
-    def __init__(self, results: "MixedLMResults", alpha: float = 0.05):
+    def __init__(self, results: "MixedLMResults", alpha: float = 0.05, ddf: str = "wald"):
         r = results
         d = r.model.design
         sizes = np.bincount(np.asarray(d.group), weights=np.asarray(d.mask), minlength=r.ngroups).astype(int)
@@ -34,16 +34,27 @@ class Summary:
             self.info.append(("Rows dropped (NaN):", str(r.model.n_dropped), "", ""))
         ci = r.conf_int(alpha)
         lo, hi = f"[{alpha / 2:.3f}", f"{1 - alpha / 2:.3f}]"
-        fixed = pd.DataFrame(
-            {
-                "Coef.": r.fe_params,
-                "Std.Err.": r.bse_fe,
-                "z": r.tvalues,
-                "P>|z|": r.pvalues,
-                lo: ci["lower"],
-                hi: ci["upper"],
-            }
-        )
+        if ddf == "satterthwaite":
+            from ._contrasts import t_sf2
+
+            df = r.satterthwaite_df(np.eye(len(r.fe_params)))
+            fixed = pd.DataFrame({"Coef.": r.fe_params, "Std.Err.": r.bse_fe, "t": r.tvalues.values, "df": df,
+                                  "P>|t|": t_sf2(r.tvalues.values, df)}, index=r.fe_params.index)
+        elif ddf == "wald":
+            fixed = pd.DataFrame(
+                {
+                    "Coef.": r.fe_params,
+                    "Std.Err.": r.bse_fe,
+                    "z": r.tvalues,
+                    "P>|z|": r.pvalues,
+                    lo: ci["lower"],
+                    hi: ci["upper"],
+                }
+            )
+        else:
+            from .errors import DataError
+
+            raise DataError(f"ddf must be 'wald' or 'satterthwaite', got {ddf!r}.")
         vc = r.vcomp.drop("Residual")
         label = r.model.group_name if hasattr(r.model, "group_name") else "Group"
         variance = pd.DataFrame({"Coef.": vc.values, "Std.Err.": r.bse_re.drop("Residual").values},
