@@ -35,11 +35,13 @@ from .errors import ConvergenceWarning, DataError, SingularFitWarning
 FIRST_ROUND_MAX_ITER = 8
 MAX_ITER = 200
 MEMORY_BUDGET_BYTES = 256 * 2**20
-# Chunk size on CPU. Per-model cost is near its minimum from ~256 models per chunk (cache-sized
-# arrays); and with jaxlib 0.10.2, XLA:CPU deadlocks (all threads idle, never returns) on this
-# vmapped while-loop from about 384 models per chunk upward — reproduced in isolation, with
-# async dispatch off and with single-threaded Eigen; see the project notes. 256 stays clear of it.
+# Chunk size on CPU. With jaxlib 0.10.2, XLA:CPU deadlocks (all threads idle, the call never
+# returns) on this vmapped while-loop once a chunk holds more than about 64k rows in total (models ×
+# rows per model): seen at 384 × 180, 128 × 600, 64 × 1,100 and 8 × 10,000, never at or below
+# 256 × 180 = 46,080 — reproduced in isolation, with async dispatch off and with single-threaded
+# Eigen. So on CPU a chunk holds at most CPU_MAX_CHUNK_ROWS rows and at most CPU_BATCH models.
 CPU_BATCH = 256
+CPU_MAX_CHUNK_ROWS = 32768
 
 
 # ---- kernels --------------------------------------------------------------------------------------
@@ -131,10 +133,18 @@ def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: 
     return out
 
 
-def _auto_batch_size(n_rows: int, q: int, p: int, k: int) -> int:
+def _safe_batch_size(n_rows: int, requested: int | None, q: int, p: int, k: int) -> int:
+    """The chunk size: ``requested`` or automatic (memory budget), clamped on CPU to a power of two
+    whose chunk stays below `CPU_MAX_CHUNK_ROWS` rows (see the note on the XLA:CPU deadlock)."""
+    if requested is not None and (not isinstance(requested, (int, np.integer)) or requested < 1):
+        raise DataError(f"batch_size must be a positive integer, got {requested!r}.")
     per_model = 8 * n_rows * (4 + q * q + q * p + 2 * p)
-    cap = CPU_BATCH if jax.default_backend() == "cpu" else 65536
-    return int(max(1, min(k, MEMORY_BUDGET_BYTES // max(per_model, 1), cap)))
+    size = requested or max(1, min(k, MEMORY_BUDGET_BYTES // max(per_model, 1), 65536))
+    if jax.default_backend() == "cpu":
+        limit = max(1, min(CPU_BATCH, CPU_MAX_CHUNK_ROWS // max(n_rows, 1)))
+        limit = 1 << (limit.bit_length() - 1)  # chunks are padded to powers of two
+        size = min(size, limit)
+    return int(max(1, min(size, max(k, 1))))
 
 
 # ---- results --------------------------------------------------------------------------------------
@@ -367,9 +377,7 @@ def fit_many(
     Yc = np.where(M > 0, values, 0.0)
     k = values.shape[1]
     q, p = len(model.exog_re_names), len(model.exog_names)
-    batch_size = batch_size or _auto_batch_size(n, q, p, k)
-    if batch_size < 1:
-        raise DataError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    batch_size = _safe_batch_size(n, batch_size, q, p, k)
     theta0 = np.tile(model.design.theta_start, (k, 1))
 
     def run(inputs, t0, max_iter):
@@ -471,7 +479,7 @@ def fit_datasets(
         inputs = [np.stack([s[j] for s in stacked]) for j in range(5)]
         template = first.design
         q, p = len(first.exog_re_names), len(first.exog_names)
-        size = batch_size or _auto_batch_size(n_rows, q, p, len(members))
+        size = _safe_batch_size(n_rows, batch_size, q, p, len(members))
 
         def run(chunk, t0, max_iter, n_groups=n_groups):
             with float64():
