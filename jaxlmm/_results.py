@@ -107,6 +107,13 @@ class MixedLMResults:
         return pd.DataFrame(np.asarray(self._arrays.vcov_beta), index=names, columns=names)
 
     @property
+    def corr_fe(self) -> pd.DataFrame:
+        """Correlation of the fixed-effect estimates (lme4's "Correlation of Fixed Effects")."""
+        cov = self.cov_fe.values
+        sd = np.sqrt(np.diag(cov))
+        return pd.DataFrame(cov / np.outer(sd, sd), index=self.cov_fe.index, columns=self.cov_fe.columns)
+
+    @property
     def bse_fe(self) -> pd.Series:
         return pd.Series(np.sqrt(np.diag(self.cov_fe.values)), index=self.model.exog_names, name="Std.Err.")
 
@@ -119,10 +126,24 @@ class MixedLMResults:
     def pvalues(self) -> pd.Series:
         return pd.Series(2.0 * _norm_sf(np.abs(self.tvalues.values)), index=self.model.exog_names, name="P>|z|")
 
-    def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
-        """Wald confidence intervals of the fixed effects (columns: lower, upper)."""
+    def conf_int(self, alpha: float = 0.05, method: str = "wald", *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+        """Confidence intervals (columns: lower, upper).
+
+        ``method="wald"`` (default): fixed effects, estimate ± z·SE. ``method="boot"``: parametric
+        bootstrap percentile intervals for all parameters (``n_boot`` replicates). Profile-likelihood
+        intervals are not available yet.
+        """
         if not 0.0 < alpha < 1.0:
             raise DataError(f"alpha must be between 0 and 1, got {alpha!r}.")
+        if method == "boot":
+            return self.bootstrap(n=n_boot, seed=seed, alpha=alpha, progress=False).conf_int()
+        if method == "profile":
+            raise DataError(
+                "profile-likelihood intervals are not implemented yet; use method='wald' (fixed effects) or "
+                "method='boot' (all parameters, parametric bootstrap)."
+            )
+        if method != "wald":
+            raise DataError(f"method must be 'wald' or 'boot', got {method!r}.")
         z = _norm_ppf(1.0 - alpha / 2.0)
         fe, se = self.fe_params, self.bse_fe
         return pd.DataFrame({"lower": fe - z * se, "upper": fe + z * se})

@@ -60,6 +60,7 @@ class Summary:
         variance = pd.DataFrame({"Coef.": vc.values, "Std.Err.": r.bse_re.drop("Residual").values},
                                 index=[f"{label} {n}" for n in vc.index])
         self.fixed, self.variance = fixed, variance
+        self.corr_fe = r.corr_fe
         self.random = self._random_block(r, label)
         self.tables = [pd.DataFrame(self.info), fixed, variance, self.random]
         self.singular = r.is_singular
@@ -103,6 +104,10 @@ class Summary:
         rand = self.random.copy()
         rand_text = rand.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4g}")
         lines = [title, "=" * width, *info, "-" * width, table, "=" * width, "Random effects:", rand_text]
+        if len(self.corr_fe) > 1:
+            corr = self.corr_fe.copy()
+            corr = corr.where(np.tril(np.ones(corr.shape, dtype=bool), k=-1)).iloc[1:, :-1]
+            lines += ["", "Correlation of Fixed Effects:", corr.to_string(float_format=lambda v: f"{v:.3f}", na_rep="")]
         if self.singular:
             lines.append("Note: boundary (singular) fit: see the SingularFitWarning.")
         return "\n".join(lines)

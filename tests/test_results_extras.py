@@ -1,0 +1,32 @@
+"""Correlation of fixed effects (as lme4 prints it) and conf_int methods."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import jaxlmm
+
+REFERENCE = json.loads((Path(__file__).parent / "data" / "lme4_reference.json").read_text())
+
+
+def test_correlation_of_fixed_effects_matches_lme4():
+    entry = REFERENCE["orthodont_ml"]
+    r = jaxlmm.MixedLM.from_formula(entry["formula"], jaxlmm.datasets.load("orthodont")).fit(reml=False)
+    vcov = np.asarray(entry["vcov"])
+    sd = np.sqrt(np.diag(vcov))
+    np.testing.assert_allclose(r.corr_fe.values, vcov / np.outer(sd, sd), atol=1e-5)
+    assert "Correlation of Fixed Effects" in str(r.summary())
+
+
+def test_conf_int_methods():
+    r = jaxlmm.MixedLM.from_formula("Yield ~ 1 + (1 | Batch)", jaxlmm.datasets.load("dyestuff")).fit()
+    wald = r.conf_int()
+    assert list(wald.columns) == ["lower", "upper"] and len(wald) == 1
+    boot = r.conf_int(method="boot", n_boot=50, seed=1)
+    assert list(boot.index) == list(r.params.index)
+    with pytest.raises(jaxlmm.DataError, match="profile-likelihood intervals are not implemented"):
+        r.conf_int(method="profile")
+    with pytest.raises(jaxlmm.DataError, match="method must be"):
+        r.conf_int(method="exact")
