@@ -9,6 +9,7 @@ Examples:
 """
 
 from . import datasets as datasets
+from . import plot as plot
 from . import errors as errors
 from ._batch import BatchResults as BatchResults
 from ._batch import DatasetResults as DatasetResults
@@ -52,6 +53,7 @@ __all__ = [
     "MixedLMResults",
     "SingularFitWarning",
     "datasets",
+    "plot",
     "errors",
     "fit_arrays",
     "LRTestResult",

@@ -284,7 +284,7 @@ class _ManyResults:
                 f"{int(bad.sum())} of {len(self)} fits did not converge (see .converged and .grad_norm; "
                 f"first: {list(self.names[bad][:5])}). Their estimates may be off.{extra}",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         sing = self.is_singular.values
         if sing.any():
@@ -292,7 +292,7 @@ class _ManyResults:
                 f"{int(sing.sum())} of {len(self)} fits are on the boundary (a random-effect variance of zero; "
                 "see .is_singular). Their estimates are still maxima of the likelihood.",
                 SingularFitWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
 
     def __repr__(self) -> str:

@@ -44,7 +44,7 @@ class LRTestResult:
     notes: tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        lines = [f"Likelihood-ratio test ({self.method})", self.table.to_string(float_format=lambda v: f"{v:.4g}")]
+        lines = [f"Likelihood-ratio test ({self.method})", self.table.to_string(float_format=lambda v: f"{v:.4f}" if abs(v) >= 1e-4 else f"{v:.3g}")]
         lines += [f"Note: {n}" for n in self.notes]
         return "\n".join(lines)
 

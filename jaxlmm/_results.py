@@ -396,6 +396,37 @@ class MixedLMResults:
         return BootstrapResult(table[batch.converged.values].reset_index(drop=True), int((~batch.converged).sum()),
                                self.params, alpha)
 
+    # ---- plots (see jaxlmm.plot; each returns a matplotlib Figure) ----------------------------
+    def plot_residuals(self, ax=None):
+        """Residuals against fitted values, coloured by group."""
+        from . import plot
+
+        return plot.residuals_vs_fitted(self, ax=ax)
+
+    def plot_qq(self, ax=None):
+        """Normal Q-Q plot of the standardised residuals."""
+        from . import plot
+
+        return plot.qq_residuals(self, ax=ax)
+
+    def plot_qq_re(self):
+        """Normal Q-Q plots of the random effects, one panel per effect."""
+        from . import plot
+
+        return plot.qq_random_effects(self)
+
+    def plot_caterpillar(self, alpha: float = 0.05):
+        """Random effects with conditional intervals, sorted (lme4's dotplot of ranef)."""
+        from . import plot
+
+        return plot.caterpillar(self, alpha=alpha)
+
+    def plot_fitted_lines(self, x=None, max_groups: int = 12, groups=None):
+        """Per-group fitted lines over the data."""
+        from . import plot
+
+        return plot.fitted_lines(self, x=x, max_groups=max_groups, groups=groups)
+
     def compare_lr_test(self, restricted: "MixedLMResults"):
         """Likelihood-ratio test of a ``restricted`` (nested) fit against this one; see `jaxlmm.lrtest`."""
         from ._lrtest import lrtest

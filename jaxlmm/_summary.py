@@ -11,6 +11,11 @@ if TYPE_CHECKING:
     from ._results import MixedLMResults
 
 
+def _num(v: float) -> str:
+    """Three decimals, as statsmodels prints, but significant digits for small non-zero values."""
+    return f"{v:.3g}" if v != 0 and abs(v) < 0.001 else f"{v:.3f}"
+
+
 def _fmt(v: float, digits: int = 4) -> str:
     return "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
 
@@ -98,7 +103,7 @@ class Summary:
         info = self._text_info()
         fixed = self.fixed.copy()
         body = pd.concat([fixed, self.variance.reindex(columns=fixed.columns)])
-        table = body.to_string(float_format=lambda v: f"{v:.3f}", na_rep="")
+        table = body.to_string(float_format=_num, na_rep="")
         width = max(max(len(s) for s in info), max(len(s) for s in table.splitlines()))
         title = "Mixed Linear Model Regression Results".center(width)
         rand = self.random.copy()
@@ -121,7 +126,7 @@ class Summary:
         return (
             "<div><b>Mixed Linear Model Regression Results</b>"
             f"<table>{info}</table>"
-            + fixed.to_html(float_format=lambda v: f"{v:.3f}", na_rep="")
+            + fixed.to_html(float_format=_num, na_rep="")
             + "<b>Random effects</b>"
             + self.random.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}")
             + "</div>"

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import pandas as pd
 
+from .errors import DataError
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -163,6 +165,7 @@ def residuals_vs_fitted(r: "MixedLMResults", ax: "Axes | None" = None) -> "Figur
     most 10 groups a legend names them.
 
     Examples:
+        >>> import matplotlib; matplotlib.use("Agg")  # no display needed
         >>> import jaxlmm, jaxlmm.plot
         >>> r = jaxlmm.MixedLM.from_formula("Reaction ~ Days + (Days | Subject)",
         ...                                 jaxlmm.datasets.load("sleepstudy")).fit()
@@ -205,6 +208,7 @@ def qq_residuals(r: "MixedLMResults", ax: "Axes | None" = None) -> "Figure":
     """Normal Q-Q plot of the conditional residuals divided by σ̂, with the line y = x.
 
     Examples:
+        >>> import matplotlib; matplotlib.use("Agg")  # no display needed
         >>> import jaxlmm, jaxlmm.plot
         >>> r = jaxlmm.MixedLM.from_formula("Reaction ~ Days + (Days | Subject)",
         ...                                 jaxlmm.datasets.load("sleepstudy")).fit()
@@ -232,6 +236,7 @@ def qq_random_effects(r: "MixedLMResults") -> "Figure":
     component nested in the grouping factor gets one panel (its levels that occur in the data).
 
     Examples:
+        >>> import matplotlib; matplotlib.use("Agg")  # no display needed
         >>> import jaxlmm, jaxlmm.plot
         >>> r = jaxlmm.MixedLM.from_formula("Reaction ~ Days + (Days | Subject)",
         ...                                 jaxlmm.datasets.load("sleepstudy")).fit()
@@ -273,6 +278,7 @@ def caterpillar(r: "MixedLMResults", alpha: float = 0.05) -> "Figure":
     `random_effects_cov`; intervals that exclude zero are drawn darker.
 
     Examples:
+        >>> import matplotlib; matplotlib.use("Agg")  # no display needed
         >>> import jaxlmm, jaxlmm.plot
         >>> r = jaxlmm.MixedLM.from_formula("Reaction ~ Days + (Days | Subject)",
         ...                                 jaxlmm.datasets.load("sleepstudy")).fit()
@@ -280,8 +286,6 @@ def caterpillar(r: "MixedLMResults", alpha: float = 0.05) -> "Figure":
         ('Figure', 2)
     """
     if not 0.0 < alpha < 1.0:
-        from .errors import DataError
-
         raise DataError(f"alpha must be between 0 and 1, got {alpha!r}.")
     panels = _re_panels(r)
     z = NormalDist().inv_cdf(1.0 - alpha / 2.0)
@@ -350,16 +354,12 @@ def _x_values(r: "MixedLMResults", x: Any) -> tuple[np.ndarray, str]:
             return np.asarray(d.Z)[:, r.model.exog_re_names.index(x)], x
         if x in r.model.exog_names:
             return np.asarray(d.X)[:, r.model.exog_names.index(x)], x
-        from .errors import DataError
-
         raise DataError(
             f"x={x!r} is not a column of the model (fixed: {r.model.exog_names}; random: {r.model.exog_re_names}); "
             "pass one of those names or an array with one value per row of the model."
         )
     values = np.asarray(x, dtype=float)
     if values.shape != (np.asarray(d.y).shape[0],):
-        from .errors import DataError
-
         raise DataError(f"x must have one value per row of the model ({np.asarray(d.y).shape[0]}), got shape {values.shape}.")
     return values, getattr(x, "name", None) or "x"
 
@@ -375,6 +375,7 @@ def fitted_lines(r: "MixedLMResults", x: Any = None, max_groups: int = 12,
     groups are shown, or the levels listed in ``groups``.
 
     Examples:
+        >>> import matplotlib; matplotlib.use("Agg")  # no display needed
         >>> import jaxlmm, jaxlmm.plot
         >>> r = jaxlmm.MixedLM.from_formula("Reaction ~ Days + (Days | Subject)",
         ...                                 jaxlmm.datasets.load("sleepstudy")).fit()
@@ -384,8 +385,6 @@ def fitted_lines(r: "MixedLMResults", x: Any = None, max_groups: int = 12,
     levels = r.model.group_levels
     if groups is None:
         if max_groups < 1:
-            from .errors import DataError
-
             raise DataError(f"max_groups must be at least 1, got {max_groups!r}.")
         chosen = list(range(min(max_groups, len(levels))))
     else:
@@ -397,9 +396,9 @@ def fitted_lines(r: "MixedLMResults", x: Any = None, max_groups: int = 12,
             elif str(g) in as_str:
                 chosen.append(as_str.index(str(g)))
             else:
-                from .errors import DataError
-
                 raise DataError(f"group {g!r} is not a level of {_group_label(r)!r} (e.g. {as_str[:3]}).")
+    if not chosen:
+        raise DataError("groups is empty: list at least one level to plot (or leave groups=None).")
     xv, x_name = _x_values(r, x)
     used = _used_rows(r)
     codes = np.asarray(r.model.design.group)
@@ -443,13 +442,12 @@ def profile(profile_frame: pd.DataFrame, ax: "Axes | None" = None, alpha: float 
     each parameter gets its own panel (pass ``ax`` only for a single parameter).
 
     Examples:
+        >>> import matplotlib; matplotlib.use("Agg")  # no display needed
         >>> import numpy as np, pandas as pd, jaxlmm.plot
         >>> v = np.linspace(-2, 2, 41)
         >>> fig = jaxlmm.plot.profile(pd.DataFrame({"value": v, "llf": -0.5 * v**2})); type(fig).__name__
         'Figure'
     """
-    from .errors import DataError
-
     if not isinstance(profile_frame, pd.DataFrame):
         raise DataError(f"profile_frame must be a pandas DataFrame, got {type(profile_frame).__name__}.")
     if "value" not in profile_frame.columns:
