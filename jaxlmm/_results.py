@@ -353,12 +353,13 @@ class MixedLMResults:
         if not cols:
             raise DataError(f"no fixed-effect coefficients for {term!r}; coefficients are: {', '.join(names)}.")
         level = {c: c[len(term) + 1 : -1].removeprefix("T.") for c in cols}
+        reference = self._reference_level(term)
         rows, labels = [], []
         for c in cols:
             row = np.zeros(len(names))
             row[names.index(c)] = 1.0
             rows.append(row)
-            labels.append(f"{level[c]} - (reference)")
+            labels.append(f"{level[c]} - {reference}")
         for i, a in enumerate(cols):
             for b in cols[i + 1 :]:
                 row = np.zeros(len(names))
@@ -369,6 +370,17 @@ class MixedLMResults:
         table = self.t_test(np.asarray(rows), ddf=ddf, adjust=adjust)
         table.index = labels
         return table
+
+    def _reference_level(self, term: str) -> str:
+        """The reference level of a treatment-coded factor, from formulaic's model spec."""
+        spec = getattr(self.model.spec, "fixed_spec", None) if self.model.spec is not None else None
+        for factor, state in (getattr(spec, "factor_contrasts", None) or {}).items():
+            if str(factor) == term:
+                base = getattr(state.contrasts, "base", None)
+                if base is None or type(base).__name__ == "Sentinel":
+                    return str(state.levels[0])
+                return str(base)
+        return "(reference)"
 
     def bootstrap(self, n: int = 1000, seed: int = 0, alpha: float = 0.05, *, progress: bool = True):
         """Parametric bootstrap: simulate ``n`` responses from the fitted model, refit each (batched).

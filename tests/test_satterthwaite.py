@@ -56,7 +56,9 @@ def test_string_and_matrix_contrasts_agree(sessions):
     pw = r.pairwise("C(session)")
     assert len(pw) == 4 + 6
     np.testing.assert_allclose(pw["SE"].values, pw["SE"].values[0], rtol=1e-8)
-    assert pw.loc["s4 - (reference)", "p (holm)"] < 0.05
+    assert pw.loc["s4 - s1", "p (holm)"] < 0.05
+    other = jaxlmm.MixedLM.from_formula('y ~ C(session, contr.treatment("s3")) + (1 | subject)', sessions).fit()
+    assert "s1 - s3" in other.pairwise("C(session, contr.treatment('s3'))").index
 
 
 def test_wald_test_joint(sessions):
