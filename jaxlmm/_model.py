@@ -235,6 +235,7 @@ class MixedLM:
         self.spec = spec
         self.n_dropped = n_dropped
         self._group_codes = codes
+        self.row_index = pd.RangeIndex(n)  # the data's index of the fitted rows (set by from_formula)
         self.lambda_index = lambda_index_for_blocks(self.blocks)
         with float64():
             self.design: Design = make_design(y, X, Z, codes, m, self.lambda_index)
@@ -349,6 +350,7 @@ class MixedLM:
                 )
             data = data.loc[~bad]
             n_dropped = int(bad.sum())
+        row_index = data.index
         data = data.reset_index(drop=True)
 
         if parsed.response not in data.columns and parsed.response.isidentifier():
@@ -408,10 +410,12 @@ class MixedLM:
                 )
             keep = ~built_bad
             y, X, Z, g = y[keep], X[keep], Z[keep], g[keep].reset_index(drop=True)
+            row_index = row_index[keep]
             n_dropped += int(built_bad.sum())
         spec = ModelSpec(fixed_mm.model_spec, tuple(random_specs), group_expr, parsed.response)
         self = cls.__new__(cls)
         self._init_checked(y, parsed.response, X, x_names, Z, z_names, g, blocks, spec, n_dropped, group_expr)
+        self.row_index = row_index
         self.formula = formula
         self.group_name = group_expr
         return self

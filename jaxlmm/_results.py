@@ -256,10 +256,11 @@ class MixedLMResults:
 
     @property
     def fittedvalues(self) -> pd.Series:
-        """X β̂ + Z b̂ for the fitted rows."""
+        """X β̂ + Z b̂ for the fitted rows, indexed like the rows of the data they came from."""
         d = self.model.design
         return pd.Series(
-            self._linear_predictor(np.asarray(d.X), np.asarray(d.Z), np.asarray(d.group), True), name="fitted"
+            self._linear_predictor(np.asarray(d.X), np.asarray(d.Z), np.asarray(d.group), True),
+            index=self.model.row_index, name="fitted",
         )
 
     @property
@@ -267,7 +268,7 @@ class MixedLMResults:
         """y − X β̂ − Z b̂ (conditional residuals); NaN for rows not used in the fit."""
         d = self.model.design
         resid = np.where(np.asarray(d.mask) > 0, np.asarray(d.y) - self.fittedvalues.values, np.nan)
-        return pd.Series(resid, name="resid")
+        return pd.Series(resid, index=self.model.row_index, name="resid")
 
     def predict(self, newdata: pd.DataFrame | None = None, include_re: bool = True) -> pd.Series:
         """Predictions for new data; groups not seen in fitting get the population-level prediction.

@@ -30,3 +30,12 @@ def test_conf_int_methods():
         r.conf_int(method="profile")
     with pytest.raises(jaxlmm.DataError, match="method must be"):
         r.conf_int(method="exact")
+
+
+def test_residuals_are_indexed_like_the_data_rows():
+    df = jaxlmm.datasets.load("sleepstudy").set_index(np.arange(1000, 1180))
+    df.loc[1003, "Reaction"] = np.nan
+    r = jaxlmm.MixedLM.from_formula("Reaction ~ Days + (1 | Subject)", df, missing="drop").fit()
+    assert list(r.resid.index) == [i for i in df.index if i != 1003]
+    assert r.fittedvalues.index.equals(r.resid.index)
+    np.testing.assert_allclose((df.Reaction.drop(1003) - r.fittedvalues).values, r.resid.values)
