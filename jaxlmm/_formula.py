@@ -179,12 +179,14 @@ class NumericColumnsSpec:
     def term_indices(self) -> dict:
         return {name: [i] for i, name in enumerate(self.names)}
 
-    def get_model_matrix(self, data: pd.DataFrame, na_action: str = "ignore") -> pd.DataFrame:
+    def matrix(self, data: pd.DataFrame) -> np.ndarray:
         check_columns_exist(list(self.columns), data, " + ".join(self.names))
         values = [np.ones(len(data))] if self.intercept else []
         values += [data[c].to_numpy(dtype=float) for c in self.columns]
-        matrix = np.column_stack(values) if values else np.empty((len(data), 0))
-        return pd.DataFrame(matrix, columns=self.names, index=data.index)
+        return np.column_stack(values) if values else np.empty((len(data), 0))
+
+    def get_model_matrix(self, data: pd.DataFrame, na_action: str = "ignore") -> pd.DataFrame:
+        return pd.DataFrame(self.matrix(data), columns=self.names, index=data.index)
 
 
 class _FastMatrix:
@@ -192,12 +194,12 @@ class _FastMatrix:
 
     def __init__(self, spec: NumericColumnsSpec, data: pd.DataFrame):
         self.model_spec = spec
-        self._frame = spec.get_model_matrix(data)
-        self.columns = self._frame.columns
-        self.shape = self._frame.shape
+        self._matrix = spec.matrix(data)
+        self.columns = spec.names
+        self.shape = self._matrix.shape
 
     def __array__(self, dtype=None, copy=None):
-        return self._frame.to_numpy(dtype=dtype)
+        return self._matrix if dtype is None else self._matrix.astype(dtype)
 
 
 def model_matrix(expr: str, data: pd.DataFrame, what: str, formula: str | None = None):
