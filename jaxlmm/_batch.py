@@ -409,7 +409,9 @@ def _response_problems(Y: np.ndarray, M: np.ndarray, group: np.ndarray, n_groups
     """Per response, the reason it cannot be fitted (as `MixedLM` would raise for it alone), or ""."""
     used = M > 0
     n = used.sum(axis=0)
-    groups_with_data = np.array([np.unique(group[used[:, i]]).size for i in range(Y.shape[1])])
+    rows_per_group = np.zeros((n_groups, Y.shape[1]))
+    np.add.at(rows_per_group, group, used)  # one pass over rows, not a loop over responses
+    groups_with_data = (rows_per_group > 0).sum(axis=0)
     masked = np.where(used, Y, np.nan)
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns

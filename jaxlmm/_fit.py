@@ -72,13 +72,11 @@ def canonical_theta(theta: jax.Array, lambda_index) -> jax.Array:
 class _Objective(NamedTuple):
     """The profiled deviance as a hashable callable f(θ, stats) (a static argument of `_argmin`)."""
 
-    lambda_index_bytes: bytes
-    shape: tuple
+    lambda_index: tuple  # nested tuple, as `Design.lambda_index`
     reml: bool
 
     def __call__(self, theta, stats):
-        idx = jnp.asarray(np.frombuffer(self.lambda_index_bytes, dtype=np.int32).reshape(self.shape))
-        return profiled_deviance(theta, stats, idx, self.reml)
+        return profiled_deviance(theta, stats, jnp.asarray(self.lambda_index), self.reml)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(0, 3, 4))
@@ -129,7 +127,7 @@ def fit_stats(
     """
     lambda_index_np = np.asarray(lambda_index)
     lambda_index = jnp.asarray(lambda_index)
-    objective = _Objective(lambda_index_np.tobytes(), lambda_index_np.shape, reml)
+    objective = _Objective(tuple(map(tuple, lambda_index_np.tolist())), reml)
     theta_raw, grad_norm, iterations, converged = solve_theta(objective, stats, theta0, snappable, gtol, max_iter)
     theta = canonical_theta(theta_raw, lambda_index_np)
     sol = penalised_solution(theta, stats, lambda_index)
@@ -159,6 +157,7 @@ class Preconditioner(NamedTuple):
     """X = X̃ R with X̃ᵀWX̃ = I, and y = ỹ + X b₀ with b₀ the weighted least-squares fit."""
 
     R: jax.Array  # (p, p) upper triangular
+    R_inv: jax.Array  # (p, p): maps β̃ back to β, β = b₀ + R⁻¹ β̃
     b0: jax.Array  # (p,)
     X: jax.Array  # X̃ = X R⁻¹
     y: jax.Array  # ỹ = y − X b₀
@@ -176,15 +175,31 @@ def precondition(y: jax.Array, X: jax.Array, mask: jax.Array) -> Preconditioner:
     Q, R = jnp.linalg.qr(X * root_w[:, None])
     b0 = jax.scipy.linalg.solve_triangular(R, Q.T @ (y * root_w), lower=False)
     X_tilde = jax.scipy.linalg.solve_triangular(R, X.T, trans="T", lower=False).T
-    return Preconditioner(R, b0, X_tilde, y - X @ b0)
+    R_inv = jax.scipy.linalg.solve_triangular(R, jnp.eye(R.shape[0], dtype=R.dtype), lower=False)
+    return Preconditioner(R, R_inv, b0, X_tilde, y - X @ b0)
+
+
+def design_stats(design: Design):
+    """Precondition the design and reduce it to sufficient statistics: (preconditioner, stats)."""
+    pre = precondition(design.y, design.X, design.mask)
+    stats = sufficient_stats(pre.y, pre.X, design.Z, design.group, design.mask, design.n_groups)
+    return pre, stats
+
+
+def information(stats, lambda_index, theta: jax.Array, sigma2: jax.Array, reml: bool) -> jax.Array:
+    """Observed information in (θ, σ²): the autodiff Hessian of the negative (RE)ML log-likelihood."""
+
+    def neg_loglik(params):
+        return 0.5 * deviance_at_scale(params[:-1], params[-1], stats, lambda_index, reml)
+
+    return jax.hessian(neg_loglik)(jnp.concatenate([theta, sigma2[None]]))
 
 
 def fit_design(
     design: Design, reml: bool = True, gtol: float = 1e-6, max_iter: int = 200, theta0: jax.Array | None = None
 ) -> FitArrays:
     """`fit_arrays` without the jit (for composing inside other transformed functions)."""
-    pre = precondition(design.y, design.X, design.mask)
-    stats = sufficient_stats(pre.y, pre.X, design.Z, design.group, design.mask, design.n_groups)
+    pre, stats = design_stats(design)
     rows, cols = design.theta_positions
     dtype = jnp.result_type(design.y)
     if theta0 is None:
@@ -200,11 +215,10 @@ def fit_design(
         gtol,
         max_iter,
     )
-    R_inv = jax.scipy.linalg.solve_triangular(pre.R, jnp.eye(pre.R.shape[0], dtype=dtype), lower=False)
     logdet_R = 2.0 * jnp.sum(jnp.log(jnp.abs(jnp.diagonal(pre.R))))
     return fit._replace(
-        beta=pre.b0 + R_inv @ fit.beta,
-        vcov_beta=R_inv @ fit.vcov_beta @ R_inv.T,
+        beta=pre.b0 + pre.R_inv @ fit.beta,
+        vcov_beta=pre.R_inv @ fit.vcov_beta @ pre.R_inv.T,
         llf=fit.llf - 0.5 * logdet_R if reml else fit.llf,
     )
 
@@ -237,16 +251,11 @@ def varpar_cov(design: Design, theta: jax.Array, sigma2: jax.Array, reml: bool =
     """Covariance of the data-scale variance parameters (``FitArrays.varpar``): inverse observed
     information of the (RE)ML log-likelihood in (θ, σ²) from the autodiff Hessian, carried to the
     data scale by the delta method."""
-    pre = precondition(design.y, design.X, design.mask)
-    stats = sufficient_stats(pre.y, pre.X, design.Z, design.group, design.mask, design.n_groups)
+    _, stats = design_stats(design)
     lambda_index = jnp.asarray(design.lambda_index_array)
     rows, cols = design.theta_positions
-
-    def neg_loglik(params):
-        return 0.5 * deviance_at_scale(params[:-1], params[-1], stats, lambda_index, reml)
-
     params = jnp.concatenate([theta, sigma2[None]])
-    info = jax.hessian(neg_loglik)(params)
+    info = information(stats, lambda_index, theta, sigma2, reml)
     jac = jax.jacobian(lambda p: _varpar(p[:-1], p[-1], lambda_index, rows, cols))(params)
     return jac @ jnp.linalg.solve(info, jac.T)
 
@@ -260,26 +269,20 @@ def satterthwaite_df(design: Design, theta: jax.Array, sigma2: jax.Array, L: jax
     covariance of (θ, σ²): the inverse Hessian of the negative (RE)ML log-likelihood — the
     construction lmerTest uses.
     """
-    pre = precondition(design.y, design.X, design.mask)
-    stats = sufficient_stats(pre.y, pre.X, design.Z, design.group, design.mask, design.n_groups)
+    pre, stats = design_stats(design)
     lambda_index = jnp.asarray(design.lambda_index_array)
     p = pre.R.shape[0]
-    R_inv = jax.scipy.linalg.solve_triangular(pre.R, jnp.eye(p, dtype=theta.dtype), lower=False)
 
     def vcov(params):
         sol = penalised_solution(params[:-1], stats, lambda_index)
         A_inv = _linalg.cho_solve(sol.A_chol, jnp.eye(p, dtype=theta.dtype))
-        return params[-1] * R_inv @ A_inv @ R_inv.T
-
-    def neg_loglik(params):
-        return 0.5 * deviance_at_scale(params[:-1], params[-1], stats, lambda_index, reml)
+        return params[-1] * pre.R_inv @ A_inv @ pre.R_inv.T
 
     params = jnp.concatenate([theta, sigma2[None]])
-    A = jnp.linalg.inv(jax.hessian(neg_loglik)(params))
+    A = jnp.linalg.inv(information(stats, lambda_index, theta, sigma2, reml))
 
     def one(l):
-        var = l @ vcov(params) @ l
-        grad = jax.grad(lambda q: l @ vcov(q) @ l)(params)
+        var, grad = jax.value_and_grad(lambda q: l @ vcov(q) @ l)(params)
         return 2.0 * var**2 / (grad @ A @ grad)
 
     return jax.vmap(one)(L)
