@@ -129,24 +129,107 @@ class MixedLMResults:
     def conf_int(self, alpha: float = 0.05, method: str = "wald", *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
         """Confidence intervals (columns: lower, upper).
 
-        ``method="wald"`` (default): fixed effects, estimate ± z·SE. ``method="boot"``: parametric
-        bootstrap percentile intervals for all parameters (``n_boot`` replicates). Profile-likelihood
-        intervals are not available yet.
+        ``method="wald"`` (default): fixed effects, estimate ± z·SE. ``method="profile"``:
+        profile-likelihood intervals for the random effects' standard deviations and correlations,
+        σ and the fixed effects, as lme4's ``confint`` (ML profile; see `profile`).
+        ``method="boot"``: parametric bootstrap percentile intervals for the fixed effects and the
+        variance parameters (``n_boot`` replicates).
+
+        Examples:
+            >>> import jaxlmm
+            >>> r = jaxlmm.MixedLM.from_formula("Reaction ~ Days + (Days | Subject)", jaxlmm.datasets.load("sleepstudy")).fit()
+            >>> r.conf_int(method="profile").round(3).loc[["SD(Intercept)", "Days"]]
+                            lower   upper
+            SD(Intercept)  14.381  37.716
+            Days            7.359  13.576
         """
         if not 0.0 < alpha < 1.0:
             raise DataError(f"alpha must be between 0 and 1, got {alpha!r}.")
         if method == "boot":
             return self.bootstrap(n=n_boot, seed=seed, alpha=alpha, progress=False).conf_int()
         if method == "profile":
-            raise DataError(
-                "profile-likelihood intervals are not implemented yet; use method='wald' (fixed effects) or "
-                "method='boot' (all parameters, parametric bootstrap)."
-            )
+            return self._profile_intervals(alpha)
         if method != "wald":
-            raise DataError(f"method must be 'wald' or 'boot', got {method!r}.")
+            raise DataError(f"method must be 'wald', 'profile' or 'boot', got {method!r}.")
         z = _norm_ppf(1.0 - alpha / 2.0)
         fe, se = self.fe_params, self.bse_fe
         return pd.DataFrame({"lower": fe - z * se, "upper": fe + z * se})
+
+    # ---- profile likelihood -------------------------------------------------------------------
+    @cached_property
+    def _profiler(self):
+        from ._profile import Profiler
+
+        return Profiler(self)
+
+    @property
+    def profile_names(self) -> list[str]:
+        """Parameters `profile` accepts: ``SD(...)``/``Corr(...)`` of the random effects, ``sigma``
+        (residual standard deviation), then the fixed effects."""
+        return list(self._profiler.names)
+
+    def _profile_intervals(self, alpha: float) -> pd.DataFrame:
+        prof = self._profiler
+        z = _norm_ppf(1.0 - alpha / 2.0)
+        lower, upper, ok = prof.end_points(np.arange(len(prof.names)), z)
+        if not ok.all():
+            bad = [n for n, good in zip(prof.names, ok) if not good]
+            warnings.warn(f"the profile of {', '.join(bad)} did not converge everywhere; those interval end points "
+                          "may be off.", ConvergenceWarning, stacklevel=3)
+        return pd.DataFrame({"lower": lower, "upper": upper}, index=prof.names)
+
+    def profile(self, param=None, *, n: int = 21, level: float = 0.99, values=None) -> pd.DataFrame:
+        """Profile likelihood of one parameter (or of all, with ``param=None``), as lme4's ``profile``.
+
+        The ML deviance is minimised over all other parameters with ``param`` held at each value —
+        every value's refit runs vmapped at once. A REML fit is refitted by ML first (lme4 does the
+        same), so the profile peaks at the ML estimate. The grid is ``n`` evenly spaced values
+        spanning the ``level`` profile interval (plus the estimate), or the given ``values``.
+
+        Returns a DataFrame with columns ``parameter``, ``value``, ``zeta`` (signed square root of
+        the deviance increase: ±1.96 bound a 95% interval), ``deviance``, ``llf``, ``converged`` and
+        the other parameters at each constrained optimum. Plot it with `jaxlmm.plot.profile`.
+
+        Examples:
+            >>> import jaxlmm
+            >>> r = jaxlmm.MixedLM.from_formula("Reaction ~ Days + (Days | Subject)", jaxlmm.datasets.load("sleepstudy")).fit()
+            >>> pr = r.profile("SD(Days)", n=5)
+            >>> pr[["value", "zeta"]].round(3).values.tolist()[0]
+            [3.313, -2.576]
+        """
+        prof = self._profiler
+        if param is None:
+            return pd.concat([self.profile(name, n=n, level=level, values=values) for name in prof.names],
+                             ignore_index=True)
+        j = prof.index(param)
+        if values is None:
+            if not 0.0 < level < 1.0:
+                raise DataError(f"level must be between 0 and 1, got {level!r}.")
+            if int(n) < 2:
+                raise DataError(f"n must be at least 2 grid values, got {n!r}.")
+            lo, hi, _ = prof.end_points(np.asarray([j]), _norm_ppf(0.5 + level / 2.0))
+            grid = np.linspace(lo[0], hi[0], int(n))
+            grid = np.union1d(grid[np.abs(grid - prof.estimate[j]) > 1e-6 * (hi[0] - lo[0])], [prof.estimate[j]])
+        else:
+            grid = np.unique(np.asarray(values, dtype=float).ravel())
+            if grid.size == 0 or not np.all(np.isfinite(grid)):
+                raise DataError("values must be a non-empty array of finite numbers.")
+            outside = (grid < prof.lower[j]) | (grid > prof.upper[j])
+            if outside.any():
+                raise DataError(f"values for {prof.names[j]!r} must lie in [{prof.lower[j]:g}, {prof.upper[j]:g}]; "
+                                f"got {grid[outside].tolist()}.")
+        ev = prof.evaluate(np.full(grid.size, j), prof._inside(grid, np.full(grid.size, j)))
+        frame = pd.DataFrame({"parameter": prof.names[j], "value": grid, "zeta": ev["zeta"],
+                              "deviance": ev["deviance"], "llf": -0.5 * ev["deviance"],
+                              "converged": ev["converged"]})
+        others = pd.DataFrame(ev["params"], columns=[c if c not in frame.columns else c + "_" for c in prof.names])
+        return pd.concat([frame, others], axis=1)
+
+    def plot_profile(self, param=None, alpha: float = 0.05, **kwargs):
+        """Profile likelihood curves (one panel per parameter) with the ``1 − alpha`` cut-off."""
+        from . import plot
+
+        return plot.profile(self.profile(param, **kwargs), alpha=alpha)
 
     # ---- variance parameters ------------------------------------------------------------------
     @property

@@ -1,0 +1,367 @@
+"""Profile likelihood: the ML deviance with one parameter held fixed and all others re-optimised.
+
+The parameters are lme4's: the standard deviations and correlations of the random effects and
+the residual standard deviation σ (lme4's "sdcor" scale), then the fixed effects. As lme4's
+``profile`` and ``confint``, the likelihood profiled is the ML likelihood, also for a REML fit
+(which is refitted by ML first). For a parameter ψ_j held at v,
+
+    ζ(v) = sign(v − ψ̂_j) · sqrt(D(v) − D̂),
+
+with D(v) the minimum of the ML deviance over the other parameters; a 1 − α profile interval is
+{v : |ζ(v)| ≤ z_{1−α/2}}. The constrained minimisations are Newton solves (`minimize_newton`),
+vmapped over every (parameter, value) pair of a call. The end points are found by a safeguarded
+Newton iteration on ζ, whose derivative comes free from the envelope theorem:
+D'(v) = ∂deviance/∂ψ_j at the constrained optimum.
+
+Variance parameters are re-optimised in an unconstrained form: standard deviations as signed
+numbers (the deviance depends on them through Σ, so 0 is an interior point), correlations as
+tanh(u), σ as exp(u). Fixed effects are profiled in θ with β and σ² profiled out analytically:
+holding cᵀβ̃ = t in the penalised least squares adds (cᵀβ̃̂ − t)² / (cᵀA⁻¹c) to the PWRSS.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _linalg
+from ._kernels import LOG_2PI, deviance_at_scale, penalised_solution, relative_factor, residual_dof
+
+SD, COR, SIGMA = 0, 1, 2
+
+
+class PointSolution(NamedTuple):
+    """One constrained minimisation: deviance, its derivative in the held value, all parameters
+    at the constrained optimum (sdcor variance parameters then β), the optimiser's variables (for a
+    warm start) and convergence."""
+
+    deviance: jax.Array
+    slope: jax.Array
+    params: jax.Array
+    start: jax.Array
+    converged: jax.Array
+
+
+def parameter_kinds(lambda_index: np.ndarray) -> np.ndarray:
+    """SD or COR per θ (by its position in Λ), then SIGMA."""
+    idx = np.asarray(lambda_index)
+    n_theta = int(idx.max()) + 1
+    kinds = np.empty(n_theta + 1, dtype=np.int32)
+    for k in range(n_theta):
+        r, c = np.argwhere(idx == k)[0]
+        kinds[k] = SD if r == c else COR
+    kinds[-1] = SIGMA
+    return kinds
+
+
+def theta_to_sdcor(theta: jax.Array, sigma: jax.Array, lambda_index: np.ndarray) -> jax.Array:
+    """(θ, σ) → ψ: for each θ the standard deviation or correlation it stands for, then σ."""
+    idx = np.asarray(lambda_index)
+    lam = relative_factor(theta, jnp.asarray(idx))
+    cov = lam @ lam.T
+    sd_rel = jnp.sqrt(jnp.diagonal(cov))
+    out = []
+    for k in range(int(idx.max()) + 1):
+        r, c = np.argwhere(idx == k)[0]
+        if r == c:
+            out.append(sigma * sd_rel[r])
+        else:
+            denom = sd_rel[r] * sd_rel[c]
+            out.append(jnp.where(denom > 0, cov[r, c] / jnp.where(denom > 0, denom, 1.0), 0.0))
+    return jnp.stack(out + [sigma])
+
+
+def sdcor_to_theta(psi: jax.Array, lambda_index: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    """ψ → (θ, σ): Λ = diag(sd/σ) · chol(C) with C the correlation matrix of the random effects."""
+    idx = np.asarray(lambda_index)
+    q = idx.shape[0]
+    sigma = psi[-1]
+    sd = psi[np.diagonal(idx)]
+    corr = jnp.eye(q, dtype=psi.dtype)
+    for r in range(q):
+        for c in range(r):
+            if idx[r, c] >= 0:
+                corr = corr.at[r, c].set(psi[idx[r, c]]).at[c, r].set(psi[idx[r, c]])
+    lam = (sd / sigma)[:, None] * _linalg.cholesky(corr)
+    rows, cols = zip(*(np.argwhere(idx == k)[0] for k in range(int(idx.max()) + 1)))
+    return lam[np.asarray(rows), np.asarray(cols)], sigma
+
+
+def _nuisance(u: jax.Array, kinds: np.ndarray) -> jax.Array:
+    kinds = jnp.asarray(kinds)
+    return jnp.where(kinds == COR, jnp.tanh(u), jnp.where(kinds == SIGMA, jnp.exp(u), u))
+
+
+def nuisance_start(psi: jax.Array, kinds: np.ndarray) -> jax.Array:
+    """The unconstrained variables whose `_nuisance` image is ``psi``."""
+    kinds = jnp.asarray(kinds)
+    cor = jnp.arctanh(jnp.clip(psi, -1.0 + 1e-9, 1.0 - 1e-9))
+    return jnp.where(kinds == COR, cor, jnp.where(kinds == SIGMA, jnp.log(jnp.maximum(psi, 1e-300)), psi))
+
+
+def ml_deviance_sdcor(psi: jax.Array, stats, lambda_index: np.ndarray) -> jax.Array:
+    """ML deviance (−2 log-likelihood, β profiled out) at the sdcor parameters ψ."""
+    theta, sigma = sdcor_to_theta(psi, lambda_index)
+    return deviance_at_scale(theta, sigma * sigma, stats, jnp.asarray(lambda_index), False)
+
+
+def _beta(sol, pre_b0, pre_R_inv):
+    return pre_b0 + pre_R_inv @ sol.beta
+
+
+def _variance_point(stats, pre_b0, pre_R_inv, which, value, u0, *, lambda_index: tuple, gtol: float, max_iter: int):
+    """Hold variance parameter ``which`` at ``value``; minimise the ML deviance over the others."""
+    from ._optimize import minimize_newton
+
+    idx = np.asarray(lambda_index)
+    kinds = parameter_kinds(idx)
+    held = jnp.arange(kinds.shape[0]) == which
+
+    def psi_of(u, v):
+        return jnp.where(held, v, _nuisance(u, kinds))
+
+    opt = minimize_newton(
+        lambda u: ml_deviance_sdcor(psi_of(u, value), stats, idx),
+        u0,
+        jnp.zeros(u0.shape, bool),
+        gtol=gtol,
+        max_iter=max_iter,
+    )
+    u = jax.lax.stop_gradient(opt.x)
+    slope = jax.grad(lambda v: ml_deviance_sdcor(psi_of(u, v), stats, idx))(value)
+    theta, sigma = sdcor_to_theta(psi_of(u, value), idx)
+    beta = _beta(penalised_solution(theta, stats, jnp.asarray(idx)), pre_b0, pre_R_inv)
+    params = jnp.concatenate([theta_to_sdcor(theta, sigma, idx), beta])
+    return PointSolution(opt.fun, slope, params, u, opt.converged)
+
+
+def _fixed_point(stats, pre_b0, pre_R_inv, which, value, theta0, *, lambda_index: tuple, gtol: float, max_iter: int):
+    """Hold β_which at ``value``; minimise the ML deviance over θ (β's others and σ² profiled out)."""
+    from ._optimize import minimize_newton
+
+    idx = np.asarray(lambda_index)
+    li = jnp.asarray(idx)
+    c = pre_R_inv[which]  # β_which = b0_which + c · β̃
+    n = residual_dof(stats, False)
+
+    def constrained(theta, v):
+        sol = penalised_solution(theta, stats, li)
+        a_inv_c = _linalg.cho_solve(sol.A_chol, c)
+        gap = c @ sol.beta - (v - pre_b0[which])
+        pwrss = sol.pwrss + gap * gap / (c @ a_inv_c)
+        return sol, a_inv_c, gap, pwrss
+
+    def deviance(theta, v):
+        sol, _, _, pwrss = constrained(theta, v)
+        return sol.logdet_L + n * (1.0 + LOG_2PI + jnp.log(pwrss / n))
+
+    lower = np.full(int(idx.max()) + 1, False)
+    lower[np.unique(np.diagonal(idx))] = True
+    opt = minimize_newton(lambda t: deviance(t, value), theta0, jnp.asarray(lower), gtol=gtol, max_iter=max_iter)
+    theta = jax.lax.stop_gradient(opt.x)
+    slope = jax.grad(deviance, argnums=1)(theta, value)
+    sol, a_inv_c, gap, pwrss = constrained(theta, value)
+    beta_tilde = sol.beta - a_inv_c * gap / (c @ a_inv_c)
+    beta = pre_b0 + pre_R_inv @ beta_tilde
+    params = jnp.concatenate([theta_to_sdcor(theta, jnp.sqrt(pwrss / n), idx), beta])
+    return PointSolution(opt.fun, slope, params, theta, opt.converged)
+
+
+@partial(jax.jit, static_argnames=("lambda_index", "fixed", "gtol", "max_iter"))
+def solve_points(stats, pre_b0, pre_R_inv, which, values, starts, *, lambda_index: tuple, fixed: bool,
+                 gtol: float = 1e-8, max_iter: int = 100) -> PointSolution:
+    """Constrained minimisations, vmapped over (``which``, ``values``, ``starts``) rows."""
+    point = _fixed_point if fixed else _variance_point
+    one = partial(point, lambda_index=lambda_index, gtol=gtol, max_iter=max_iter)
+    return jax.vmap(one, in_axes=(None, None, None, 0, 0, 0))(stats, pre_b0, pre_R_inv, which, values, starts)
+
+
+@partial(jax.jit, static_argnames=("lambda_index",))
+def _ml_point(theta, sigma, stats, *, lambda_index: tuple):
+    """ψ̂ at the ML fit, the Hessian of the ML deviance in ψ there, and the optimiser's variables."""
+    idx = np.asarray(lambda_index)
+    psi = theta_to_sdcor(theta, sigma, idx)
+    hess = jax.hessian(ml_deviance_sdcor)(psi, stats, idx)
+    return psi, hess, nuisance_start(psi, parameter_kinds(idx))
+
+
+def _bucket(n: int) -> int:
+    """Pad batches to a power of two (at least 8) so that few shapes are compiled."""
+    return max(8, 1 << (int(n) - 1).bit_length())
+
+
+class Profiler:
+    """Profiles of one model's ML likelihood: evaluation at given values, interval end points.
+
+    Built from a fit (a REML fit is refitted by ML). ``names`` are the profiled parameters: the
+    random effects' ``SD(...)``/``Corr(...)``, ``sigma``, then the fixed effects.
+    """
+
+    def __init__(self, results):
+        from ._config import float64
+        from ._fit import design_stats
+
+        model = results.model
+        ml = results if not results.reml else model.fit(reml=False, warn=False)
+        self.ml = ml
+        design = model.design
+        self.lambda_index = tuple(map(tuple, design.lambda_index_array.tolist()))
+        idx = design.lambda_index_array
+        self.kinds = parameter_kinds(idx)
+        self.n_var = self.kinds.shape[0]
+        with float64():
+            pre, stats = jax.jit(design_stats)(design)
+            self._stats, self._b0, self._R_inv = stats, pre.b0, pre.R_inv
+            theta_hat = jnp.asarray(ml.theta)
+            psi_hat, hess, u_hat = _ml_point(theta_hat, jnp.sqrt(ml.scale), stats, lambda_index=self.lambda_index)
+            psi_hat, hess, self._u_hat = np.asarray(psi_hat), np.asarray(hess), np.asarray(u_hat)
+        self.estimate = np.concatenate([psi_hat, ml.fe_params.to_numpy()])
+        self.base = -2.0 * ml.llf
+        self._theta_hat = np.asarray(theta_hat)
+        var_names = []
+        for name in model.varpar_names[:-1]:
+            kind = "SD" if name.startswith("Var(") else "Corr"
+            var_names.append(kind + name[name.index("("):])
+        self.names = var_names + ["sigma"] + list(model.exog_names)
+        # Scale for first guesses of the end points: curvature of the deviance in each parameter.
+        with np.errstate(all="ignore"):
+            cov = np.linalg.pinv(hess) * 2.0
+            se_var = np.sqrt(np.abs(np.diag(cov)))
+        se_fe = ml.bse_fe.to_numpy()
+        self.scale = np.concatenate([se_var, se_fe])
+        bad = ~np.isfinite(self.scale) | (self.scale <= 0)
+        self.scale[bad] = np.maximum(np.abs(self.estimate[bad]), 1.0) * 0.1
+        self.lower = np.full(len(self.names), -np.inf)
+        self.upper = np.full(len(self.names), np.inf)
+        self.lower[: self.n_var][self.kinds == SD] = 0.0
+        self.lower[: self.n_var][self.kinds == COR] = -1.0
+        self.upper[: self.n_var][self.kinds == COR] = 1.0
+        self.lower[self.n_var - 1] = 0.0  # sigma
+
+    def index(self, param) -> int:
+        """Position of a parameter given by name or position (clear error otherwise)."""
+        from .errors import DataError
+
+        if isinstance(param, (int, np.integer)) and not isinstance(param, bool):
+            if 0 <= int(param) < len(self.names):
+                return int(param)
+            raise DataError(f"parameter position {param} is out of range: there are {len(self.names)} "
+                            f"profiled parameters, {self.names}.")
+        if isinstance(param, str) and param in self.names:
+            return self.names.index(param)
+        raise DataError(f"cannot profile {param!r}: it is not a parameter of this model. Choose one of "
+                        f"{self.names} (or its position).")
+
+    def evaluate(self, which: np.ndarray, values: np.ndarray, starts: list | None = None) -> dict:
+        """Constrained minima at (which[i], values[i]); ``starts`` warm-starts each (None: the ML fit)."""
+        from ._config import float64
+
+        which = np.asarray(which, dtype=np.int32)
+        values = np.asarray(values, dtype=float)
+        n = len(which)
+        out = {"deviance": np.full(n, np.nan), "slope": np.full(n, np.nan), "converged": np.zeros(n, bool),
+               "params": np.full((n, len(self.names)), np.nan), "start": [None] * n}
+        for fixed in (False, True):
+            rows = np.flatnonzero((which >= self.n_var) == fixed)
+            if rows.size == 0:
+                continue
+            default = self._theta_hat if fixed else self._u_hat
+            start = np.stack([default if starts is None or starts[i] is None else starts[i] for i in rows])
+            local = which[rows] - (self.n_var if fixed else 0)
+            size = _bucket(rows.size)
+            pad = size - rows.size
+            vals = values[rows]
+            with float64():
+                sol = solve_points(
+                    self._stats, self._b0, self._R_inv,
+                    jnp.asarray(np.concatenate([local, np.repeat(local[:1], pad)])),
+                    jnp.asarray(np.concatenate([vals, np.repeat(vals[:1], pad)])),
+                    jnp.asarray(np.concatenate([start, np.repeat(start[:1], pad, axis=0)])),
+                    lambda_index=self.lambda_index, fixed=fixed,
+                )
+            sol = jax.tree_util.tree_map(lambda a: np.asarray(a)[: rows.size], sol)
+            out["deviance"][rows] = sol.deviance
+            out["slope"][rows] = sol.slope
+            out["converged"][rows] = sol.converged
+            out["params"][rows] = sol.params
+            for i, r in enumerate(rows):
+                out["start"][r] = sol.start[i]
+        out["zeta"] = np.sign(values - self.estimate[which]) * np.sqrt(np.clip(out["deviance"] - self.base, 0.0, None))
+        return out
+
+    def end_points(self, which: np.ndarray, zeta: float, max_iter: int = 50, tol: float = 1e-9) -> tuple:
+        """Values v with ζ(v) = −zeta and +zeta for each parameter in ``which``: (lower, upper, ok).
+
+        A safeguarded Newton iteration on ζ (bracketed by bisection once a value beyond the end
+        point is known). Where ζ never reaches the level before a bound (a standard deviation at 0,
+        a correlation at ±1), the end point is the bound.
+        """
+        which = np.asarray(which, dtype=np.int32)
+        m = len(which)
+        side = np.concatenate([-np.ones(m), np.ones(m)])
+        w = np.concatenate([which, which])
+        target = side * zeta
+        est = self.estimate[w]
+        bound = np.where(side < 0, self.lower[w], self.upper[w])
+        inner = est.copy()
+        outer = np.full(2 * m, np.nan)
+        v = np.clip(est + side * zeta * self.scale[w], self.lower[w], self.upper[w])
+        v = np.where(v == est, est + side * 1e-3 * np.maximum(np.abs(est), 1.0), v)
+        v = self._inside(v, w)
+        done = np.zeros(2 * m, bool)
+        result = np.full(2 * m, np.nan)
+        ok = np.zeros(2 * m, bool)
+        starts: list = [None] * (2 * m)
+        for _ in range(max_iter):
+            todo = np.flatnonzero(~done)
+            if todo.size == 0:
+                break
+            ev = self.evaluate(w[todo], v[todo], [starts[i] for i in todo])
+            for j, i in enumerate(todo):
+                starts[i] = ev["start"][j]
+            z = ev["zeta"]
+            dz = ev["slope"] / (2.0 * np.maximum(np.abs(z), 1e-12))
+            reached = side[todo] * z >= zeta
+            inner[todo] = np.where(reached, inner[todo], v[todo])
+            outer[todo] = np.where(reached, v[todo], outer[todo])
+            close = np.abs(z - target[todo]) <= tol
+            at_bound = ~reached & (v[todo] == self._inside(bound[todo], w[todo]))
+            for j, i in enumerate(todo):
+                if close[j] or at_bound[j] or not np.isfinite(z[j]):
+                    done[i] = True
+                    result[i] = bound[i] if at_bound[j] else v[i]
+                    ok[i] = bool(np.isfinite(z[j]) and ev["converged"][j])
+                    continue
+                step = (target[i] - z[j]) / dz[j] if np.isfinite(dz[j]) and dz[j] > 0 else np.nan
+                proposal = v[i] + step
+                lo, hi = sorted((inner[i], outer[i])) if np.isfinite(outer[i]) else (None, None)
+                if lo is not None:
+                    if not (np.isfinite(proposal) and lo < proposal < hi):
+                        proposal = 0.5 * (lo + hi)
+                    if hi - lo <= 1e-12 * max(1.0, abs(v[i])):
+                        done[i], result[i], ok[i] = True, v[i], bool(ev["converged"][j])
+                        continue
+                else:
+                    if not np.isfinite(proposal) or side[i] * (proposal - v[i]) <= 0:
+                        proposal = v[i] + side[i] * 2.0 * max(abs(v[i] - est[i]), 1e-6)
+                    if side[i] * (proposal - bound[i]) > 0:
+                        proposal = bound[i] if np.isfinite(bound[i]) else proposal
+                        if self.kinds_of(w[i]) == SIGMA:
+                            proposal = 0.5 * v[i]
+                v[i] = self._inside(np.asarray([proposal]), w[i : i + 1])[0]
+        return result[:m], result[m:], ok[:m] & ok[m:]
+
+    def kinds_of(self, i: int) -> int:
+        return int(self.kinds[i]) if i < self.n_var else -1
+
+    def _inside(self, v: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """Values moved just inside the open bounds (correlations ±1, σ = 0) where they sit on them."""
+        v = np.asarray(v, dtype=float).copy()
+        kinds = np.array([self.kinds_of(i) for i in np.atleast_1d(w)])
+        cor = kinds == COR
+        v[cor] = np.clip(v[cor], -1.0 + 1e-10, 1.0 - 1e-10)
+        return v
