@@ -250,12 +250,19 @@ class _ManyResults:
     def vcomp(self) -> pd.DataFrame:
         return pd.DataFrame(self._arrays.varpar, index=self.names, columns=self._varpar_names)
 
-    def conf_int(self, alpha: float = 0.05) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Wald intervals of the fixed effects: (lower, upper) DataFrames."""
+    def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
+        """Wald intervals of the fixed effects: columns lower and upper, one row per (response, term)
+        — the layout of `MixedLMResults.conf_int` with the response added to the index."""
         from ._results import _norm_ppf
 
+        if not 0.0 < alpha < 1.0:
+            raise DataError(f"alpha must be between 0 and 1, got {alpha!r}.")
         z = _norm_ppf(1 - alpha / 2)
-        return self.fe_params - z * self.bse_fe, self.fe_params + z * self.bse_fe
+        lower = (self.fe_params - z * self.bse_fe).stack()
+        upper = (self.fe_params + z * self.bse_fe).stack()
+        frame = pd.DataFrame({"lower": lower, "upper": upper})
+        frame.index.names = ["response", "term"]
+        return frame
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy fixed-effects table: response, term, estimate, SE, z, p, converged."""

@@ -179,7 +179,8 @@ class MixedLMResults:
         return pd.DataFrame({"lower": lower, "upper": upper}, index=prof.names)
 
     def profile(self, param=None, *, n: int = 21, level: float = 0.99, values=None) -> pd.DataFrame:
-        """Profile likelihood of one parameter (or of all, with ``param=None``), as lme4's ``profile``.
+        """Profile likelihood of a parameter (a name, a list of names, or all with ``param=None``), as
+        lme4's ``profile``.
 
         The ML deviance is minimised over all other parameters with ``param`` held at each value —
         every value's refit runs vmapped at once. A REML fit is refitted by ML first (lme4 does the
@@ -199,18 +200,27 @@ class MixedLMResults:
         """
         prof = self._profiler
         if param is None:
-            return pd.concat([self.profile(name, n=n, level=level, values=values) for name in prof.names],
-                             ignore_index=True)
-        j = prof.index(param)
+            params = list(range(len(prof.names)))
+        elif isinstance(param, (list, tuple)):
+            params = [prof.index(p) for p in param]
+        else:
+            params = [prof.index(param)]
+        if not params:
+            raise DataError(f"no parameters to profile: pass one of {prof.names}, a list of them, or None for all.")
         if values is None:
             if not 0.0 < level < 1.0:
                 raise DataError(f"level must be between 0 and 1, got {level!r}.")
             if int(n) < 2:
                 raise DataError(f"n must be at least 2 grid values, got {n!r}.")
-            lo, hi, _ = prof.end_points(np.asarray([j]), _norm_ppf(0.5 + level / 2.0))
-            grid = np.linspace(lo[0], hi[0], int(n))
-            grid = np.union1d(grid[np.abs(grid - prof.estimate[j]) > 1e-6 * (hi[0] - lo[0])], [prof.estimate[j]])
+            lo, hi, _ = prof.end_points(np.asarray(params), _norm_ppf(0.5 + level / 2.0))
+            grids = []
+            for j, a, b in zip(params, lo, hi):
+                grid = np.linspace(a, b, int(n))
+                grids.append(np.union1d(grid[np.abs(grid - prof.estimate[j]) > 1e-6 * (b - a)], [prof.estimate[j]]))
         else:
+            if len(params) != 1:
+                raise DataError("values= gives a grid for one parameter; profile one parameter at a time with it.")
+            j = params[0]
             grid = np.unique(np.asarray(values, dtype=float).ravel())
             if grid.size == 0 or not np.all(np.isfinite(grid)):
                 raise DataError("values must be a non-empty array of finite numbers.")
@@ -218,8 +228,11 @@ class MixedLMResults:
             if outside.any():
                 raise DataError(f"values for {prof.names[j]!r} must lie in [{prof.lower[j]:g}, {prof.upper[j]:g}]; "
                                 f"got {grid[outside].tolist()}.")
-        ev = prof.evaluate(np.full(grid.size, j), prof._inside(grid, np.full(grid.size, j)))
-        frame = pd.DataFrame({"parameter": prof.names[j], "value": grid, "zeta": ev["zeta"],
+            grids = [grid]
+        which = np.concatenate([np.full(g.size, j) for j, g in zip(params, grids)])
+        value = np.concatenate(grids)
+        ev = prof.evaluate(which, prof._inside(value, which))
+        frame = pd.DataFrame({"parameter": [prof.names[j] for j in which], "value": value, "zeta": ev["zeta"],
                               "deviance": ev["deviance"], "llf": -0.5 * ev["deviance"],
                               "converged": ev["converged"]})
         others = pd.DataFrame(ev["params"], columns=[c if c not in frame.columns else c + "_" for c in prof.names])

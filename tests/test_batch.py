@@ -97,6 +97,10 @@ def test_tables(batch):
     np.testing.assert_allclose(tidy.estimate.values, rb.fe_params.values.ravel())
     assert rb.cov_re.shape == (14, 2, 2)
     assert len(rb.cov_re_frame()) == 14 * 3
+    ci = rb.conf_int()
+    assert list(ci.columns) == ["lower", "upper"] and ci.index.names == ["response", "term"]
+    name = rb.names[4]
+    pd.testing.assert_frame_equal(ci.loc[name], rb[4].conf_int(), check_names=False, rtol=1e-10)
 
 
 def test_ml_batch(model, sleep):

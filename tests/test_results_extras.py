@@ -26,8 +26,9 @@ def test_conf_int_methods():
     assert list(wald.columns) == ["lower", "upper"] and len(wald) == 1
     boot = r.conf_int(method="boot", n_boot=50, seed=1)
     assert list(boot.index) == list(r.params.index)
-    with pytest.raises(jaxlmm.DataError, match="profile-likelihood intervals are not implemented"):
-        r.conf_int(method="profile")
+    profile = r.conf_int(method="profile")
+    assert list(profile.index) == ["SD(Intercept)", "sigma", "Intercept"]
+    assert (profile["lower"] < profile["upper"]).all()
     with pytest.raises(jaxlmm.DataError, match="method must be"):
         r.conf_int(method="exact")
 
