@@ -26,6 +26,20 @@ import jax.numpy as jnp
 
 
 
+def bfgs_update(H: jax.Array, step: jax.Array, grad_change: jax.Array) -> jax.Array:
+    """BFGS update of a Hessian approximation; unchanged when the step shows no positive curvature
+    (sᵀy ≤ 0) or the current approximation is not positive along the step (sᵀHs ≤ 0)."""
+    Hs = H @ step
+    sHs = step @ Hs
+    sy = step @ grad_change
+    scale = jnp.sqrt((step @ step) * (grad_change @ grad_change))
+    usable = (sy > 1e-12 * scale) & (sHs > 0)
+    sHs_safe = jnp.where(usable, sHs, 1.0)
+    sy_safe = jnp.where(usable, sy, 1.0)
+    updated = H - jnp.outer(Hs, Hs) / sHs_safe + jnp.outer(grad_change, grad_change) / sy_safe
+    return jnp.where(usable, updated, H)
+
+
 class NewtonResult(NamedTuple):
     x: jax.Array
     fun: jax.Array
@@ -61,11 +75,18 @@ def minimize_newton(
     gtol: float = 1e-6,
     max_iter: int | jax.Array = 200,
     snap_tol: float = 1e-4,
+    quasi_newton: bool = False,
+    exact_steps: int = 1,
 ) -> NewtonResult:
     """Minimise ``fun`` from ``x0``; ``snappable`` (bool per entry) marks entries that may snap to 0.
 
     One `lax.while_loop` whose body evaluates f, ∇f and ∇²f exactly once (so they are traced and
     compiled once): the start, each Newton trial point and the snap trial all go through it.
+
+    ``quasi_newton=True``: the first ``exact_steps`` Newton steps use the exact Hessian; a second
+    loop then evaluates only f and ∇f and updates the Hessian by BFGS. Its body costs about a fifth
+    of an exact one, for a few more iterations — the better trade under `vmap`, where every member
+    pays for the body until the last one stops. The stopping rules are the same.
     """
     value_grad = jax.value_and_grad(fun)
 
@@ -73,10 +94,14 @@ def minimize_newton(
         f, g = value_grad(x)
         return g, (f, g)
 
-    def evaluate(x):
+    def evaluate_exact(x, state: _State):
         """f, ∇f and ∇²f from one forward-over-reverse pass (f is traced once)."""
         H, (f, g) = jax.jacfwd(grad_with_aux, has_aux=True)(x)
         return f, g, H
+
+    def evaluate_bfgs(x, state: _State):
+        f, g = value_grad(x)
+        return f, g, bfgs_update(state.H, x - state.x, g - state.g)
 
     n = x0.shape[0]
     snappable = jnp.asarray(snappable, bool)
@@ -98,41 +123,48 @@ def minimize_newton(
     def cond(state: _State):
         return state.phase != _DONE
 
-    def body(state: _State):
-        x_newton, length, decrement = newton_proposal(state)
-        newton = state.phase == _NEWTON
-        rounding = jnp.maximum(1.0, jnp.abs(state.f))
-        small_decrement = newton & (decrement <= DECREMENT_TOL * rounding)
-        x_new = jnp.where(
-            state.phase == _START,
-            state.x,
-            jnp.where(state.phase == _SNAP, jnp.where(near_zero(state.x), 0.0, state.x), x_newton),
-        )
-        f_new, g_new, H_new = evaluate(x_new)
-        finite = jnp.isfinite(f_new) & jnp.all(jnp.isfinite(g_new)) & jnp.all(jnp.isfinite(H_new))
-        tol = jnp.where(state.phase == _SNAP, 1e-10 * rounding, 0.0)
-        ok = (state.phase == _START) | (finite & (f_new <= state.f + tol) & ~small_decrement)
-        taken = jnp.minimum(length, state.radius)
-        radius = jnp.where(
-            newton,
-            jnp.where(ok, jnp.maximum(state.radius, 4.0 * taken), 0.25 * taken),
-            jnp.where(state.phase == _SNAP, jnp.inf, state.radius),
-        )
-        x = jnp.where(ok, x_new, state.x)
-        f = jnp.where(ok, f_new, state.f)
-        g = jnp.where(ok, g_new, state.g)
-        H = jnp.where(ok, H_new, state.H)
-        stalled = newton & ~small_decrement & (radius < 1e-13 * (1.0 + jnp.max(jnp.abs(state.x))))
-        it = state.it + (newton & ~small_decrement).astype(jnp.int32)
-        gmax = jnp.max(jnp.abs(g))
-        converged = ((gmax <= gtol) | small_decrement) & jnp.isfinite(f)
-        finished = converged | stalled | (it >= max_iter)
-        try_snap = finished & ~state.snapped & jnp.any(near_zero(x))
-        phase = jnp.where(try_snap, _SNAP, jnp.where(finished, _DONE, _NEWTON))
-        # After a snap, Newton re-checks (and polishes) the other entries.
-        phase = jnp.where((state.phase == _SNAP) & ~finished, _NEWTON, phase)
-        snapped = state.snapped | (state.phase == _SNAP)
-        return _State(x, f, g, H, radius, it, phase.astype(jnp.int32), snapped, converged)
+    def make_body(evaluate_step, cap, final: bool, keep_rejected_hessian: bool):
+        """The loop body; ``final``: reaching ``cap`` ends the minimisation (snap, then done)."""
+
+        def body(state: _State):
+            x_newton, length, decrement = newton_proposal(state)
+            newton = state.phase == _NEWTON
+            rounding = jnp.maximum(1.0, jnp.abs(state.f))
+            small_decrement = newton & (decrement <= DECREMENT_TOL * rounding)
+            x_new = jnp.where(
+                state.phase == _START,
+                state.x,
+                jnp.where(state.phase == _SNAP, jnp.where(near_zero(state.x), 0.0, state.x), x_newton),
+            )
+            f_new, g_new, H_new = evaluate_step(x_new, state)
+            finite = jnp.isfinite(f_new) & jnp.all(jnp.isfinite(g_new)) & jnp.all(jnp.isfinite(H_new))
+            tol = jnp.where(state.phase == _SNAP, 1e-10 * rounding, 0.0)
+            ok = (state.phase == _START) | (finite & (f_new <= state.f + tol) & ~small_decrement)
+            taken = jnp.minimum(length, state.radius)
+            radius = jnp.where(
+                newton,
+                jnp.where(ok, jnp.maximum(state.radius, 4.0 * taken), 0.25 * taken),
+                jnp.where(state.phase == _SNAP, jnp.inf, state.radius),
+            )
+            x = jnp.where(ok, x_new, state.x)
+            f = jnp.where(ok, f_new, state.f)
+            g = jnp.where(ok, g_new, state.g)
+            # A BFGS update from a rejected trial point still carries curvature information.
+            H = jnp.where(ok | (keep_rejected_hessian & finite), H_new, state.H)
+            stalled = newton & ~small_decrement & (radius < 1e-13 * (1.0 + jnp.max(jnp.abs(state.x))))
+            it = state.it + (newton & ~small_decrement).astype(jnp.int32)
+            gmax = jnp.max(jnp.abs(g))
+            converged = ((gmax <= gtol) | small_decrement) & jnp.isfinite(f)
+            capped = it >= cap
+            finished = converged | stalled | (capped & final)
+            try_snap = finished & ~state.snapped & jnp.any(near_zero(x))
+            phase = jnp.where(try_snap, _SNAP, jnp.where(finished | capped, _DONE, _NEWTON))
+            # After a snap, Newton re-checks (and polishes) the other entries.
+            phase = jnp.where((state.phase == _SNAP) & ~finished, _NEWTON, phase)
+            snapped = state.snapped | (state.phase == _SNAP)
+            return _State(x, f, g, H, radius, it, phase.astype(jnp.int32), snapped, converged)
+
+        return body
 
     init = _State(
         x0,
@@ -145,6 +177,14 @@ def minimize_newton(
         jnp.zeros((), bool),
         jnp.zeros((), bool),
     )
-    state = jax.lax.while_loop(cond, body, init)
+    if not quasi_newton:
+        state = jax.lax.while_loop(cond, make_body(evaluate_exact, max_iter, True, False), init)
+    else:
+        first_cap = jnp.minimum(exact_steps, max_iter)
+        state = jax.lax.while_loop(cond, make_body(evaluate_exact, first_cap, False, False), init)
+        # Stopped only by the exact-step cap: continue with BFGS from the exact Hessian.
+        resume = ~state.converged & (state.it >= first_cap) & (state.it < max_iter) & (state.radius > 0)
+        state = state._replace(phase=jnp.where(resume, _NEWTON, _DONE).astype(jnp.int32))
+        state = jax.lax.while_loop(cond, make_body(evaluate_bfgs, max_iter, True, True), state)
     gmax = jnp.max(jnp.abs(state.g))
     return NewtonResult(state.x, state.f, state.g, state.H, gmax, state.it, state.converged, snappable & (state.x == 0))
