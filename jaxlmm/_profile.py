@@ -13,9 +13,9 @@ vmapped over every (parameter, value) pair of a call. The end points are found b
 Newton iteration on ζ, whose derivative comes free from the envelope theorem:
 D'(v) = ∂deviance/∂ψ_j at the constrained optimum.
 
-Variance parameters are re-optimised in an unconstrained form: standard deviations as signed
-numbers (the deviance depends on them through Σ, so 0 is an interior point), correlations as
-tanh(u), σ as exp(u). Fixed effects are profiled in θ with β and σ² profiled out analytically:
+Variance parameters are re-optimised in an unconstrained form: standard deviations and σ as
+exp(u) (positive, so a held correlation keeps its sign; a standard deviation whose optimum is 0 is
+approached until the deviance no longer changes), correlations as tanh(u). Fixed effects are profiled in θ with β and σ² profiled out analytically:
 holding cᵀβ̃ = t in the penalised least squares adds (cᵀβ̃̂ − t)² / (cᵀA⁻¹c) to the PWRSS.
 """
 
@@ -32,6 +32,9 @@ from . import _linalg
 from ._kernels import LOG_2PI, deviance_at_scale, penalised_solution, relative_factor, residual_dof
 
 SD, COR, SIGMA = 0, 1, 2
+# Constrained refits of a boundary fit start a standard deviation at 0 this far from 0 (relative to
+# σ): at exactly 0 the deviance's gradient in it vanishes by symmetry and Newton could not leave.
+BOUNDARY_START = 1e-2
 
 
 class PointSolution(NamedTuple):
@@ -93,14 +96,16 @@ def sdcor_to_theta(psi: jax.Array, lambda_index: np.ndarray) -> tuple[jax.Array,
 
 def _nuisance(u: jax.Array, kinds: np.ndarray) -> jax.Array:
     kinds = jnp.asarray(kinds)
-    return jnp.where(kinds == COR, jnp.tanh(u), jnp.where(kinds == SIGMA, jnp.exp(u), u))
+    return jnp.where(kinds == COR, jnp.tanh(u), jnp.exp(u))
 
 
-def nuisance_start(psi: jax.Array, kinds: np.ndarray) -> jax.Array:
-    """The unconstrained variables whose `_nuisance` image is ``psi``."""
+def nuisance_start(psi: jax.Array, kinds: np.ndarray, sd_floor: jax.Array) -> jax.Array:
+    """The unconstrained variables whose `_nuisance` image is ``psi``; standard deviations below
+    ``sd_floor`` (a fit on the boundary) start at ``sd_floor``, off the boundary."""
     kinds = jnp.asarray(kinds)
     cor = jnp.arctanh(jnp.clip(psi, -1.0 + 1e-9, 1.0 - 1e-9))
-    return jnp.where(kinds == COR, cor, jnp.where(kinds == SIGMA, jnp.log(jnp.maximum(psi, 1e-300)), psi))
+    positive = jnp.where(kinds == SD, jnp.maximum(psi, sd_floor), psi)
+    return jnp.where(kinds == COR, cor, jnp.log(jnp.maximum(positive, 1e-300)))
 
 
 def ml_deviance_sdcor(psi: jax.Array, stats, lambda_index: np.ndarray) -> jax.Array:
@@ -186,7 +191,7 @@ def _ml_point(theta, sigma, stats, *, lambda_index: tuple):
     idx = np.asarray(lambda_index)
     psi = theta_to_sdcor(theta, sigma, idx)
     hess = jax.hessian(ml_deviance_sdcor)(psi, stats, idx)
-    return psi, hess, nuisance_start(psi, parameter_kinds(idx))
+    return psi, hess, nuisance_start(psi, parameter_kinds(idx), BOUNDARY_START * sigma)
 
 
 def _bucket(n: int) -> int:
@@ -207,6 +212,14 @@ class Profiler:
 
         model = results.model
         ml = results if not results.reml else model.fit(reml=False, warn=False)
+        if not ml.converged:
+            import warnings
+
+            from .errors import ConvergenceWarning
+
+            warnings.warn(f"the ML refit that profiles are based on did not converge (largest gradient "
+                          f"{ml.grad_norm:.2g}); profiles and profile intervals may be off.", ConvergenceWarning,
+                          stacklevel=4)
         self.ml = ml
         design = model.design
         self.lambda_index = tuple(map(tuple, design.lambda_index_array.tolist()))
@@ -221,7 +234,8 @@ class Profiler:
             psi_hat, hess, self._u_hat = np.asarray(psi_hat), np.asarray(hess), np.asarray(u_hat)
         self.estimate = np.concatenate([psi_hat, ml.fe_params.to_numpy()])
         self.base = -2.0 * ml.llf
-        self._theta_hat = np.asarray(theta_hat)
+        self._theta_hat = np.where(design.theta_lower == 0, np.maximum(np.asarray(theta_hat), BOUNDARY_START),
+                                   np.asarray(theta_hat))
         var_names = []
         for name in model.varpar_names[:-1]:
             kind = "SD" if name.startswith("Var(") else "Corr"
@@ -359,7 +373,7 @@ class Profiler:
         return int(self.kinds[i]) if i < self.n_var else -1
 
     def _inside(self, v: np.ndarray, w: np.ndarray) -> np.ndarray:
-        """Values moved just inside the open bounds (correlations ±1, σ = 0) where they sit on them."""
+        """Correlations at ±1 moved just inside (the Cholesky factor's derivative is infinite there)."""
         v = np.asarray(v, dtype=float).copy()
         kinds = np.array([self.kinds_of(i) for i in np.atleast_1d(w)])
         cor = kinds == COR

@@ -34,6 +34,11 @@ def _norm_sf(z: np.ndarray) -> np.ndarray:
         return np.asarray(ndtr(-np.asarray(z, dtype=float)))
 
 
+def _check_probability(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not 0.0 < value < 1.0:
+        raise DataError(f"{name} must be a number between 0 and 1, got {value!r}.")
+
+
 def _norm_ppf(p: float) -> float:
     from statistics import NormalDist
 
@@ -129,9 +134,11 @@ class MixedLMResults:
     def conf_int(self, alpha: float = 0.05, method: str = "wald", *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
         """Confidence intervals (columns: lower, upper).
 
-        ``method="wald"`` (default): fixed effects, estimate ± z·SE. ``method="profile"``:
+        ``method="wald"`` (default): fixed effects only, estimate ± z·SE. ``method="profile"``:
         profile-likelihood intervals for the random effects' standard deviations and correlations,
-        σ and the fixed effects, as lme4's ``confint`` (ML profile; see `profile`).
+        σ and the fixed effects (rows named as `profile_names`), as lme4's ``confint`` (ML profile;
+        see `profile`); an end point where the profile never reaches the cut-off is the bound (0
+        for a standard deviation, ±1 for a correlation).
         ``method="boot"``: parametric bootstrap percentile intervals for the fixed effects and the
         variance parameters (``n_boot`` replicates).
 
@@ -143,8 +150,7 @@ class MixedLMResults:
             SD(Intercept)  14.381  37.716
             Days            7.359  13.576
         """
-        if not 0.0 < alpha < 1.0:
-            raise DataError(f"alpha must be between 0 and 1, got {alpha!r}.")
+        _check_probability(alpha, "alpha")
         if method == "boot":
             return self.bootstrap(n=n_boot, seed=seed, alpha=alpha, progress=False).conf_int()
         if method == "profile":
@@ -165,7 +171,8 @@ class MixedLMResults:
     @property
     def profile_names(self) -> list[str]:
         """Parameters `profile` accepts: ``SD(...)``/``Corr(...)`` of the random effects, ``sigma``
-        (residual standard deviation), then the fixed effects."""
+        (residual standard deviation), then the fixed effects — lme4's ``.sig01``, ``.sig02``, …,
+        ``.sigma``, then the fixed effects, in the same order."""
         return list(self._profiler.names)
 
     def _profile_intervals(self, alpha: float) -> pd.DataFrame:
@@ -202,16 +209,15 @@ class MixedLMResults:
         if param is None:
             params = list(range(len(prof.names)))
         elif isinstance(param, (list, tuple)):
-            params = [prof.index(p) for p in param]
+            params = list(dict.fromkeys(prof.index(p) for p in param))
         else:
             params = [prof.index(param)]
         if not params:
             raise DataError(f"no parameters to profile: pass one of {prof.names}, a list of them, or None for all.")
         if values is None:
-            if not 0.0 < level < 1.0:
-                raise DataError(f"level must be between 0 and 1, got {level!r}.")
-            if int(n) < 2:
-                raise DataError(f"n must be at least 2 grid values, got {n!r}.")
+            _check_probability(level, "level")
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+                raise DataError(f"n must be an integer of at least 2 (grid values), got {n!r}.")
             lo, hi, _ = prof.end_points(np.asarray(params), _norm_ppf(0.5 + level / 2.0))
             grids = []
             for j, a, b in zip(params, lo, hi):
@@ -221,13 +227,18 @@ class MixedLMResults:
             if len(params) != 1:
                 raise DataError("values= gives a grid for one parameter; profile one parameter at a time with it.")
             j = params[0]
-            grid = np.unique(np.asarray(values, dtype=float).ravel())
-            if grid.size == 0 or not np.all(np.isfinite(grid)):
-                raise DataError("values must be a non-empty array of finite numbers.")
-            outside = (grid < prof.lower[j]) | (grid > prof.upper[j])
+            try:
+                grid = np.asarray(values, dtype=float)
+            except (TypeError, ValueError):
+                raise DataError("values must be a 1-D array of numbers.") from None
+            if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)):
+                raise DataError(f"values must be a non-empty 1-D array of finite numbers; got shape {grid.shape}.")
+            grid = np.unique(grid)
+            sigma = prof.names[j] == "sigma"
+            outside = (grid < prof.lower[j]) | (grid > prof.upper[j]) | (sigma & (grid <= 0))
             if outside.any():
-                raise DataError(f"values for {prof.names[j]!r} must lie in [{prof.lower[j]:g}, {prof.upper[j]:g}]; "
-                                f"got {grid[outside].tolist()}.")
+                where = "be positive" if sigma else f"lie in [{prof.lower[j]:g}, {prof.upper[j]:g}]"
+                raise DataError(f"values for {prof.names[j]!r} must {where}; got {grid[outside].tolist()}.")
             grids = [grid]
         which = np.concatenate([np.full(g.size, j) for j, g in zip(params, grids)])
         value = np.concatenate(grids)
@@ -236,13 +247,20 @@ class MixedLMResults:
                               "deviance": ev["deviance"], "llf": -0.5 * ev["deviance"],
                               "converged": ev["converged"]})
         others = pd.DataFrame(ev["params"], columns=[c if c not in frame.columns else c + "_" for c in prof.names])
+        bad = ~frame["converged"].to_numpy() | ~np.isfinite(frame["deviance"].to_numpy())
+        if bad.any():
+            warnings.warn(f"{int(bad.sum())} of {len(frame)} profile points did not converge (column 'converged'); "
+                          "their deviance may be off — values far outside the profile interval are the usual cause.",
+                          ConvergenceWarning, stacklevel=2)
         return pd.concat([frame, others], axis=1)
 
-    def plot_profile(self, param=None, alpha: float = 0.05, **kwargs):
-        """Profile likelihood curves (one panel per parameter) with the ``1 − alpha`` cut-off."""
+    def plot_profile(self, param=None, *, alpha: float = 0.05, ax=None, n: int = 21, level: float = 0.99, values=None):
+        """Profile likelihood curves (one panel per parameter) with the ``1 − alpha`` cut-off; the
+        grid is `profile`'s (``n``, ``level``, ``values``)."""
         from . import plot
 
-        return plot.profile(self.profile(param, **kwargs), alpha=alpha)
+        _check_probability(alpha, "alpha")
+        return plot.profile(self.profile(param, n=n, level=level, values=values), ax=ax, alpha=alpha)
 
     # ---- variance parameters ------------------------------------------------------------------
     @property

@@ -461,6 +461,8 @@ def profile(profile_frame: pd.DataFrame, ax: "Axes | None" = None, alpha: float 
         parts = [(None, profile_frame)]
     if ax is not None and len(parts) > 1:
         raise DataError(f"profile_frame has {len(parts)} parameters; pass ax only for one (or leave ax=None).")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) or not 0.0 < alpha < 1.0:
+        raise DataError(f"alpha must be a number between 0 and 1, got {alpha!r}.")
     chi2 = NormalDist().inv_cdf(1.0 - alpha / 2.0) ** 2
     if ax is not None:
         fig, axes = ax.figure, [ax]

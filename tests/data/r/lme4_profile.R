@@ -5,10 +5,12 @@ suppressMessages({library(lme4); library(jsonlite)})
 d <- "../../../jaxlmm/datasets/data"
 ss <- read.csv(file.path(d, "sleepstudy.csv")); ss$Subject <- factor(ss$Subject)
 dy <- read.csv(file.path(d, "dyestuff.csv")); dy$Batch <- factor(dy$Batch)
+dy2 <- read.csv("../dyestuff2.csv"); dy2$Batch <- factor(dy2$Batch)
 cases <- list(
   list(id="sleepstudy_slope", data=ss, f=Reaction ~ Days + (Days|Subject)),
   list(id="sleepstudy_uncorr", data=ss, f=Reaction ~ Days + (Days||Subject)),
-  list(id="dyestuff", data=dy, f=Yield ~ 1 + (1|Batch))
+  list(id="dyestuff", data=dy, f=Yield ~ 1 + (1|Batch)),
+  list(id="dyestuff2_singular", data=dy2, f=Yield ~ 1 + (1|Batch))
 )
 out <- list()
 for (cs in cases) {
