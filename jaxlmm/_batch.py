@@ -17,7 +17,9 @@ batch pay its iteration count. When JAX sees several devices, the model axis is 
 from __future__ import annotations
 
 import math
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, Sequence
 
@@ -44,6 +46,7 @@ CPU_BATCH = 256
 # Batched fits use BFGS Hessian updates after an exact start (cheaper loop bodies; see minimize_newton).
 QUASI_NEWTON = True
 QUASI_ROUND_MAX_ITER = 12
+MAX_CONCURRENT_CHUNKS = 8
 CPU_MAX_CHUNK_ROWS = 32768
 
 
@@ -89,12 +92,12 @@ def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: 
     """Fit ``len(theta0)`` models; ``run(inputs_chunk, theta0_chunk, max_iter)`` fits one chunk.
 
     Stage 1 fits every member in chunks of ``batch_size`` with a small iteration cap, by the
-    quasi-Newton variant of the optimiser (`QUASI_NEWTON`: one exact Hessian, then BFGS updates —
-    iterations about four times cheaper); after the first chunk, the others start from the median θ
-    of the converged fits so far (members of a batch usually have similar variance parameters). The
-    members not converged by then are pooled and continue from where they stopped with exact Newton,
-    with a doubled cap, and so on: the slow few never hold up a full chunk. Batch shapes compiled:
-    ``batch_size`` and a small one for the last stragglers.
+    quasi-Newton variant of the optimiser (`QUASI_NEWTON`: one exact Newton step, then BFGS
+    updates — iterations about four times cheaper than exact Newton's); after the first chunk, the
+    others start from the median θ of the converged fits so far (members of a batch usually have
+    similar variance parameters). The members not converged by then are pooled and continue from
+    where they stopped with exact Newton, in small chunks with a doubled cap, and so on: the slow
+    few never hold up a full chunk. Compiled: quasi-Newton at ``batch_size``, exact at a small size.
     """
     k = theta0.shape[0]
     small = min(32, _pad_batch(batch_size))
@@ -107,37 +110,64 @@ def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: 
     start_theta = np.array(theta0)
     pending = np.arange(k)
     total, cap = 0, FIRST_ROUND_MAX_ITER if not QUASI_NEWTON else QUASI_ROUND_MAX_ITER
-    while pending.size:
-        for lo in range(0, pending.size, batch_size):
-            rows = pending[lo : lo + batch_size]
-            size = _pad_batch(batch_size) if rows.size > small else small
-            idx = np.concatenate([rows, np.full(size - rows.size, rows[0])])
-            part = run([x[idx] for x in inputs], start_theta[idx], cap, QUASI_NEWTON and total == 0)
-            part = FitArrays(*[np.asarray(a)[: rows.size] for a in part])
-            part = part._replace(iterations=part.iterations + total)
-            if out is None:
-                out = FitArrays(*[np.zeros((k,) + np.shape(a)[1:], np.asarray(a).dtype) for a in part])
-            for field, values in zip(out, part):
-                field[rows] = values
-            if total == 0:
-                good = part.converged
-                if good.any():
-                    later = pending[lo + batch_size :]
-                    start_theta[later] = np.median(part.theta[good], axis=0)
-                if bar is not None:
+
+    def fit_chunk(rows, size, cap, quasi):
+        idx = np.concatenate([rows, np.full(size - rows.size, rows[0])])
+        part = run([x[idx] for x in inputs], start_theta[idx], cap, quasi)
+        return FitArrays(*[np.asarray(a)[: rows.size] for a in part])
+
+    with ThreadPoolExecutor(max_workers=_concurrent_chunks()) as pool:
+        while pending.size:
+            first_round = total == 0
+            step = batch_size if first_round else small
+            chunks = [pending[lo : lo + step] for lo in range(0, pending.size, step)]
+            quasi = QUASI_NEWTON and first_round
+            sizes = [_pad_batch(batch_size) if first_round and rows.size > small else small for rows in chunks]
+            # The first chunk runs alone: its median θ warm-starts all the others.
+            first = fit_chunk(chunks[0], sizes[0], cap, quasi)
+            if first_round and first.converged.any():
+                start_theta[pending[chunks[0].size :]] = np.median(first.theta[first.converged], axis=0)
+            futures = [pool.submit(fit_chunk, rows, size, cap, quasi) for rows, size in zip(chunks[1:], sizes[1:])]
+            for rows, part in zip(chunks, [first] + [f.result() if bar is None else _tick(f, bar, first_round)
+                                                     for f in futures]):
+                part = part._replace(iterations=part.iterations + total)
+                if out is None:
+                    out = FitArrays(*[np.zeros((k,) + np.shape(a)[1:], np.asarray(a).dtype) for a in part])
+                for field, values in zip(out, part):
+                    field[rows] = values
+                if first_round and bar is not None and rows is chunks[0]:
                     bar.update(rows.size)
-        quasi_round = QUASI_NEWTON and total == 0
-        total += cap
-        # After the quasi-Newton round every unconverged member continues with exact Newton.
-        unfinished = ~out.converged[pending] & ((out.iterations[pending] >= total) | quasi_round)
-        pending = pending[unfinished]
-        start_theta[pending] = out.theta[pending]
-        cap = min(2 * FIRST_ROUND_MAX_ITER if total == cap else 2 * cap, MAX_ITER - total)
-        if cap <= 0:
-            break
+            total += cap
+            # After the quasi-Newton round, every unconverged member continues with exact Newton.
+            unfinished = ~out.converged[pending] & ((out.iterations[pending] >= total) | quasi)
+            pending = pending[unfinished]
+            start_theta[pending] = out.theta[pending]
+            cap = min(2 * FIRST_ROUND_MAX_ITER if first_round else 2 * cap, MAX_ITER - total)
+            if cap <= 0:
+                break
     if bar is not None:
         bar.close()
     return out
+
+
+def _tick(future, bar, first_round: bool) -> FitArrays:
+    part = future.result()
+    if first_round:
+        bar.update(len(part.converged))
+    return part
+
+
+def _concurrent_chunks() -> int:
+    """Chunks run at once. On one CPU device, XLA runs a vmapped while-loop on about one core, so
+    chunks run in parallel threads, one per core (1.8x on 2 cores); accelerators and sharded runs
+    already use the whole machine for one chunk."""
+    if jax.default_backend() != "cpu" or jax.device_count() > 1:
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_CONCURRENT_CHUNKS))
 
 
 def _safe_batch_size(n_rows: int, requested: int | None, q: int, p: int, k: int) -> int:
