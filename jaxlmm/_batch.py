@@ -47,6 +47,7 @@ CPU_BATCH = 256
 QUASI_NEWTON = True
 QUASI_ROUND_MAX_ITER = 12
 MAX_CONCURRENT_CHUNKS = 8
+CPU_MAX_CONCURRENT_ROWS = 46080
 CPU_MAX_CHUNK_ROWS = 32768
 
 
@@ -116,7 +117,9 @@ def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: 
         part = run([x[idx] for x in inputs], start_theta[idx], cap, quasi)
         return FitArrays(*[np.asarray(a)[: rows.size] for a in part])
 
-    with ThreadPoolExecutor(max_workers=_concurrent_chunks()) as pool:
+    rows_per_model = int(np.shape(inputs[0])[1])
+    workers = _concurrent_chunks(_pad_batch(batch_size) * rows_per_model)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         while pending.size:
             first_round = total == 0
             step = batch_size if first_round else small
@@ -157,17 +160,19 @@ def _tick(future, bar, first_round: bool) -> FitArrays:
     return part
 
 
-def _concurrent_chunks() -> int:
+def _concurrent_chunks(chunk_rows: int) -> int:
     """Chunks run at once. On one CPU device, XLA runs a vmapped while-loop on about one core, so
-    chunks run in parallel threads, one per core (1.8x on 2 cores); accelerators and sharded runs
-    already use the whole machine for one chunk."""
+    chunks run in parallel threads, one per core (1.8x on 2 cores), as long as the rows of all
+    running chunks stay within `CPU_MAX_CONCURRENT_ROWS` (the XLA:CPU deadlock above also strikes
+    concurrent chunks: 2 × 32 × 1,000 rows hung, 2 × 128 × 180 did not). Accelerators and sharded
+    runs already use the whole machine for one chunk."""
     if jax.default_backend() != "cpu" or jax.device_count() > 1:
         return 1
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return max(1, min(cores, MAX_CONCURRENT_CHUNKS))
+    return max(1, min(cores, MAX_CONCURRENT_CHUNKS, CPU_MAX_CONCURRENT_ROWS // max(chunk_rows, 1)))
 
 
 def _safe_batch_size(n_rows: int, requested: int | None, q: int, p: int, k: int) -> int:
