@@ -1,0 +1,58 @@
+"""The Newton / quasi-Newton minimiser on its own: secant property, agreement of the two modes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxlmm
+from jaxlmm._config import float64
+from jaxlmm._fit import _Objective, design_stats
+from jaxlmm._optimize import bfgs_update, minimize_newton
+
+
+def test_bfgs_update_satisfies_the_secant_equation():
+    with float64():
+        H = jnp.array([[2.0, 0.3], [0.3, 1.0]])
+        s, y = jnp.array([0.5, -0.2]), jnp.array([1.1, 0.4])
+        H_new = bfgs_update(H, s, y)
+        np.testing.assert_allclose(np.asarray(H_new @ s), np.asarray(y), rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(H_new), np.asarray(H_new).T, atol=1e-14)
+        assert np.all(np.linalg.eigvalsh(np.asarray(H_new)) > 0)
+        # No positive curvature along the step: the approximation is kept.
+        np.testing.assert_array_equal(np.asarray(bfgs_update(H, s, -y)), np.asarray(H))
+
+
+def rosenbrock(x):
+    return jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+
+
+@pytest.mark.parametrize("quasi_newton", [False, True])
+def test_rosenbrock_minimum(quasi_newton):
+    with float64():
+        res = minimize_newton(rosenbrock, jnp.array([-1.2, 1.0, 0.8]), jnp.zeros(3, bool),
+                              gtol=1e-9, quasi_newton=quasi_newton)
+    assert bool(res.converged)
+    np.testing.assert_allclose(np.asarray(res.x), 1.0, atol=1e-6)
+
+
+def test_quasi_newton_reaches_the_exact_newton_optimum_on_lmm_deviances():
+    """Under vmap, over responses simulated from sleepstudy's fit: same deviance to rounding level."""
+    df = jaxlmm.datasets.load("sleepstudy")
+    model = jaxlmm.MixedLM.from_formula("Reaction ~ Days + (Days | Subject)", df)
+    fit = model.fit()
+    rng = np.random.default_rng(3)
+    Y = np.asarray(model.design.y)[None, :] + rng.normal(0.0, 25.0, (16, model.nobs))
+    objective = _Objective(tuple(map(tuple, model.design.lambda_index_array.tolist())), True)
+    snappable = jnp.asarray(np.isfinite(model.design.theta_lower))
+    with float64():
+        stats = jax.vmap(lambda y: design_stats(model.design.replace(y=y))[1])(jnp.asarray(Y))
+
+        def solve(s, quasi):
+            return minimize_newton(lambda t: objective(t, s), jnp.asarray(fit.theta), snappable, quasi_newton=quasi)
+
+        exact = jax.jit(jax.vmap(lambda s: solve(s, False)))(stats)
+        quasi = jax.jit(jax.vmap(lambda s: solve(s, True)))(stats)
+    assert np.all(np.asarray(exact.converged)) and np.all(np.asarray(quasi.converged))
+    np.testing.assert_allclose(np.asarray(quasi.fun), np.asarray(exact.fun), rtol=1e-13)
+    np.testing.assert_allclose(np.asarray(quasi.x), np.asarray(exact.x), atol=1e-5)
