@@ -165,9 +165,11 @@ def _concurrent_chunks(chunk_rows: int) -> int:
     chunks run in parallel threads, one per core (1.8x on 2 cores), as long as the rows of all
     running chunks stay within `CPU_MAX_CONCURRENT_ROWS` (the XLA:CPU deadlock above also strikes
     concurrent chunks: 2 × 32 × 1,000 rows hung, 2 × 128 × 180 did not). Accelerators and sharded
-    runs already use the whole machine for one chunk."""
+    runs already use the whole machine for one chunk. ``JAXLMM_CHUNK_THREADS=n`` overrides the count."""
     if jax.default_backend() != "cpu" or jax.device_count() > 1:
         return 1
+    if os.environ.get("JAXLMM_CHUNK_THREADS"):
+        return max(1, int(os.environ["JAXLMM_CHUNK_THREADS"]))
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
