@@ -168,8 +168,11 @@ def _concurrent_chunks(chunk_rows: int) -> int:
     runs already use the whole machine for one chunk. ``JAXLMM_CHUNK_THREADS=n`` overrides the count."""
     if jax.default_backend() != "cpu" or jax.device_count() > 1:
         return 1
-    if os.environ.get("JAXLMM_CHUNK_THREADS"):
-        return max(1, int(os.environ["JAXLMM_CHUNK_THREADS"]))
+    requested = os.environ.get("JAXLMM_CHUNK_THREADS", "").strip()
+    if requested:
+        if not requested.isdigit() or int(requested) < 1:
+            raise DataError(f"JAXLMM_CHUNK_THREADS must be a positive integer, got {requested!r}.")
+        return int(requested)
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
