@@ -72,6 +72,40 @@ class NestedSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class CrossedSpec:
+    """Encoder of a random intercept for one of several crossed grouping factors, ``(1 | f)``:
+    one indicator column per level of ``f`` seen in fitting (unseen levels encode to zeros, so
+    their prediction is population-level)."""
+
+    factor: str
+    levels: tuple[str, ...]
+
+    @classmethod
+    def learn(cls, data: pd.DataFrame, factor: str) -> "CrossedSpec":
+        return cls(factor, tuple(np.unique(_group_values(factor, data).astype(str).to_numpy())))
+
+    @property
+    def names(self) -> list[str]:
+        return [f"{self.factor}[{level}]" for level in self.levels]
+
+    def get_model_matrix(self, data: pd.DataFrame, na_action: str = "ignore") -> pd.DataFrame:
+        values = _group_values(self.factor, data).astype(str).to_numpy()
+        lookup = {level: j for j, level in enumerate(self.levels)}
+        out = np.zeros((len(data), len(self.levels)))
+        for i, value in enumerate(values):
+            j = lookup.get(value)
+            if j is not None:
+                out[i, j] = 1.0
+        return pd.DataFrame(out, columns=self.names, index=data.index)
+
+
+# Crossed factors are fitted as one group holding every level of every factor (dense Λ, Cholesky of
+# a q × q matrix per evaluation), so their total number of levels is bounded.
+CROSSED_MAX_LEVELS = 400
+CROSSED_GROUP = "(all)"
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """What was learned from the fitting data, to encode new data identically."""
 
@@ -138,7 +172,8 @@ def _rank_problem(X: np.ndarray, names: Sequence[str]) -> str | None:
 
 
 class MixedLM:
-    """A linear mixed model with one grouping factor, fitted by REML or ML.
+    """A linear mixed model with one grouping factor (and factors nested in it), or with crossed
+    random intercepts, fitted by REML or ML.
 
     Build it from a formula (lme4 bars or statsmodels' ``groups=``/``re_formula=``) or from arrays
     (``endog``, ``exog``, ``groups``, ``exog_re``; ``exog_re=None`` means a random intercept).
@@ -151,6 +186,8 @@ class MixedLM:
         >>> round(float(r.fe_params["Days"]), 4), r.method
         (10.4673, 'REML')
     """
+
+    crossed_factors: tuple = ()  # ((factor, number of levels), ...) for crossed random intercepts
 
     def __init__(
         self,
@@ -202,7 +239,7 @@ class MixedLM:
         codes, levels = pd.factorize(g, sort=True)
         n, p = X.shape
         m, q = len(levels), Z.shape[1]
-        if m < 2:
+        if m < 2 and not getattr(self, "crossed_factors", ()):
             raise DataError(
                 f"the grouping factor {group_label!r} has {m} level{'s' if m != 1 else ''}; a mixed model needs at least 2 groups "
                 "(with one group, fit an ordinary regression instead)."
@@ -259,6 +296,7 @@ class MixedLM:
         ``re_formula="~x"`` (random intercept when omitted). Variance components nested in the
         grouping factor: ``"(1 | batch) + (1 | batch:cask)"``, ``"(1 | batch/cask)"``, or statsmodels'
         ``groups="batch", vc_formula={"cask": "0 + C(cask)"}`` (one shared variance per component).
+        Crossed random intercepts: ``"(1 | plate) + (1 | sample)"`` (dense; up to 400 levels in all).
         ``missing="drop"`` drops rows with NaN/inf in the columns the model uses; the default raises.
 
         Examples:
@@ -311,13 +349,19 @@ class MixedLM:
         group_expr = group_exprs[0]
         nested_terms = [t for t in terms if t.group != group_expr]
         terms = [t for t in terms if t.group == group_expr]
+        crossed = any(not t.group.startswith(group_expr + ":") for t in nested_terms)
+        if crossed:
+            for t in terms + nested_terms:
+                if t.expr.replace(" ", "") not in ("1", "1+0", "0+1"):
+                    raise FormulaError(
+                        f"'({t.expr} | {t.group})': with crossed grouping factors ({', '.join(group_exprs)}) only "
+                        "random intercepts are supported, e.g. '(1 | plate) + (1 | sample)'."
+                    )
+            if vc_terms:
+                raise FormulaError("vc_formula cannot be combined with crossed grouping factors; use '(1 | factor)' terms.")
+            crossed_factors = list(dict.fromkeys(t.group for t in terms + nested_terms))
+            nested_terms, terms = [], [_formula.RandomTerm("0", group_expr, True)]
         for t in nested_terms:
-            if not t.group.startswith(group_expr + ":"):
-                raise FormulaError(
-                    f"random effects for several grouping factors ({', '.join(group_exprs)}) that are not nested "
-                    "(crossed) are not supported yet: jaxlmm fits one grouping factor and factors nested in it, "
-                    "such as '(1 | batch) + (1 | batch:cask)'."
-                )
             if t.expr.replace(" ", "") not in ("1", "1+0", "0+1"):
                 raise FormulaError(
                     f"'({t.expr} | {t.group})': only random intercepts are supported for nested factors; "
@@ -333,6 +377,8 @@ class MixedLM:
         group_cols = [p.strip() for p in group_expr.split(":")]
         for t in nested_terms:
             group_cols += [p.strip() for p in t.group.split(":")]
+        if crossed:
+            group_cols = [p.strip() for f in crossed_factors for p in f.split(":")]
         group_cols = list(dict.fromkeys(group_cols))
         if any("/" in c for c in group_cols):
             _group_values(group_expr, data)  # raises the nested-grouping error
@@ -382,6 +428,27 @@ class MixedLM:
             blocks.append(RandomBlock(tuple(frame.columns), False, tied=True, label=t.group))
             z_cols.append(frame.to_numpy())
             z_names += list(frame.columns)
+        if crossed:
+            specs = [CrossedSpec.learn(data, f) for f in crossed_factors]
+            specs.sort(key=lambda c: -len(c.levels))  # lme4's order: most levels first
+            few = [c.factor for c in specs if len(c.levels) < 2]
+            if few:
+                raise DataError(f"the grouping factor(s) {', '.join(map(repr, few))} have fewer than 2 levels; a random "
+                                "effect needs at least 2.")
+            total = sum(len(c.levels) for c in specs)
+            if total > CROSSED_MAX_LEVELS:
+                raise FormulaError(
+                    f"crossed grouping factors with {total} levels in all: jaxlmm fits crossed factors with a dense "
+                    f"covariance factor, up to {CROSSED_MAX_LEVELS} levels in all. Nest the factors if the design "
+                    "allows, or fit a subset of them."
+                )
+            for c in specs:
+                frame = c.get_model_matrix(data)
+                random_specs.append((c, False))
+                blocks.append(RandomBlock(tuple(frame.columns), False, tied=True, label=c.factor))
+                z_cols.append(frame.to_numpy())
+                z_names += list(frame.columns)
+            self_crossed = tuple((c.factor, len(c.levels)) for c in specs)
         for name, expr in vc_terms:
             mm = _formula.model_matrix(expr, data, f"variance component {name!r}", formula)
             random_specs.append((mm.model_spec, False))
@@ -396,7 +463,7 @@ class MixedLM:
                 f"{group_expr!r}; each random effect can appear once."
             )
         Z = np.concatenate(z_cols, axis=1)
-        g = _group_values(group_expr, data)
+        g = pd.Series(CROSSED_GROUP, index=data.index) if crossed else _group_values(group_expr, data)
         built_bad = ~np.isfinite(y) | ~np.all(np.isfinite(X), axis=1) | ~np.all(np.isfinite(Z), axis=1)
         if built_bad.any():
             where = ([parsed.response] if (~np.isfinite(y)).any() else []) + [
@@ -412,12 +479,13 @@ class MixedLM:
             y, X, Z, g = y[keep], X[keep], Z[keep], g[keep].reset_index(drop=True)
             row_index = row_index[keep]
             n_dropped += int(built_bad.sum())
-        spec = ModelSpec(fixed_mm.model_spec, tuple(random_specs), group_expr, parsed.response)
+        spec = ModelSpec(fixed_mm.model_spec, tuple(random_specs), None if crossed else group_expr, parsed.response)
         self = cls.__new__(cls)
+        self.crossed_factors = self_crossed if crossed else ()
         self._init_checked(y, parsed.response, X, x_names, Z, z_names, g, blocks, spec, n_dropped, group_expr)
         self.row_index = row_index
         self.formula = formula
-        self.group_name = group_expr
+        self.group_name = " + ".join(f for f, _ in self.crossed_factors) if crossed else group_expr
         return self
 
     # --------------------------------------------------------------------------------------------
@@ -513,7 +581,8 @@ class MixedLM:
             Zs = [np.asarray(s.get_model_matrix(data, na_action="ignore"), dtype=float) for s, _ in self.spec.random_specs]
         except Exception as err:
             raise DataError(f"cannot encode the new data like the fitting data: {_formula._formulaic_message(err)}") from None
-        g = _group_values(self.spec.group_expr, data)
+        g = (pd.Series(CROSSED_GROUP, index=data.index) if self.spec.group_expr is None
+             else _group_values(self.spec.group_expr, data))
         return X, np.concatenate(Zs, axis=1), g
 
 

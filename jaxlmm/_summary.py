@@ -27,14 +27,20 @@ class Summary:
         r = results
         d = r.model.design
         sizes = np.bincount(np.asarray(d.group), weights=np.asarray(d.mask), minlength=r.ngroups).astype(int)
+        crossed = r.model.crossed_factors
+        if crossed:  # one group holds everything: show the levels of each crossed factor instead
+            levels = [(f"No. levels ({f}):", str(k)) for f, k in crossed] + [("", "")] * max(0, 4 - len(crossed))
+            group_rows = levels[:max(4, len(crossed))]
+        else:
+            group_rows = [("No. Groups:", str(r.ngroups)), ("Min. group size:", str(sizes.min())),
+                          ("Max. group size:", str(sizes.max())), ("Mean group size:", f"{sizes.mean():.1f}")]
+        right = [("Scale:", _fmt(r.scale)), ("Log-Likelihood:", _fmt(r.llf)),
+                 ("Converged:", "Yes" if r.converged else "No"), ("AIC / BIC:", f"{r.aic:.4f} / {r.bic:.4f}")]
+        right += [("", "")] * (len(group_rows) - len(right))
         self.info = [
             ("Model:", "MixedLM (jaxlmm)", "Dependent Variable:", r.model.endog_name),
             ("No. Observations:", str(r.nobs), "Method:", r.method),
-            ("No. Groups:", str(r.ngroups), "Scale:", _fmt(r.scale)),
-            ("Min. group size:", str(sizes.min()), "Log-Likelihood:", _fmt(r.llf)),
-            ("Max. group size:", str(sizes.max()), "Converged:", "Yes" if r.converged else "No"),
-            ("Mean group size:", f"{sizes.mean():.1f}", "AIC / BIC:", f"{r.aic:.4f} / {r.bic:.4f}"),
-        ]
+        ] + [(a, b, c, e) for (a, b), (c, e) in zip(group_rows, right)]
         if r.model.n_dropped:
             self.info.append(("Rows dropped (NaN):", str(r.model.n_dropped), "", ""))
         ci = r.conf_int(alpha)
@@ -63,7 +69,7 @@ class Summary:
         vc = r.vcomp.drop("Residual")
         label = r.model.group_name if hasattr(r.model, "group_name") else "Group"
         variance = pd.DataFrame({"Coef.": vc.values, "Std.Err.": r.bse_re.drop("Residual").values},
-                                index=[f"{label} {n}" for n in vc.index])
+                                index=list(vc.index) if crossed else [f"{label} {n}" for n in vc.index])
         self.fixed, self.variance = fixed, variance
         self.corr_fe = r.corr_fe
         self.random = self._random_block(r, label)

@@ -148,7 +148,8 @@ def _re_panels(r: "MixedLMResults") -> list[_Panel]:
         for g in range(len(groups)):
             for k, j in enumerate(cols):
                 if occurs[g, k]:
-                    labels.append(known.get((g, k), f"{groups[g]}:{short[k]}"))
+                    crossed = bool(getattr(r.model, "crossed_factors", ()))
+                    labels.append(short[k] if crossed else known.get((g, k), f"{groups[g]}:{short[k]}"))
                     est.append(modes[g, j])
                     sds.append(sd[g, j])
         title = str(getattr(block, "label", None) or "variance component")
@@ -263,7 +264,8 @@ def qq_random_effects(r: "MixedLMResults") -> "Figure":
         ax.set_ylabel("Conditional mode")
     for ax in axes[q:]:
         ax.remove()
-    fig.suptitle(f"Normal Q-Q plots of random effects ({_group_label(r)}, {r.model.ngroups} groups)")
+    groups = "" if getattr(r.model, "crossed_factors", ()) else f", {r.model.ngroups} groups"
+    fig.suptitle(f"Normal Q-Q plots of random effects ({_group_label(r)}{groups})")
     return fig
 
 

@@ -53,7 +53,3 @@ def test_variance_component_with_correlated_random_slope():
     assert r.llf == pytest.approx(dense_loglik(d.y, d.X, d.Z, d.group, r.cov_re.values, r.scale, True), abs=1e-8)
     assert list(r.vcomp.index) == ["Var(Intercept)", "Cov(Intercept,x)", "Var(x)", "Var(g:h)", "Residual"]
 
-
-def test_crossed_factors_are_refused_clearly():
-    with pytest.raises(jaxlmm.FormulaError, match="not nested"):
-        jaxlmm.MixedLM.from_formula("diameter ~ 1 + (1 | plate) + (1 | sample)", jaxlmm.datasets.load("penicillin"))

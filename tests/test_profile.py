@@ -23,6 +23,7 @@ CASES = {
     "sleepstudy_uncorr": ("Reaction ~ Days + (Days || Subject)", "sleepstudy"),
     "dyestuff": ("Yield ~ 1 + (1 | Batch)", "dyestuff"),
     "dyestuff2_singular": ("Yield ~ 1 + (1 | Batch)", "dyestuff2"),
+    "penicillin_crossed": ("diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin"),
 }
 DATA = Path(__file__).parent / "data"
 
@@ -68,7 +69,9 @@ def test_zeta_at_lme4_profile_points(fits, case):
         keep = (np.abs(zeta) < 3.5) & (values > 0 if name.startswith("SD") else True)
         ours = r.profile(name, values=values[keep]).set_index("value").loc[values[keep], "zeta"].values
         # Compare deviance increases ζ²: near the optimum ζ magnifies lme4's optimiser tolerance.
-        np.testing.assert_allclose(ours**2, zeta[keep] ** 2, rtol=1e-5, atol=1e-5, err_msg=name)
+        # lme4's constrained refits can stop short (a higher deviance): never below, close to it.
+        assert np.all(ours**2 <= zeta[keep] ** 2 + 1e-5), name
+        np.testing.assert_allclose(ours**2, zeta[keep] ** 2, rtol=1e-4, atol=2e-4, err_msg=name)
         clear = np.abs(zeta[keep]) > 1e-3
         np.testing.assert_array_equal(np.sign(ours[clear]), np.sign(zeta[keep][clear]))
 

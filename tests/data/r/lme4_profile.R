@@ -6,11 +6,13 @@ d <- "../../../jaxlmm/datasets/data"
 ss <- read.csv(file.path(d, "sleepstudy.csv")); ss$Subject <- factor(ss$Subject)
 dy <- read.csv(file.path(d, "dyestuff.csv")); dy$Batch <- factor(dy$Batch)
 dy2 <- read.csv("../dyestuff2.csv"); dy2$Batch <- factor(dy2$Batch)
+pen <- read.csv(file.path(d, "penicillin.csv")); pen$plate <- factor(pen$plate); pen$sample <- factor(pen$sample)
 cases <- list(
   list(id="sleepstudy_slope", data=ss, f=Reaction ~ Days + (Days|Subject)),
   list(id="sleepstudy_uncorr", data=ss, f=Reaction ~ Days + (Days||Subject)),
   list(id="dyestuff", data=dy, f=Yield ~ 1 + (1|Batch)),
-  list(id="dyestuff2_singular", data=dy2, f=Yield ~ 1 + (1|Batch))
+  list(id="dyestuff2_singular", data=dy2, f=Yield ~ 1 + (1|Batch)),
+  list(id="penicillin_crossed", data=pen, f=diameter ~ 1 + (1|plate) + (1|sample))
 )
 out <- list()
 for (cs in cases) {
