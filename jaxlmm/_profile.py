@@ -267,6 +267,13 @@ class Profiler:
                             f"profiled parameters, {self.names}.")
         if isinstance(param, str) and param in self.names:
             return self.names.index(param)
+        if isinstance(param, str):  # lme4's names: .sig01, .sig02, ..., .sigma, (Intercept)
+            if param == ".sigma":
+                return self.n_var - 1
+            if param.startswith(".sig") and param[4:].isdigit() and 1 <= int(param[4:]) < self.n_var:
+                return int(param[4:]) - 1
+            if param == "(Intercept)" and "Intercept" in self.names[self.n_var:]:
+                return self.n_var + self.names[self.n_var:].index("Intercept")
         raise DataError(f"cannot profile {param!r}: it is not a parameter of this model. Choose one of "
                         f"{self.names} (or its position).")
 

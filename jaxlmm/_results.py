@@ -172,7 +172,7 @@ class MixedLMResults:
     def profile_names(self) -> list[str]:
         """Parameters `profile` accepts: ``SD(...)``/``Corr(...)`` of the random effects, ``sigma``
         (residual standard deviation), then the fixed effects — lme4's ``.sig01``, ``.sig02``, …,
-        ``.sigma``, then the fixed effects, in the same order."""
+        ``.sigma``, then the fixed effects, in the same order (`profile` accepts those names too)."""
         return list(self._profiler.names)
 
     def _profile_intervals(self, alpha: float) -> pd.DataFrame:

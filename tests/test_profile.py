@@ -182,6 +182,15 @@ def test_profile_of_all_parameters_and_plot(fits):
     assert len(fig.axes) == len(r.profile_names)
 
 
+def test_lme4_parameter_names_are_accepted(fits):
+    r = fits["sleepstudy_slope"]
+    ours = r.profile(["SD(Intercept)", "Corr(Intercept,Days)", "sigma", "Intercept"], n=3)
+    lme4 = r.profile([".sig01", ".sig02", ".sigma", "(Intercept)"], n=3)
+    pd.testing.assert_frame_equal(ours, lme4)
+    with pytest.raises(DataError, match="not a parameter"):
+        r.profile(".sig04")
+
+
 def test_bad_profile_requests(fits):
     r = fits["sleepstudy_slope"]
     with pytest.raises(DataError, match="not a parameter of this model"):
