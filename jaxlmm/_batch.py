@@ -16,6 +16,7 @@ batch pay its iteration count. When JAX sees several devices, the model axis is 
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import warnings
@@ -131,14 +132,13 @@ def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: 
             if first_round and first.converged.any():
                 start_theta[pending[chunks[0].size :]] = np.median(first.theta[first.converged], axis=0)
             futures = [pool.submit(fit_chunk, rows, size, cap, quasi) for rows, size in zip(chunks[1:], sizes[1:])]
-            for rows, part in zip(chunks, [first] + [f.result() if bar is None else _tick(f, bar, first_round)
-                                                     for f in futures]):
+            for rows, part in zip(chunks, itertools.chain([first], (f.result() for f in futures))):
                 part = part._replace(iterations=part.iterations + total)
                 if out is None:
                     out = FitArrays(*[np.zeros((k,) + np.shape(a)[1:], np.asarray(a).dtype) for a in part])
                 for field, values in zip(out, part):
                     field[rows] = values
-                if first_round and bar is not None and rows is chunks[0]:
+                if first_round and bar is not None:
                     bar.update(rows.size)
             total += cap
             # After the quasi-Newton round, every unconverged member continues with exact Newton.
@@ -151,13 +151,6 @@ def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: 
     if bar is not None:
         bar.close()
     return out
-
-
-def _tick(future, bar, first_round: bool) -> FitArrays:
-    part = future.result()
-    if first_round:
-        bar.update(len(part.converged))
-    return part
 
 
 def _concurrent_chunks(chunk_rows: int) -> int:

@@ -51,10 +51,7 @@ class Design:
     @property
     def theta_lower(self) -> np.ndarray:
         """0 for θ on Λ's diagonal (standard deviations), -inf for off-diagonal θ."""
-        idx = self.lambda_index_array
-        lower = np.full(self.n_theta, -np.inf)
-        lower[np.unique(np.diagonal(idx)[np.diagonal(idx) >= 0])] = 0.0
-        return lower
+        return np.where(theta_on_diagonal(self.lambda_index_array), 0.0, -np.inf)
 
     @property
     def theta_start(self) -> np.ndarray:
@@ -64,13 +61,20 @@ class Design:
     @property
     def theta_positions(self) -> tuple[np.ndarray, np.ndarray]:
         """(row, col) of the first Λ entry each θ fills."""
-        idx = self.lambda_index_array
-        rows, cols = [], []
-        for j in range(self.n_theta):
-            r, c = np.argwhere(idx == j)[0]
-            rows.append(r)
-            cols.append(c)
-        return np.asarray(rows), np.asarray(cols)
+        return theta_positions(self.lambda_index_array)
+
+
+def theta_positions(lambda_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, col) of the first entry of Λ that each θ fills (Λ's θ-index pattern ``lambda_index``)."""
+    idx = np.asarray(lambda_index)
+    first = [np.argwhere(idx == k)[0] for k in range(int(idx.max()) + 1)]
+    return np.asarray([r for r, _ in first]), np.asarray([c for _, c in first])
+
+
+def theta_on_diagonal(lambda_index: np.ndarray) -> np.ndarray:
+    """Per θ: whether it sits on Λ's diagonal (a relative standard deviation, bounded below by 0)."""
+    rows, cols = theta_positions(lambda_index)
+    return rows == cols
 
 
 def make_design(y, X, Z, group, n_groups: int, lambda_index, mask=None, dtype=np.float64) -> Design:

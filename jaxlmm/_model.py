@@ -239,7 +239,7 @@ class MixedLM:
         codes, levels = pd.factorize(g, sort=True)
         n, p = X.shape
         m, q = len(levels), Z.shape[1]
-        if m < 2 and not getattr(self, "crossed_factors", ()):
+        if m < 2 and not self.crossed_factors:
             raise DataError(
                 f"the grouping factor {group_label!r} has {m} level{'s' if m != 1 else ''}; a mixed model needs at least 2 groups "
                 "(with one group, fit an ordinary regression instead)."
@@ -428,6 +428,7 @@ class MixedLM:
             blocks.append(RandomBlock(tuple(frame.columns), False, tied=True, label=t.group))
             z_cols.append(frame.to_numpy())
             z_names += list(frame.columns)
+        crossed_levels: tuple = ()
         if crossed:
             specs = [CrossedSpec.learn(data, f) for f in crossed_factors]
             specs.sort(key=lambda c: -len(c.levels))  # lme4's order: most levels first
@@ -448,7 +449,7 @@ class MixedLM:
                 blocks.append(RandomBlock(tuple(frame.columns), False, tied=True, label=c.factor))
                 z_cols.append(frame.to_numpy())
                 z_names += list(frame.columns)
-            self_crossed = tuple((c.factor, len(c.levels)) for c in specs)
+            crossed_levels = tuple((c.factor, len(c.levels)) for c in specs)
         for name, expr in vc_terms:
             mm = _formula.model_matrix(expr, data, f"variance component {name!r}", formula)
             random_specs.append((mm.model_spec, False))
@@ -481,7 +482,7 @@ class MixedLM:
             n_dropped += int(built_bad.sum())
         spec = ModelSpec(fixed_mm.model_spec, tuple(random_specs), None if crossed else group_expr, parsed.response)
         self = cls.__new__(cls)
-        self.crossed_factors = self_crossed if crossed else ()
+        self.crossed_factors = crossed_levels
         self._init_checked(y, parsed.response, X, x_names, Z, z_names, g, blocks, spec, n_dropped, group_expr)
         self.row_index = row_index
         self.formula = formula

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _linalg
+from ._design import theta_on_diagonal, theta_positions
 from ._kernels import LOG_2PI, deviance_at_scale, penalised_solution, relative_factor, residual_dof
 
 SD, COR, SIGMA = 0, 1, 2
@@ -51,14 +52,7 @@ class PointSolution(NamedTuple):
 
 def parameter_kinds(lambda_index: np.ndarray) -> np.ndarray:
     """SD or COR per θ (by its position in Λ), then SIGMA."""
-    idx = np.asarray(lambda_index)
-    n_theta = int(idx.max()) + 1
-    kinds = np.empty(n_theta + 1, dtype=np.int32)
-    for k in range(n_theta):
-        r, c = np.argwhere(idx == k)[0]
-        kinds[k] = SD if r == c else COR
-    kinds[-1] = SIGMA
-    return kinds
+    return np.append(np.where(theta_on_diagonal(lambda_index), SD, COR), SIGMA).astype(np.int32)
 
 
 def theta_to_sdcor(theta: jax.Array, sigma: jax.Array, lambda_index: np.ndarray) -> jax.Array:
@@ -68,8 +62,7 @@ def theta_to_sdcor(theta: jax.Array, sigma: jax.Array, lambda_index: np.ndarray)
     cov = lam @ lam.T
     sd_rel = jnp.sqrt(jnp.diagonal(cov))
     out = []
-    for k in range(int(idx.max()) + 1):
-        r, c = np.argwhere(idx == k)[0]
+    for r, c in zip(*theta_positions(idx)):
         if r == c:
             out.append(sigma * sd_rel[r])
         else:
@@ -90,8 +83,8 @@ def sdcor_to_theta(psi: jax.Array, lambda_index: np.ndarray) -> tuple[jax.Array,
             if idx[r, c] >= 0:
                 corr = corr.at[r, c].set(psi[idx[r, c]]).at[c, r].set(psi[idx[r, c]])
     lam = (sd / sigma)[:, None] * _linalg.cholesky(corr)
-    rows, cols = zip(*(np.argwhere(idx == k)[0] for k in range(int(idx.max()) + 1)))
-    return lam[np.asarray(rows), np.asarray(cols)], sigma
+    rows, cols = theta_positions(idx)
+    return lam[rows, cols], sigma
 
 
 def _nuisance(u: jax.Array, kinds: np.ndarray) -> jax.Array:
@@ -164,9 +157,8 @@ def _fixed_point(stats, pre_b0, pre_R_inv, which, value, theta0, *, lambda_index
         sol, _, _, pwrss = constrained(theta, v)
         return sol.logdet_L + n * (1.0 + LOG_2PI + jnp.log(pwrss / n))
 
-    lower = np.full(int(idx.max()) + 1, False)
-    lower[np.unique(np.diagonal(idx))] = True
-    opt = minimize_newton(lambda t: deviance(t, value), theta0, jnp.asarray(lower), gtol=gtol, max_iter=max_iter)
+    snappable = jnp.asarray(theta_on_diagonal(idx))
+    opt = minimize_newton(lambda t: deviance(t, value), theta0, snappable, gtol=gtol, max_iter=max_iter)
     theta = jax.lax.stop_gradient(opt.x)
     slope = jax.grad(deviance, argnums=1)(theta, value)
     sol, a_inv_c, gap, pwrss = constrained(theta, value)
@@ -234,7 +226,7 @@ class Profiler:
             psi_hat, hess, self._u_hat = np.asarray(psi_hat), np.asarray(hess), np.asarray(u_hat)
         self.estimate = np.concatenate([psi_hat, ml.fe_params.to_numpy()])
         self.base = -2.0 * ml.llf
-        self._theta_hat = np.where(design.theta_lower == 0, np.maximum(np.asarray(theta_hat), BOUNDARY_START),
+        self._theta_hat = np.where(theta_on_diagonal(idx), np.maximum(np.asarray(theta_hat), BOUNDARY_START),
                                    np.asarray(theta_hat))
         var_names = []
         for name in model.varpar_names[:-1]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .errors import ConvergenceWarning, DataError, SingularFitWarning
+from .errors import ConvergenceWarning, DataError, SingularFitWarning, check_probability
 
 if TYPE_CHECKING:
     from ._fit import FitArrays
@@ -32,11 +32,6 @@ def _norm_sf(z: np.ndarray) -> np.ndarray:
 
     with float64():
         return np.asarray(ndtr(-np.asarray(z, dtype=float)))
-
-
-def _check_probability(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not 0.0 < value < 1.0:
-        raise DataError(f"{name} must be a number between 0 and 1, got {value!r}.")
 
 
 def _norm_ppf(p: float) -> float:
@@ -150,7 +145,7 @@ class MixedLMResults:
             SD(Intercept)  14.381  37.716
             Days            7.359  13.576
         """
-        _check_probability(alpha, "alpha")
+        check_probability(alpha, "alpha")
         if method == "boot":
             return self.bootstrap(n=n_boot, seed=seed, alpha=alpha, progress=False).conf_int()
         if method == "profile":
@@ -215,7 +210,7 @@ class MixedLMResults:
         if not params:
             raise DataError(f"no parameters to profile: pass one of {prof.names}, a list of them, or None for all.")
         if values is None:
-            _check_probability(level, "level")
+            check_probability(level, "level")
             if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
                 raise DataError(f"n must be an integer of at least 2 (grid values), got {n!r}.")
             lo, hi, _ = prof.end_points(np.asarray(params), _norm_ppf(0.5 + level / 2.0))
@@ -259,7 +254,7 @@ class MixedLMResults:
         grid is `profile`'s (``n``, ``level``, ``values``)."""
         from . import plot
 
-        _check_probability(alpha, "alpha")
+        check_probability(alpha, "alpha")
         return plot.profile(self.profile(param, n=n, level=level, values=values), ax=ax, alpha=alpha)
 
     # ---- variance parameters ------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,18 +31,16 @@ class Summary:
         sizes = np.bincount(np.asarray(d.group), weights=np.asarray(d.mask), minlength=r.ngroups).astype(int)
         crossed = r.model.crossed_factors
         if crossed:  # one group holds everything: show the levels of each crossed factor instead
-            levels = [(f"No. levels ({f}):", str(k)) for f, k in crossed] + [("", "")] * max(0, 4 - len(crossed))
-            group_rows = levels[:max(4, len(crossed))]
+            left = [(f"No. levels ({f}):", str(k)) for f, k in crossed]
         else:
-            group_rows = [("No. Groups:", str(r.ngroups)), ("Min. group size:", str(sizes.min())),
-                          ("Max. group size:", str(sizes.max())), ("Mean group size:", f"{sizes.mean():.1f}")]
+            left = [("No. Groups:", str(r.ngroups)), ("Min. group size:", str(sizes.min())),
+                    ("Max. group size:", str(sizes.max())), ("Mean group size:", f"{sizes.mean():.1f}")]
         right = [("Scale:", _fmt(r.scale)), ("Log-Likelihood:", _fmt(r.llf)),
                  ("Converged:", "Yes" if r.converged else "No"), ("AIC / BIC:", f"{r.aic:.4f} / {r.bic:.4f}")]
-        right += [("", "")] * (len(group_rows) - len(right))
         self.info = [
             ("Model:", "MixedLM (jaxlmm)", "Dependent Variable:", r.model.endog_name),
             ("No. Observations:", str(r.nobs), "Method:", r.method),
-        ] + [(a, b, c, e) for (a, b), (c, e) in zip(group_rows, right)]
+        ] + [(*a, *b) for a, b in itertools.zip_longest(left, right, fillvalue=("", ""))]
         if r.model.n_dropped:
             self.info.append(("Rows dropped (NaN):", str(r.model.n_dropped), "", ""))
         ci = r.conf_int(alpha)

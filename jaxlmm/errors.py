@@ -5,6 +5,8 @@ Every message says what was wrong and what to do about it.
 
 from __future__ import annotations
 
+import numbers
+
 
 class JaxlmmError(Exception):
     """Base class of every error jaxlmm raises on purpose."""
@@ -32,3 +34,9 @@ class SingularFitWarning(UserWarning):
 
 class ConvergenceWarning(UserWarning):
     """The optimiser stopped before meeting its convergence criterion."""
+
+
+def check_probability(value, name: str) -> None:
+    """Raise `DataError` unless ``value`` is a number strictly between 0 and 1 (alpha, level)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < value < 1.0:
+        raise DataError(f"{name} must be a number between 0 and 1, got {value!r}.")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
+from .errors import DataError, check_probability
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -144,11 +144,11 @@ def _re_panels(r: "MixedLMResults") -> list[_Panel]:
             np.logical_or.at(occurs[:, k], codes, Zu[:, j])
         known = _tied_labels(r, block)
         short = [_level_name(names[j], getattr(block, "label", None)) for j in cols]
+        crossed = bool(getattr(r.model, "crossed_factors", ()))  # one group: the level names suffice
         labels, est, sds = [], [], []
         for g in range(len(groups)):
             for k, j in enumerate(cols):
                 if occurs[g, k]:
-                    crossed = bool(getattr(r.model, "crossed_factors", ()))
                     labels.append(short[k] if crossed else known.get((g, k), f"{groups[g]}:{short[k]}"))
                     est.append(modes[g, j])
                     sds.append(sd[g, j])
@@ -287,8 +287,7 @@ def caterpillar(r: "MixedLMResults", alpha: float = 0.05) -> "Figure":
         >>> fig = jaxlmm.plot.caterpillar(r); type(fig).__name__, len(fig.axes)
         ('Figure', 2)
     """
-    if not 0.0 < alpha < 1.0:
-        raise DataError(f"alpha must be between 0 and 1, got {alpha!r}.")
+    check_probability(alpha, "alpha")
     panels = _re_panels(r)
     z = NormalDist().inv_cdf(1.0 - alpha / 2.0)
     plain = [p for p in panels if p.per_group]
@@ -463,8 +462,7 @@ def profile(profile_frame: pd.DataFrame, ax: "Axes | None" = None, alpha: float 
         parts = [(None, profile_frame)]
     if ax is not None and len(parts) > 1:
         raise DataError(f"profile_frame has {len(parts)} parameters; pass ax only for one (or leave ax=None).")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) or not 0.0 < alpha < 1.0:
-        raise DataError(f"alpha must be a number between 0 and 1, got {alpha!r}.")
+    check_probability(alpha, "alpha")
     chi2 = NormalDist().inv_cdf(1.0 - alpha / 2.0) ** 2
     if ax is not None:
         fig, axes = ax.figure, [ax]
