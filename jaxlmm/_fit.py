@@ -98,7 +98,7 @@ def _argmin_jvp(objective, snappable, gtol, quasi_newton, primals, tangents):
     _, grad_dot = jax.jvp(lambda s: grad_theta(theta, s), (stats,), (stats_dot,))
     eye = jnp.eye(theta.shape[0], dtype=theta.dtype)
     system = jnp.where(held[:, None] | held[None, :], eye, hess)
-    theta_dot = jnp.linalg.solve(system, -jnp.where(held, 0.0, grad_dot))
+    theta_dot = _linalg.solve(system, -jnp.where(held, 0.0, grad_dot))
     return (theta, report), (theta_dot, jnp.zeros_like(report))
 
 
@@ -176,10 +176,10 @@ def precondition(y: jax.Array, X: jax.Array, mask: jax.Array) -> Preconditioner:
     yᵀy (e.g. time in days, 150–260), so the deviance and its derivatives keep their digits.
     """
     root_w = jnp.sqrt(mask)
-    Q, R = jnp.linalg.qr(X * root_w[:, None])
-    b0 = jax.scipy.linalg.solve_triangular(R, Q.T @ (y * root_w), lower=False)
-    X_tilde = jax.scipy.linalg.solve_triangular(R, X.T, trans="T", lower=False).T
-    R_inv = jax.scipy.linalg.solve_triangular(R, jnp.eye(R.shape[0], dtype=R.dtype), lower=False)
+    R = _linalg.orthonormalize(X * root_w[:, None])
+    R_inv = _linalg.solve_upper_transposed(R.T, jnp.eye(R.shape[0], dtype=R.dtype))
+    X_tilde = X @ R_inv
+    b0 = R_inv @ (X_tilde.T @ (mask * y))
     return Preconditioner(R, R_inv, b0, X_tilde, y - X @ b0)
 
 
@@ -267,7 +267,7 @@ def varpar_cov(design: Design, theta: jax.Array, sigma2: jax.Array, reml: bool =
     params = jnp.concatenate([theta, sigma2[None]])
     info = information(stats, lambda_index, theta, sigma2, reml)
     jac = jax.jacobian(lambda p: _varpar(p[:-1], p[-1], lambda_index, rows, cols))(params)
-    return jac @ jnp.linalg.solve(info, jac.T)
+    return jac @ _linalg.solve(info, jac.T)
 
 
 @partial(jax.jit, static_argnames=("reml",))
@@ -289,7 +289,7 @@ def satterthwaite_df(design: Design, theta: jax.Array, sigma2: jax.Array, L: jax
         return params[-1] * pre.R_inv @ A_inv @ pre.R_inv.T
 
     params = jnp.concatenate([theta, sigma2[None]])
-    A = jnp.linalg.inv(information(stats, lambda_index, theta, sigma2, reml))
+    A = _linalg.inverse(information(stats, lambda_index, theta, sigma2, reml))
 
     def one(l):
         var, grad = jax.value_and_grad(lambda q: l @ vcov(q) @ l)(params)

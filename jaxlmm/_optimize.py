@@ -24,6 +24,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from . import _linalg
 
 
 def bfgs_update(H: jax.Array, step: jax.Array, grad_change: jax.Array) -> jax.Array:
@@ -107,7 +108,7 @@ def minimize_newton(
     snappable = jnp.asarray(snappable, bool)
 
     def newton_proposal(state: _State):
-        evals, evecs = jnp.linalg.eigh(state.H)
+        evals, evecs = _linalg.symmetric_eigh(state.H)
         scale = jnp.maximum(jnp.max(jnp.abs(evals)), 1e-300)
         absvals = jnp.maximum(jnp.abs(evals), 1e-10 * scale)
         projected = evecs.T @ state.g
