@@ -16,6 +16,7 @@ from ._batch import DatasetResults as DatasetResults
 from ._batch import fit_datasets as fit_datasets
 from ._config import enable_compilation_cache as _enable_compilation_cache
 from ._config import float64 as float64
+from ._memory_maps import install as _install_memory_map_guard
 from ._design import Design as Design
 from ._fit import FitArrays as FitArrays
 from ._fit import fit_arrays as fit_arrays
@@ -30,12 +31,14 @@ from .errors import (
     IdentifiabilityError as IdentifiabilityError,
     JaxlmmError as JaxlmmError,
     MissingDataError as MissingDataError,
+    ResourceLimitWarning as ResourceLimitWarning,
     SingularFitWarning as SingularFitWarning,
 )
 
 __version__ = "0.1.0"
 
 _enable_compilation_cache()
+_install_memory_map_guard()
 
 __all__ = [
     "BatchResults",
@@ -49,6 +52,7 @@ __all__ = [
     "IdentifiabilityError",
     "JaxlmmError",
     "MissingDataError",
+    "ResourceLimitWarning",
     "MixedLM",
     "MixedLMResults",
     "SingularFitWarning",

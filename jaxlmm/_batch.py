@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ._config import float64
+from ._memory_maps import release_if_needed
 from ._design import Design
 from ._fit import FitArrays, fit_design
 from ._results import MixedLMResults, _norm_sf
@@ -38,18 +39,16 @@ from .errors import ConvergenceWarning, DataError, SingularFitWarning
 FIRST_ROUND_MAX_ITER = 8
 MAX_ITER = 200
 MEMORY_BUDGET_BYTES = 256 * 2**20
-# Chunk size on CPU. With jaxlib 0.10.2, XLA:CPU deadlocks (all threads idle, the call never
-# returns) on this vmapped while-loop once a chunk holds more than about 64k rows in total (models ×
-# rows per model): seen at 384 × 180, 128 × 600, 64 × 1,100 and 8 × 10,000, never at or below
-# 256 × 180 = 46,080 — reproduced in isolation, with async dispatch off and with single-threaded
-# Eigen. So on CPU a chunk holds at most CPU_MAX_CHUNK_ROWS rows and at most CPU_BATCH models.
-CPU_BATCH = 256
 # Batched fits use BFGS Hessian updates after an exact start (cheaper loop bodies; see minimize_newton).
 QUASI_NEWTON = True
 QUASI_ROUND_MAX_ITER = 12
+# Chunks running at once on one CPU device (one per core; see `_concurrent_chunks`). Automatic
+# chunk sizes are bounded by MEMORY_BUDGET_BYTES and AUTO_BATCH_MAX models (a throughput choice,
+# see `_safe_batch_size`). The former caps on rows per chunk (32,768) and rows across concurrent
+# chunks (46,080) worked around jaxlib's batched-LAPACK deadlock, which `_linalg` removes at its
+# source (no LAPACK call is compiled; docs/deadlock.md), and are gone.
 MAX_CONCURRENT_CHUNKS = 8
-CPU_MAX_CONCURRENT_ROWS = 46080
-CPU_MAX_CHUNK_ROWS = 32768
+AUTO_BATCH_MAX = 256
 
 
 # ---- kernels --------------------------------------------------------------------------------------
@@ -118,8 +117,7 @@ def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: 
         part = run([x[idx] for x in inputs], start_theta[idx], cap, quasi)
         return FitArrays(*[np.asarray(a)[: rows.size] for a in part])
 
-    rows_per_model = int(np.shape(inputs[0])[1])
-    workers = _concurrent_chunks(_pad_batch(batch_size) * rows_per_model)
+    workers = _concurrent_chunks()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         while pending.size:
             first_round = total == 0
@@ -153,12 +151,10 @@ def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: 
     return out
 
 
-def _concurrent_chunks(chunk_rows: int) -> int:
+def _concurrent_chunks() -> int:
     """Chunks run at once. On one CPU device, XLA runs a vmapped while-loop on about one core, so
-    chunks run in parallel threads, one per core (1.8x on 2 cores), as long as the rows of all
-    running chunks stay within `CPU_MAX_CONCURRENT_ROWS` (the XLA:CPU deadlock above also strikes
-    concurrent chunks: 2 × 32 × 1,000 rows hung, 2 × 128 × 180 did not). Accelerators and sharded
-    runs already use the whole machine for one chunk. ``JAXLMM_CHUNK_THREADS=n`` overrides the count."""
+    chunks run in parallel threads, one per core (1.8x on 2 cores). Accelerators and sharded runs
+    already use the whole machine for one chunk. ``JAXLMM_CHUNK_THREADS=n`` overrides the count."""
     if jax.default_backend() != "cpu" or jax.device_count() > 1:
         return 1
     requested = os.environ.get("JAXLMM_CHUNK_THREADS", "").strip()
@@ -170,20 +166,18 @@ def _concurrent_chunks(chunk_rows: int) -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return max(1, min(cores, MAX_CONCURRENT_CHUNKS, CPU_MAX_CONCURRENT_ROWS // max(chunk_rows, 1)))
+    return max(1, min(cores, MAX_CONCURRENT_CHUNKS))
 
 
 def _safe_batch_size(n_rows: int, requested: int | None, q: int, p: int, k: int) -> int:
-    """The chunk size: ``requested`` or automatic (memory budget), clamped on CPU to a power of two
-    whose chunk stays below `CPU_MAX_CHUNK_ROWS` rows (see the note on the XLA:CPU deadlock)."""
+    """The chunk size: ``requested``, or automatic: within the memory budget and at most
+    `AUTO_BATCH_MAX` models, so that a large batch splits into chunks that run in parallel threads
+    and start from the first chunk's median θ (throughput is flat from 16 to 256 models a chunk on
+    sleepstudy, `bench/results/many.md`)."""
     if requested is not None and (not isinstance(requested, (int, np.integer)) or requested < 1):
         raise DataError(f"batch_size must be a positive integer, got {requested!r}.")
     per_model = 8 * n_rows * (4 + q * q + q * p + 2 * p)
-    size = requested or max(1, min(k, MEMORY_BUDGET_BYTES // max(per_model, 1), 65536))
-    if jax.default_backend() == "cpu":
-        limit = max(1, min(CPU_BATCH, CPU_MAX_CHUNK_ROWS // max(n_rows, 1)))
-        limit = 1 << (limit.bit_length() - 1)  # chunks are padded to powers of two
-        size = min(size, limit)
+    size = requested or max(1, min(k, MEMORY_BUDGET_BYTES // max(per_model, 1), AUTO_BATCH_MAX))
     return int(max(1, min(size, max(k, 1))))
 
 
@@ -397,6 +391,7 @@ def fit_many(
     model, Y: Any, reml: bool = True, *, batch_size: int | None = None, progress: bool = True, gtol: float = 1e-6
 ) -> BatchResults:
     """Fit ``model``'s design to every column of ``Y`` (see `MixedLM.fit_many`)."""
+    release_if_needed()
     n = model.nobs
     if isinstance(Y, pd.DataFrame):
         names = pd.Index(Y.columns.astype(str))
@@ -501,6 +496,7 @@ def fit_datasets(
         >>> rl.fe_params.shape, bool(rl.converged.all())
         ((2, 2), True)
     """
+    release_if_needed()
     from ._model import MixedLM
 
     if isinstance(datasets, pd.DataFrame) or not len(datasets):

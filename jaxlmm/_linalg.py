@@ -1,28 +1,31 @@
-"""Dense linear algebra in plain XLA operations: no LAPACK custom calls in any compiled program.
+"""Dense linear algebra that never makes jaxlib run a batched LAPACK call.
 
-Why: on CPU, jaxlib (0.10.2) runs a *batched* LAPACK call (``lapack_dtrsm_ffi``, ``dpotrf``,
-``dgeqrf``, ``dsyevd``, ``dgetrf``: anything `vmap` or a leading batch axis gives a batch dimension)
-through ``jax::ParallelBatchMap``, which splits the batch into tasks on the same XLA intra-op
-thread pool that runs the calling program, then blocks until they finish. When every pool thread
-is inside such a call at once (two threads on a 2-core machine: two concurrent programs, or a
-parallel section of one), no thread is left to run the tasks, and the process hangs for good.
-Written here in elementwise operations, matrix products, `while_loop`s and static slices, the
-kernels never leave XLA's own code, so that wait cannot occur (`docs/deadlock.md`).
+Why: on CPU, jaxlib (0.10.2) runs a LAPACK call with a batch dimension (``lapack_dtrsm_ffi``,
+``dpotrf``, ``dgeqrf``, ``dsyevd``, ``dgetrf``: a leading axis, or one added by `vmap`) through
+``jax::ParallelBatchMap``: when the batch holds more than about 200,000 flops of work it splits
+the batch into tasks on the same XLA intra-op thread pool that runs the calling program, then
+blocks until they finish. When every pool thread is inside such a call at once (both threads of a
+2-core machine: two concurrent programs, or a parallel section of one), no thread is left to run
+the tasks, and the process hangs for good. A call on a single matrix runs inline and cannot wait.
+So here (`docs/deadlock.md`):
 
-* `cholesky` and the triangular solves are unrolled over the matrix size up to ``UNROLL_MAX``
-  (measured on 2 CPU cores: 1.6–1.9× faster warm fits than per-matrix LAPACK calls, for about
-  0.3 s more compilation); larger matrices are split in two halves recursively (a blocked
-  algorithm whose off-diagonal work is matrix products), so a k × k factor costs O(k) small
-  kernels, not O(k³) scalar operations. Everything is differentiable by plain JAX rules (forward,
-  reverse, and forward-over-reverse Hessians) and vmappable.
-* `solve` is Gauss–Jordan elimination with partial pivoting (small general systems: Hessians,
-  information matrices).
-* `symmetric_eigh` is the cyclic Jacobi method (the optimiser's eigenvalue-modified Newton step);
-  it is never differentiated.
-* `orthonormalize` is shifted Cholesky-QR, three passes (stable up to condition numbers near
-  1/eps, Fukaya et al. 2020), for the design's preconditioner.
+* Matrices up to ``UNROLL_MAX`` × ``UNROLL_MAX`` (the per-group blocks of most models, and small
+  fixed-effect blocks) are factored and solved by unrolled elementwise code over any batch axes:
+  measured on 2 CPU cores, 1.6–1.9× faster warm fits than LAPACK, for about 0.3 s more compilation.
+* Larger matrices go to LAPACK one matrix per call: leading axes, and axes that `vmap` adds (a
+  `custom_vmap` rule), become a sequential `lax.map`. Their derivatives are custom JVP rules
+  written with matrix products and the triangular inverse, so forward, reverse and
+  forward-over-reverse differentiation never need a batched or transposed LAPACK call.
+  (A blocked pure-XLA Cholesky was measured too: 3–10× longer compilation of the Hessian for
+  k = 4–12, and slower warm.)
+* `solve` (small general systems: Hessians, information matrices) is Gauss–Jordan elimination
+  with partial pivoting, `symmetric_eigh` (the optimiser's eigenvalue-modified Newton step, never
+  differentiated) the cyclic Jacobi method, and `orthonormalize` (the design's preconditioner)
+  shifted Cholesky-QR in three passes (stable up to condition numbers near 1/eps).
 
-A non-positive-definite input to `cholesky` gives NaN (as `jnp.linalg.cholesky` does).
+`tests/test_no_hang.py` checks that no compiled program of a fit, a batch, a profile, a summary,
+a bootstrap or a gradient contains a batched LAPACK call. A non-positive-definite input to
+`cholesky` gives NaN (as `jnp.linalg.cholesky` does).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_batching import custom_vmap
 
 UNROLL_MAX = 3
 JACOBI_MAX_SWEEPS = 40
@@ -39,14 +43,65 @@ def _mT(A: jax.Array) -> jax.Array:
     return jnp.swapaxes(A, -1, -2)
 
 
-def _split(k: int) -> int:
-    """Where a k × k matrix is split: the leading block a multiple of ``UNROLL_MAX`` near k/2."""
-    h = max(UNROLL_MAX, (k // 2) // UNROLL_MAX * UNROLL_MAX)
-    return min(h, k - 1)
+def _one_matrix_at_a_time(fn, M: jax.Array) -> jax.Array:
+    """``fn`` on each trailing matrix of ``M`` (..., k, k), one LAPACK call per matrix."""
+    if M.ndim == 2:
+        return fn(M)
+    out = jax.lax.map(fn, M.reshape((-1,) + M.shape[-2:]))
+    return out.reshape(M.shape[:-2] + out.shape[-2:])
 
 
-def _blocks(M: jax.Array, h: int):
-    return M[..., :h, :h], M[..., h:, :h], M[..., h:, h:]
+@custom_vmap
+def _potrf(M: jax.Array) -> jax.Array:
+    return _one_matrix_at_a_time(lambda m: jax.lax.linalg.cholesky(m, symmetrize_input=False), M)
+
+
+@_potrf.def_vmap
+def _potrf_vmap(axis_size, in_batched, M):
+    return _potrf(M), in_batched[0]  # the vmapped axis is one more leading axis
+
+
+@custom_vmap
+def _trtri(L: jax.Array) -> jax.Array:
+    def one(m):
+        eye = jnp.eye(m.shape[-1], dtype=m.dtype)
+        return jax.lax.linalg.triangular_solve(m, eye, left_side=True, lower=True)
+
+    return _one_matrix_at_a_time(one, L)
+
+
+@_trtri.def_vmap
+def _trtri_vmap(axis_size, in_batched, L):
+    return _trtri(L), in_batched[0]
+
+
+@jax.custom_jvp
+def _triangular_inverse(L: jax.Array) -> jax.Array:
+    """L⁻¹ for lower-triangular ``L`` (..., k, k)."""
+    return _trtri(L)
+
+
+@_triangular_inverse.defjvp
+def _triangular_inverse_jvp(primals, tangents):
+    (L,), (dL,) = primals, tangents
+    L_inv = _triangular_inverse(L)
+    return L_inv, -L_inv @ jnp.tril(dL) @ L_inv
+
+
+@jax.custom_jvp
+def _cholesky_lapack(M: jax.Array) -> jax.Array:
+    return _potrf(M)
+
+
+@_cholesky_lapack.defjvp
+def _cholesky_lapack_jvp(primals, tangents):
+    """dL = L Φ(L⁻¹ dM L⁻ᵀ), Φ: the lower triangle with the diagonal halved."""
+    (M,), (dM,) = primals, tangents
+    L = _cholesky_lapack(M)
+    L_inv = _triangular_inverse(L)
+    X = L_inv @ (0.5 * (dM + _mT(dM))) @ _mT(L_inv)
+    phi = jnp.tril(X) - 0.5 * X * jnp.eye(X.shape[-1], dtype=X.dtype)
+    return L, L @ phi
 
 
 def _cholesky_unrolled(M: jax.Array) -> jax.Array:
@@ -77,18 +132,9 @@ def cholesky(M: jax.Array) -> jax.Array:
         >>> cholesky(jnp.array([[4.0, 2.0], [2.0, 5.0]])).tolist()
         [[2.0, 0.0], [1.0, 2.0]]
     """
-    k = M.shape[-1]
-    if k <= UNROLL_MAX:
+    if M.shape[-1] <= UNROLL_MAX:
         return _cholesky_unrolled(M)
-    h = _split(k)
-    A, B, C = _blocks(M, h)
-    L11 = cholesky(A)
-    L21 = _mT(solve_lower(L11, _mT(B)))  # B L11⁻ᵀ
-    L22 = cholesky(C - L21 @ _mT(L21))
-    zero = jnp.zeros(M.shape[:-2] + (h, k - h), M.dtype)
-    top = jnp.concatenate([L11, zero], axis=-1)
-    bottom = jnp.concatenate([L21, L22], axis=-1)
-    return jnp.concatenate([top, bottom], axis=-2)
+    return _cholesky_lapack(M)
 
 
 def _solve_lower_unrolled(L: jax.Array, B: jax.Array) -> jax.Array:
@@ -103,14 +149,9 @@ def _solve_lower_unrolled(L: jax.Array, B: jax.Array) -> jax.Array:
 
 
 def _solve_lower_matrix(L: jax.Array, B: jax.Array) -> jax.Array:
-    k = L.shape[-1]
-    if k <= UNROLL_MAX:
+    if L.shape[-1] <= UNROLL_MAX:
         return _solve_lower_unrolled(L, B)
-    h = _split(k)
-    L11, L21, L22 = _blocks(L, h)
-    X1 = _solve_lower_matrix(L11, B[..., :h, :])
-    X2 = _solve_lower_matrix(L22, B[..., h:, :] - L21 @ X1)
-    return jnp.concatenate([X1, X2], axis=-2)
+    return _triangular_inverse(L) @ B
 
 
 def _solve_upper_transposed_unrolled(L: jax.Array, B: jax.Array) -> jax.Array:
@@ -125,14 +166,9 @@ def _solve_upper_transposed_unrolled(L: jax.Array, B: jax.Array) -> jax.Array:
 
 
 def _solve_upper_transposed_matrix(L: jax.Array, B: jax.Array) -> jax.Array:
-    k = L.shape[-1]
-    if k <= UNROLL_MAX:
+    if L.shape[-1] <= UNROLL_MAX:
         return _solve_upper_transposed_unrolled(L, B)
-    h = _split(k)
-    L11, L21, L22 = _blocks(L, h)
-    X2 = _solve_upper_transposed_matrix(L22, B[..., h:, :])
-    X1 = _solve_upper_transposed_matrix(L11, B[..., :h, :] - _mT(L21) @ X2)
-    return jnp.concatenate([X1, X2], axis=-2)
+    return _mT(_triangular_inverse(L)) @ B
 
 
 def solve_lower(L: jax.Array, B: jax.Array) -> jax.Array:

@@ -10,6 +10,7 @@ import pandas as pd
 
 from . import _formula
 from ._config import float64
+from ._memory_maps import release_if_needed
 from ._design import Design, make_design
 from .errors import DataError, FormulaError, IdentifiabilityError, MissingDataError
 
@@ -561,6 +562,7 @@ class MixedLM:
             >>> round(r.llf, 4)
             -163.6635
         """
+        release_if_needed()
         from ._fit import fit_arrays
         from ._results import MixedLMResults
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from ._memory_maps import release_if_needed
 from .errors import ConvergenceWarning, DataError, SingularFitWarning, check_probability
 
 if TYPE_CHECKING:
@@ -200,6 +201,7 @@ class MixedLMResults:
             >>> pr[["value", "zeta"]].round(3).values.tolist()[0]
             [3.313, -2.576]
         """
+        release_if_needed()
         prof = self._profiler
         if param is None:
             params = list(range(len(prof.names)))
@@ -506,6 +508,7 @@ class MixedLMResults:
             >>> b.replicates.shape, list(b.conf_int().columns)
             ((64, 6), ['lower', 'upper'])
         """
+        release_if_needed()
         import warnings as _warnings
 
         if int(n) < 2:

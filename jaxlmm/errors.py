@@ -32,6 +32,10 @@ class SingularFitWarning(UserWarning):
     """The fit is on the boundary: a random-effect variance is zero or a correlation is ±1."""
 
 
+class ResourceLimitWarning(UserWarning):
+    """jaxlmm released JAX's compiled programs to keep the process under an operating-system limit."""
+
+
 class ConvergenceWarning(UserWarning):
     """The optimiser stopped before meeting its convergence criterion."""
 

@@ -1,0 +1,153 @@
+"""The plain-XLA linear algebra (`jaxlmm._linalg`) against NumPy/LAPACK, its derivatives against
+JAX's own LAPACK-backed rules, and the property that no LAPACK custom call is lowered."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlmm import _linalg, float64
+
+from tests.hlo_checks import batched_lapack_calls, lapack_calls
+
+SIZES = [1, 2, 3, 4, 7, 23]
+
+
+def _spd(rng, k, batch=()):
+    A = rng.normal(size=batch + (k, k + 3))
+    return A @ np.swapaxes(A, -1, -2) + 0.1 * np.eye(k)
+
+
+def _lowered(fun, *args) -> str:
+    return jax.jit(fun).lower(*args).as_text()
+
+
+@pytest.mark.parametrize("k", SIZES)
+def test_cholesky_and_solves_match_numpy(k):
+    rng = np.random.default_rng(k)
+    M = _spd(rng, k, (3,))
+    B = rng.normal(size=(3, k, 2))
+    with float64():
+        L = np.asarray(_linalg.cholesky(jnp.asarray(M)))
+        np.testing.assert_allclose(L, np.linalg.cholesky(M), rtol=1e-10, atol=1e-12)
+        X = np.asarray(_linalg.solve_lower(jnp.asarray(L), jnp.asarray(B)))
+        np.testing.assert_allclose(L @ X, B, atol=1e-9)
+        Y = np.asarray(_linalg.solve_upper_transposed(jnp.asarray(L), jnp.asarray(B)))
+        np.testing.assert_allclose(np.swapaxes(L, -1, -2) @ Y, B, atol=1e-9)
+        v = np.asarray(_linalg.cho_solve(jnp.asarray(L), jnp.asarray(B[..., 0])))
+        np.testing.assert_allclose(np.einsum("bij,bj->bi", M, v), B[..., 0], atol=1e-8)
+        logdet = float(_linalg.logdet_from_cholesky(jnp.asarray(L[0])))
+        assert logdet == pytest.approx(np.linalg.slogdet(M[0])[1], rel=1e-12, abs=1e-12)
+
+
+def test_cholesky_of_indefinite_matrix_is_nan():
+    with float64():
+        L = _linalg.cholesky(jnp.array([[1.0, 2.0, 0, 0], [2.0, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]]))
+    assert np.isnan(np.asarray(L)).any()
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_cholesky_derivatives_match_jax(k):
+    """Forward, reverse and forward-over-reverse derivatives equal those of JAX's LAPACK Cholesky."""
+    rng = np.random.default_rng(10 + k)
+    M, D, W = _spd(rng, k) + k * np.eye(k), rng.normal(size=(k, k)), rng.normal(size=(k, k))
+    D = 0.1 * (D + D.T)
+
+    def ours(t):
+        return jnp.sum(W * _linalg.cholesky(M + t * D)) + _linalg.logdet_from_cholesky(_linalg.cholesky(M + t * D))
+
+    def reference(t):
+        L = jnp.linalg.cholesky(M + t * D)
+        return jnp.sum(W * L) + 2.0 * jnp.sum(jnp.log(jnp.diagonal(L)))
+
+    with float64():
+        M, D, W = jnp.asarray(M), jnp.asarray(D), jnp.asarray(W)
+        t = jnp.asarray(0.3)
+        assert float(jax.grad(ours)(t)) == pytest.approx(float(jax.grad(reference)(t)), rel=1e-9)
+        assert float(jax.jacfwd(jax.grad(ours))(t)) == pytest.approx(float(jax.jacfwd(jax.grad(reference))(t)), rel=1e-8)
+        ours_jvp = jax.jvp(lambda m: _linalg.cholesky(m), (M,), (D,))[1]
+        ref_jvp = jax.jvp(jnp.linalg.cholesky, (M,), (D,))[1]
+        np.testing.assert_allclose(np.asarray(ours_jvp), np.asarray(ref_jvp), rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_solve_with_pivoting_and_its_gradient(k):
+    rng = np.random.default_rng(20 + k)
+    A = rng.normal(size=(k, k))
+    if k > 1:
+        A[0, 0] = 0.0  # needs a row exchange
+    b = rng.normal(size=k)
+    with float64():
+        x = np.asarray(_linalg.solve(jnp.asarray(A), jnp.asarray(b)))
+        np.testing.assert_allclose(A @ x, b, atol=1e-10)
+        np.testing.assert_allclose(np.asarray(_linalg.inverse(jnp.asarray(A))) @ A, np.eye(k), atol=1e-9)
+        g_ours = jax.grad(lambda a, c: jnp.sum(_linalg.solve(a, c) ** 2), argnums=(0, 1))(jnp.asarray(A), jnp.asarray(b))
+        g_ref = jax.grad(lambda a, c: jnp.sum(jnp.linalg.solve(a, c) ** 2), argnums=(0, 1))(jnp.asarray(A), jnp.asarray(b))
+    for a, r in zip(g_ours, g_ref):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(r), rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 6, 10])
+def test_symmetric_eigh_matches_numpy(k):
+    rng = np.random.default_rng(30 + k)
+    A = rng.normal(size=(k, k))
+    A = A + A.T
+    with float64():
+        evals, evecs = (np.asarray(a) for a in _linalg.symmetric_eigh(jnp.asarray(A)))
+    np.testing.assert_allclose(np.sort(evals), np.linalg.eigvalsh(A), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(evecs @ np.diag(evals) @ evecs.T, A, atol=1e-12)
+    np.testing.assert_allclose(evecs.T @ evecs, np.eye(k), atol=1e-12)
+
+
+def test_symmetric_eigh_of_zero_repeated_and_indefinite_matrices():
+    with float64():
+        for A in (np.zeros((3, 3)), np.eye(3) * 2.0, np.diag([1.0, -2.0, 0.0]) + 1e-300):
+            evals, evecs = (np.asarray(a) for a in _linalg.symmetric_eigh(jnp.asarray(A)))
+            np.testing.assert_allclose(evecs @ np.diag(evals) @ evecs.T, A, atol=1e-14)
+
+
+def test_orthonormalize_keeps_digits_on_an_ill_conditioned_design():
+    """Uncentred polynomial columns (condition number ~1e8 before scaling)."""
+    t = np.linspace(150.0, 260.0, 50)
+    X = np.column_stack([np.ones_like(t), t, t**2, t**3])
+    with float64():
+        R = np.asarray(_linalg.orthonormalize(jnp.asarray(X)))
+    assert np.allclose(R, np.triu(R))
+    Q = np.linalg.solve(R.T, X.T).T
+    np.testing.assert_allclose(Q.T @ Q, np.eye(4), atol=1e-10)
+    np.testing.assert_allclose(Q @ R, X, rtol=1e-12)
+
+
+def test_vmap_and_jit_change_nothing():
+    rng = np.random.default_rng(5)
+    M = _spd(rng, 6, (4,))
+    with float64():
+        batched = np.asarray(jax.jit(jax.vmap(_linalg.cholesky))(jnp.asarray(M)))
+        looped = np.stack([np.asarray(_linalg.cholesky(jnp.asarray(m))) for m in M])
+        np.testing.assert_allclose(batched, looped, rtol=1e-14, atol=1e-15)
+        evals_b = np.asarray(jax.vmap(lambda a: _linalg.symmetric_eigh(a)[0])(jnp.asarray(M)))
+        evals_l = np.stack([np.asarray(_linalg.symmetric_eigh(jnp.asarray(m))[0]) for m in M])
+        np.testing.assert_allclose(evals_b, evals_l, rtol=1e-13)
+
+
+def test_no_batched_lapack_call_is_lowered():
+    rng = np.random.default_rng(6)
+    with float64():
+        M = jnp.asarray(_spd(rng, 9, (8,)))
+        texts = [
+            _lowered(jax.vmap(_linalg.cholesky), M),
+            _lowered(_linalg.cholesky, M),  # a leading axis of our own
+            _lowered(jax.vmap(lambda m: _linalg.cho_solve(_linalg.cholesky(m), m[:, :2])), M),
+            _lowered(jax.vmap(lambda m: _linalg.solve(m, m[:, 0])), M),
+            _lowered(jax.vmap(_linalg.symmetric_eigh), M),
+            _lowered(jax.vmap(_linalg.orthonormalize), M),
+            _lowered(jax.vmap(jax.hessian(lambda m: _linalg.logdet_from_cholesky(_linalg.cholesky(m)))), M),
+            _lowered(jax.vmap(jax.grad(lambda m: jnp.sum(_linalg.solve_lower(_linalg.cholesky(m), m)))), M),
+        ]
+        # The check can fail: JAX's own routines lower to batched LAPACK calls here.
+        assert batched_lapack_calls(_lowered(jax.vmap(jnp.linalg.cholesky), M))
+    assert any(lapack_calls(t) for t in texts)  # large matrices do use LAPACK, one matrix a call
+    for text in texts:
+        assert not batched_lapack_calls(text)
