@@ -34,7 +34,7 @@ from ._memory_maps import release_if_needed
 from ._design import Design
 from ._fit import FitArrays, fit_design
 from ._results import MixedLMResults, _norm_sf
-from .errors import ConvergenceWarning, DataError, SingularFitWarning
+from .errors import ConvergenceWarning, DataError, SingularFitWarning, check_flag, check_positive
 
 FIRST_ROUND_MAX_ITER = 8
 MAX_ITER = 200
@@ -391,6 +391,8 @@ def fit_many(
     model, Y: Any, reml: bool = True, *, batch_size: int | None = None, progress: bool = True, gtol: float = 1e-6
 ) -> BatchResults:
     """Fit ``model``'s design to every column of ``Y`` (see `MixedLM.fit_many`)."""
+    reml = check_flag(reml, "reml", "reml=True fits by REML, reml=False by ML.")
+    gtol = check_positive(gtol, "gtol")
     release_if_needed()
     n = model.nobs
     if isinstance(Y, pd.DataFrame):
@@ -496,6 +498,8 @@ def fit_datasets(
         >>> rl.fe_params.shape, bool(rl.converged.all())
         ((2, 2), True)
     """
+    reml = check_flag(reml, "reml", "reml=True fits by REML, reml=False by ML.")
+    gtol = check_positive(gtol, "gtol")
     release_if_needed()
     from ._model import MixedLM
 

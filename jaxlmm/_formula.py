@@ -86,6 +86,34 @@ def _parse_bar(piece: str, formula: str) -> RandomTerm | None:
     return RandomTerm(expr, group, correlated)
 
 
+_I_CALL = re.compile(r"(?<![A-Za-z0-9_.])I\(")
+
+
+def translate_powers(formula: str) -> str:
+    """R's power inside ``I()``: ``I(x^2)`` becomes ``I(x**2)``.
+
+    formulaic evaluates ``I()`` as Python, where ``^`` is bitwise XOR: ``I(day^2)`` would silently
+    give day XOR 2. Outside ``I()``, ``^`` keeps its formula meaning (``(a + b)^2``: interactions).
+
+    Examples:
+        >>> translate_powers("y ~ I(day^2) + (a + b)^2")
+        'y ~ I(day**2) + (a + b)^2'
+    """
+    out, i = [], 0
+    for match in _I_CALL.finditer(formula):
+        if match.start() < i:
+            continue
+        depth, j = 1, match.end()
+        while j < len(formula) and depth:
+            depth += {"(": 1, ")": -1}.get(formula[j], 0)
+            j += 1
+        out.append(formula[i : match.end()])
+        out.append(formula[match.end() : j].replace("^", "**"))
+        i = j
+    out.append(formula[i:])
+    return "".join(out)
+
+
 def parse_mixed_formula(formula: str) -> MixedFormula:
     """Split ``"y ~ x + (x | g)"`` into response, fixed part and random terms.
 
@@ -96,6 +124,7 @@ def parse_mixed_formula(formula: str) -> MixedFormula:
     if not isinstance(formula, str):
         raise FormulaError(f"formula must be a string such as 'y ~ x + (x | g)', got {type(formula).__name__}.")
     _check_parentheses(formula)
+    formula = translate_powers(formula)
     sides = _split_top_level(formula, "~")
     if len(sides) != 2 or not sides[0].strip():
         raise FormulaError(f"formula {formula!r} needs exactly one '~' with the response on its left, as in 'y ~ x + (1 | g)'.")

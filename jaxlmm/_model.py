@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -12,7 +14,15 @@ from . import _formula
 from ._config import float64
 from ._memory_maps import release_if_needed
 from ._design import Design, make_design
-from .errors import DataError, FormulaError, IdentifiabilityError, MissingDataError
+from .errors import (
+    DataError,
+    FormulaError,
+    IdentifiabilityError,
+    IdentifiabilityWarning,
+    MissingDataError,
+    check_flag,
+    check_positive,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,6 +271,7 @@ class MixedLM:
                 f"({m} groups × {q} = {m * q}): the random-effect variances and the residual variance cannot "
                 "both be identified. Use fewer random effects per group (e.g. a random intercept only)."
             )
+        _warn_if_absorbed_by_fixed_effects(X, Z, codes, m, group_label, x_names)
         plain = [j for j, name in enumerate(z_names) if not any(b.tied and name in b.names for b in blocks)]
         problem = _rank_problem(Z[:, plain], [z_names[j] for j in plain]) if plain else None
         if problem:
@@ -319,7 +330,7 @@ class MixedLM:
         if vc_formula is not None:
             if groups is None or not isinstance(vc_formula, dict):
                 raise FormulaError("vc_formula needs groups= and a dict {name: formula}, e.g. {'cask': '0 + C(cask)'}.")
-            vc_terms = [(str(k), str(v).strip().lstrip("~").strip()) for k, v in vc_formula.items()]
+            vc_terms = [(str(k), _formula.translate_powers(str(v).strip().lstrip("~").strip())) for k, v in vc_formula.items()]
         if groups is not None or re_formula is not None:
             if groups is None:
                 raise FormulaError("re_formula needs groups= (the grouping column), e.g. groups='Subject'.")
@@ -327,8 +338,10 @@ class MixedLM:
                 raise FormulaError(
                     f"formula {formula!r} has random-effect bars and groups= was given too: use one of the two styles."
                 )
-            expr = (re_formula or "1").strip()
-            expr = expr[1:].strip() if expr.startswith("~") else expr
+            # statsmodels' meaning: a group random intercept by default, but none when only
+            # variance components are given (re_formula="1" adds it).
+            expr = (re_formula or ("0" if vc_terms else "1")).strip()
+            expr = _formula.translate_powers(expr[1:].strip() if expr.startswith("~") else expr)
             group_name = groups if isinstance(groups, str) else None
             if group_name is None:
                 raise FormulaError("with a formula, groups= must be the name of a column of data.")
@@ -562,6 +575,9 @@ class MixedLM:
             >>> round(r.llf, 4)
             -163.6635
         """
+        reml = check_flag(reml, "reml", "reml=True fits by REML, reml=False by ML.")
+        gtol = check_positive(gtol, "gtol")
+        warn = check_flag(warn, "warn")
         release_if_needed()
         from ._fit import fit_arrays
         from ._results import MixedLMResults
@@ -575,18 +591,79 @@ class MixedLM:
         return result
 
     # --------------------------------------------------------------------------------------------
-    def encode(self, data: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.Series]:
-        """X, Z and group labels of new data, encoded exactly as in fitting (formula models)."""
+    def encode_fixed(self, data: pd.DataFrame) -> np.ndarray:
+        """X of new data, encoded exactly as in fitting (formula models); only the fixed-effect
+        columns need to be present. A categorical level not seen in fitting is an error."""
         if self.spec is None or self.spec.fixed_spec is None:
             raise DataError("encode(newdata) needs a model built with from_formula; pass arrays to predict instead.")
-        try:
-            X = np.asarray(self.spec.fixed_spec.get_model_matrix(data, na_action="ignore"), dtype=float)
-            Zs = [np.asarray(s.get_model_matrix(data, na_action="ignore"), dtype=float) for s, _ in self.spec.random_specs]
-        except Exception as err:
-            raise DataError(f"cannot encode the new data like the fitting data: {_formula._formulaic_message(err)}") from None
+        if not isinstance(data, pd.DataFrame):
+            raise DataError(f"newdata must be a pandas DataFrame, got {type(data).__name__}.")
+        _check_levels_seen(self.spec.fixed_spec, data)
+        return _encode_with(self.spec.fixed_spec, data)
+
+    def encode(self, data: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.Series]:
+        """X, Z and group labels of new data, encoded exactly as in fitting (formula models)."""
+        X = self.encode_fixed(data)
+        Zs = [_encode_with(s, data) for s, _ in self.spec.random_specs]
         g = (pd.Series(CROSSED_GROUP, index=data.index) if self.spec.group_expr is None
              else _group_values(self.spec.group_expr, data))
         return X, np.concatenate(Zs, axis=1), g
+
+
+def _encode_with(spec, data: pd.DataFrame) -> np.ndarray:
+    try:
+        return np.asarray(spec.get_model_matrix(data, na_action="ignore"), dtype=float)
+    except Exception as err:
+        raise DataError(f"cannot encode the new data like the fitting data: {_formula._formulaic_message(err)}") from None
+
+
+_FACTOR_COLUMN = re.compile(r"^C\(\s*([A-Za-z_][A-Za-z_0-9.]*)\s*[,)]")
+
+
+def _check_levels_seen(spec, data: pd.DataFrame) -> None:
+    """Raise `DataError` naming the column and level when new data holds a categorical level the
+    model was not fitted with (formulaic would encode it as NaN, or as the reference level)."""
+    for factor, (_, state) in getattr(spec, "encoder_state", {}).items():
+        categories = state.get("categories") if isinstance(state, dict) else None
+        if categories is None:
+            continue
+        match = _FACTOR_COLUMN.match(factor)
+        column = factor if factor in data.columns else match.group(1) if match else None
+        if column is None or column not in data.columns:
+            continue
+        known = {str(c) for c in categories}
+        values = pd.unique(data[column].dropna())
+        unseen = [v for v in values if str(v) not in known]
+        if unseen:
+            shown = ", ".join(repr(v) for v in unseen[:5]) + (", ..." if len(unseen) > 5 else "")
+            raise DataError(
+                f"newdata column {column!r} has level(s) {shown} that the model was not fitted with "
+                f"(fitted levels: {', '.join(map(repr, categories))}); a fixed effect has no estimate for them. "
+                "Drop those rows or map them to a fitted level."
+            )
+
+
+def _warn_if_absorbed_by_fixed_effects(X, Z, codes, m: int, group_label: str, x_names) -> None:
+    """Warn when every random-effect column, group by group, lies in the span of the fixed effects
+    (e.g. ``y ~ classroom + (1 | classroom)``): its variance is then not identifiable. Only checked
+    when the m·q group-wise columns could fit in X's p dimensions at all."""
+    n, p = X.shape
+    q = Z.shape[1]
+    if m * q > p or m < 2:
+        return
+    full = np.zeros((n, m * q))
+    full[np.arange(n)[:, None], codes[:, None] * q + np.arange(q)[None, :]] = Z
+    coef, *_ = np.linalg.lstsq(X, full, rcond=None)
+    resid = np.linalg.norm(full - X @ coef, axis=0)
+    if np.all(resid <= 1e-8 * np.maximum(np.linalg.norm(full, axis=0), 1e-300)):
+        warnings.warn(
+            f"the random effects of {group_label!r} are absorbed by the fixed effects (every group's "
+            f"random-effect columns are combinations of {', '.join(map(repr, x_names))}): their variance "
+            "cannot be estimated and its value means nothing. Remove the grouping factor from the fixed "
+            "effects, or drop the random term.",
+            IdentifiabilityWarning,
+            stacklevel=4,
+        )
 
 
 def _bad_rows(data: pd.DataFrame, cols: Sequence[str]) -> np.ndarray:

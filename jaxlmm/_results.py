@@ -384,6 +384,9 @@ class MixedLMResults:
     def predict(self, newdata: pd.DataFrame | None = None, include_re: bool = True) -> pd.Series:
         """Predictions for new data; groups not seen in fitting get the population-level prediction.
 
+        ``include_re=False`` gives population-level predictions (the grouping columns are then not
+        needed). A fixed-effect level not seen in fitting raises `DataError`.
+
         Examples:
             >>> import jaxlmm, pandas as pd
             >>> df = jaxlmm.datasets.load("sleepstudy")
@@ -396,11 +399,14 @@ class MixedLMResults:
             return self.fittedvalues if include_re else pd.Series(
                 np.asarray(self.model.design.X) @ np.asarray(self._arrays.beta), name="predicted"
             )
+        index = newdata.index if isinstance(newdata, pd.DataFrame) else None
+        if not include_re:  # the grouping columns are not needed
+            X = self.model.encode_fixed(newdata)
+            return pd.Series(X @ np.asarray(self._arrays.beta), index=index, name="predicted")
         X, Z, g = self.model.encode(newdata)
         labels = pd.Index(self.model.group_levels)
         g_cast = g.astype(labels.dtype) if labels.dtype != object else g.astype(str) if labels.inferred_type == "string" else g
         codes = labels.get_indexer(g_cast)
-        index = newdata.index if isinstance(newdata, pd.DataFrame) else None
         return pd.Series(self._linear_predictor(X, Z, codes, include_re), index=index, name="predicted")
 
     def satterthwaite_df(self, L) -> np.ndarray:

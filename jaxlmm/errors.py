@@ -32,6 +32,11 @@ class SingularFitWarning(UserWarning):
     """The fit is on the boundary: a random-effect variance is zero or a correlation is ±1."""
 
 
+class IdentifiabilityWarning(UserWarning):
+    """A part of the model cannot be estimated from these data (e.g. a random effect that the fixed
+    effects already absorb); the fit runs, but that part's estimate means nothing."""
+
+
 class ResourceLimitWarning(UserWarning):
     """jaxlmm released JAX's compiled programs to keep the process under an operating-system limit."""
 
@@ -44,3 +49,18 @@ def check_probability(value, name: str) -> None:
     """Raise `DataError` unless ``value`` is a number strictly between 0 and 1 (alpha, level)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < value < 1.0:
         raise DataError(f"{name} must be a number between 0 and 1, got {value!r}.")
+
+
+def check_flag(value, name: str, hint: str = "") -> bool:
+    """Return ``value`` as a bool, or raise `DataError` unless it is True or False (a string such
+    as ``"ML"`` would otherwise count as true)."""
+    if isinstance(value, bool) or (hasattr(value, "dtype") and getattr(value, "dtype", None) == bool and getattr(value, "ndim", 1) == 0):
+        return bool(value)
+    raise DataError(f"{name} must be True or False, got {value!r}.{(' ' + hint) if hint else ''}")
+
+
+def check_positive(value, name: str) -> float:
+    """Return ``value`` as a float, or raise `DataError` unless it is a finite number above 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0.0 < float(value) < float("inf")):
+        raise DataError(f"{name} must be a positive number, got {value!r}.")
+    return float(value)

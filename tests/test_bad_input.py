@@ -435,3 +435,52 @@ def test_error_messages_have_no_terminal_escape_codes(sleep):
     with pytest.raises(FormulaError) as info:
         MixedLM.from_formula("Reaction ~ Days * + (1 | Subject)", sleep)
     assert not re.search(r"\x1b\[", str(info.value))
+
+
+# ---- silent wrong answers, now clear errors --------------------------------------------------------
+def test_predict_with_an_unseen_fixed_effect_level_names_column_and_level():
+    df = jaxlmm.datasets.load("dietox")
+    r = MixedLM.from_formula("Weight ~ Time + C(Evit) + (1 | Pig)", df).fit()
+    new = df.head(3).copy()
+    new["Evit"] = ["Evit000", "Evit999", "Evit100"]
+    with pytest.raises(DataError, match=r"'Evit'.*'Evit999'.*Drop those rows"):
+        r.predict(new)
+    with pytest.raises(DataError, match="Evit999"):
+        r.predict(new, include_re=False)
+    ok = r.predict(df.head(3))  # fitted levels still predict
+    assert np.all(np.isfinite(ok.to_numpy()))
+
+
+def test_population_prediction_does_not_need_the_grouping_column(sleep_fit):
+    r = sleep_fit
+    new = pd.DataFrame({"Days": [0.0, 5.0]})
+    pred = r.predict(new, include_re=False)
+    np.testing.assert_allclose(pred.to_numpy(), r.fe_params["Intercept"] + r.fe_params["Days"] * new["Days"].to_numpy())
+    with pytest.raises(DataError, match="Subject"):
+        r.predict(new)  # with random effects the grouping column is needed
+
+
+@pytest.mark.parametrize("bad", ["ML", "REML", 1, 0.0, None])
+def test_reml_must_be_a_bool(sleep, bad):
+    m = MixedLM.from_formula(FORMULA, sleep)
+    with pytest.raises(DataError, match="reml must be True or False.*reml=False by ML"):
+        m.fit(reml=bad)
+    with pytest.raises(DataError, match="reml must be True or False"):
+        m.fit_many(np.asarray(m.design.y)[:, None], reml=bad)
+
+
+@pytest.mark.parametrize("bad", [0, -1e-6, "1e-6", float("nan")])
+def test_gtol_must_be_positive(sleep, bad):
+    with pytest.raises(DataError, match="gtol must be a positive number"):
+        MixedLM.from_formula(FORMULA, sleep).fit(gtol=bad)
+
+
+def test_random_intercept_absorbed_by_fixed_effects_warns():
+    rng = np.random.default_rng(8)
+    rows = [{"classroom": f"c{c}", "edu": e, "score": rng.normal(c + e)} for c in range(4) for e in (0.0, 1.0) for _ in range(5)]
+    df = pd.DataFrame(rows)
+    with pytest.warns(jaxlmm.IdentifiabilityWarning, match="'classroom'.*absorbed by the fixed effects"):
+        MixedLM.from_formula("score ~ edu * classroom + (1 | classroom)", df)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", jaxlmm.IdentifiabilityWarning)
+        MixedLM.from_formula("score ~ edu + (1 | classroom)", df)  # identifiable: no warning

@@ -40,3 +40,18 @@ def test_bars_are_split_off():
 
 def test_formula_without_fixed_terms_keeps_intercept():
     assert parse_mixed_formula("y ~ (1 | g)").fixed == "1"
+
+
+def test_power_inside_I_is_a_power_not_xor():
+    """R users write I(x^2); Python would read it as XOR and give a silently different model."""
+    import jaxlmm
+
+    rng = np.random.default_rng(4)
+    df = pd.DataFrame({"day": np.tile(np.arange(6.0), 10), "g": np.repeat([f"g{i}" for i in range(10)], 6)})
+    df["y"] = 1 + 0.3 * df["day"] - 0.1 * df["day"] ** 2 + rng.normal(0, 1, 10)[np.repeat(np.arange(10), 6)] + rng.normal(size=60)
+    caret = jaxlmm.MixedLM.from_formula("y ~ day + I(day^2) + (1 | g)", df)
+    stars = jaxlmm.MixedLM.from_formula("y ~ day + I(day**2) + (1 | g)", df)
+    np.testing.assert_array_equal(np.asarray(caret.design.X), np.asarray(stars.design.X))
+    np.testing.assert_array_equal(np.asarray(caret.design.X)[:, 2], df["day"].to_numpy() ** 2)
+    sm = jaxlmm.MixedLM.from_formula("y ~ day", df, groups="g", re_formula="~I(day^2)")
+    np.testing.assert_array_equal(np.asarray(sm.design.Z)[:, 1], df["day"].to_numpy() ** 2)

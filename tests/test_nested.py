@@ -14,8 +14,21 @@ REFERENCE = json.loads((Path(__file__).parent / "data" / "lme4_reference.json").
 FORMS = [
     ("strength ~ 1 + (1 | batch) + (1 | batch:cask)", {}, "Var(batch:cask)"),
     ("strength ~ 1 + (1 | batch/cask)", {}, "Var(batch:cask)"),
-    ("strength ~ 1", {"groups": "batch", "vc_formula": {"cask": "0 + C(cask)"}}, "Var(cask)"),
+    ("strength ~ 1", {"groups": "batch", "re_formula": "1", "vc_formula": {"cask": "0 + C(cask)"}}, "Var(cask)"),
 ]
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_variance_components_alone_fit_no_group_intercept(reml):
+    """statsmodels' meaning: vc_formula without re_formula has no random intercept for the groups,
+    so it is the model (1 | batch:cask) alone (one variance for the casks, none for the batches)."""
+    df = jaxlmm.datasets.load("pastes")
+    vc = jaxlmm.MixedLM.from_formula("strength ~ 1", df, groups="batch", vc_formula={"cask": "0 + C(cask)"}).fit(reml=reml)
+    bar = jaxlmm.MixedLM.from_formula("strength ~ 1 + (1 | batch:cask)", df).fit(reml=reml)
+    assert "Var(Intercept)" not in vc.vcomp.index
+    assert vc.llf == pytest.approx(bar.llf, abs=1e-8)
+    assert vc.vcomp["Var(cask)"] == pytest.approx(bar.vcomp["Var(Intercept)"], rel=1e-6)
+    assert vc.scale == pytest.approx(bar.scale, rel=1e-6)
 
 
 @pytest.mark.parametrize("reml", [True, False])

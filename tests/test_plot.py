@@ -216,7 +216,7 @@ def test_no_pyplot_state(sleep):
 
 @pytest.mark.parametrize(
     "formula, kwargs",
-    [("strength ~ 1 + (1 | batch/cask)", {}), ("strength ~ 1", {"groups": "batch", "vc_formula": {"cask": "0 + C(cask)"}})],
+    [("strength ~ 1 + (1 | batch/cask)", {}), ("strength ~ 1", {"groups": "batch", "re_formula": "1", "vc_formula": {"cask": "0 + C(cask)"}})],
 )
 def test_nested_variance_component_gets_one_panel(formula, kwargs):
     """Pastes: casks nested in batches — one panel for the batches, one for the 30 casks that occur."""
