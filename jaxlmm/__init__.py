@@ -20,6 +20,7 @@ from ._memory_maps import install as _install_memory_map_guard
 from ._design import Design as Design
 from ._fit import FitArrays as FitArrays
 from ._fit import fit_arrays as fit_arrays
+from ._fit import deviance as deviance
 from ._lrtest import LRTestResult as LRTestResult
 from ._lrtest import lrtest as lrtest
 from ._model import MixedLM as MixedLM
@@ -62,6 +63,7 @@ __all__ = [
     "plot",
     "errors",
     "fit_arrays",
+    "deviance",
     "LRTestResult",
     "lrtest",
     "float64",

@@ -191,8 +191,9 @@ class MixedLMResults:
         spanning the ``level`` profile interval (plus the estimate), or the given ``values``.
 
         Returns a DataFrame with columns ``parameter``, ``value``, ``zeta`` (signed square root of
-        the deviance increase: ±1.96 bound a 95% interval), ``deviance``, ``llf``, ``converged`` and
-        the other parameters at each constrained optimum. Plot it with `jaxlmm.plot.profile`.
+        the deviance increase: ±1.96 bound a 95% interval), ``ml_deviance`` and ``ml_llf`` (the *ML*
+        criterion, also for a REML fit, so not comparable with a REML fit's ``llf``), ``converged``
+        and the other parameters at each constrained optimum. Plot it with `jaxlmm.plot.profile`.
 
         Examples:
             >>> import jaxlmm
@@ -241,10 +242,11 @@ class MixedLMResults:
         value = np.concatenate(grids)
         ev = prof.evaluate(which, prof._inside(value, which))
         frame = pd.DataFrame({"parameter": [prof.names[j] for j in which], "value": value, "zeta": ev["zeta"],
-                              "deviance": ev["deviance"], "llf": -0.5 * ev["deviance"],
+                              "ml_deviance": ev["deviance"], "ml_llf": -0.5 * ev["deviance"],
                               "converged": ev["converged"]})
         others = pd.DataFrame(ev["params"], columns=[c if c not in frame.columns else c + "_" for c in prof.names])
-        bad = ~frame["converged"].to_numpy() | ~np.isfinite(frame["deviance"].to_numpy())
+        frame.attrs["criterion"] = "ML"
+        bad = ~frame["converged"].to_numpy() | ~np.isfinite(frame["ml_deviance"].to_numpy())
         if bad.any():
             warnings.warn(f"{int(bad.sum())} of {len(frame)} profile points did not converge (column 'converged'); "
                           "their deviance may be off — values far outside the profile interval are the usual cause.",

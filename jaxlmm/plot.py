@@ -453,7 +453,8 @@ def profile(profile_frame: pd.DataFrame, ax: "Axes | None" = None, alpha: float 
         raise DataError(f"profile_frame must be a pandas DataFrame, got {type(profile_frame).__name__}.")
     if "value" not in profile_frame.columns:
         raise DataError(f"profile_frame needs a 'value' column; it has {list(profile_frame.columns)}.")
-    ycol = next((c for c in ("llf", "deviance") if c in profile_frame.columns), None)
+    ycol = next((c for c in ("ml_llf", "llf", "ml_deviance", "deviance") if c in profile_frame.columns), None)
+    is_llf = ycol in ("ml_llf", "llf")
     if ycol is None:
         raise DataError(f"profile_frame needs an 'llf' or a 'deviance' column; it has {list(profile_frame.columns)}.")
     if "parameter" in profile_frame.columns:
@@ -478,10 +479,11 @@ def profile(profile_frame: pd.DataFrame, ax: "Axes | None" = None, alpha: float 
         ax_.plot(part["value"].to_numpy(dtype=float), yv, color=_POINT_COLOUR, lw=1.6, marker="o", ms=3)
         finite = yv[np.isfinite(yv)]
         if finite.size:
-            cut = finite.max() - chi2 / 2.0 if ycol == "llf" else finite.min() + chi2
+            cut = finite.max() - chi2 / 2.0 if is_llf else finite.min() + chi2
             ax_.axhline(cut, color=_LINE_COLOUR, lw=1, ls="--", label=f"{100 * (1 - alpha):g}% cut-off")
             ax_.legend(fontsize="small", loc="best")
         ax_.set_xlabel(name if name is not None else "value")
-        ax_.set_ylabel("log-likelihood" if ycol == "llf" else "deviance")
+        ml = "ML " if ycol.startswith("ml_") else ""
+        ax_.set_ylabel(f"{ml}log-likelihood" if is_llf else f"{ml}deviance")
         ax_.set_title(f"Profile: {name}" if name is not None else "Likelihood profile")
     return fig
