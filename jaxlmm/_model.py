@@ -361,6 +361,8 @@ class MixedLM:
         terms = expanded
         group_exprs = sorted({t.group for t in terms}, key=lambda g: (g.count(":"), g))
         group_expr = group_exprs[0]
+        terms, group_expr, labels = _nest_by_data(terms, group_exprs, group_expr, data)
+        group_exprs = sorted({t.group for t in terms}, key=lambda g: (g.count(":"), g))
         nested_terms = [t for t in terms if t.group != group_expr]
         terms = [t for t in terms if t.group == group_expr]
         crossed = any(not t.group.startswith(group_expr + ":") for t in nested_terms)
@@ -439,7 +441,7 @@ class MixedLM:
             nspec = NestedSpec.learn(data, group_expr, inner)
             random_specs.append((nspec, False))
             frame = nspec.get_model_matrix(data)
-            blocks.append(RandomBlock(tuple(frame.columns), False, tied=True, label=t.group))
+            blocks.append(RandomBlock(tuple(frame.columns), False, tied=True, label=labels.get(t.group, t.group)))
             z_cols.append(frame.to_numpy())
             z_names += list(frame.columns)
         crossed_levels: tuple = ()
@@ -641,6 +643,35 @@ def _check_levels_seen(spec, data: pd.DataFrame) -> None:
                 f"(fitted levels: {', '.join(map(repr, categories))}); a fixed effect has no estimate for them. "
                 "Drop those rows or map them to a fitted level."
             )
+
+
+def _nested_in(inner: str, outer: str, data: pd.DataFrame) -> bool:
+    """Whether every level of ``inner`` occurs within a single level of ``outer`` (in the rows where
+    both are known): a nested factor, even if its labels do not repeat across ``outer``."""
+    try:
+        a, b = _group_values(inner, data), _group_values(outer, data)
+    except (DataError, FormulaError):
+        return False
+    both = pd.DataFrame({"inner": a.to_numpy(), "outer": b.to_numpy()}).dropna()
+    return bool(len(both)) and bool((both.groupby("inner", sort=False)["outer"].nunique() <= 1).all())
+
+
+def _nest_by_data(terms, group_exprs, group_expr, data):
+    """Random intercepts of factors nested in another factor by the data (uniquely labelled inner
+    levels, e.g. ``(x | school) + (1 | class)`` with class labels unique across schools) are the
+    nested terms ``(1 | school:class)``, displayed under their own name. Returns the terms, the
+    outer factor and {rewritten group: display name}."""
+    if len(group_exprs) < 2:
+        return terms, group_expr, {}
+    for outer in group_exprs:
+        others = [g for g in group_exprs if g != outer and not g.startswith(outer + ":")]
+        intercepts = all(t.expr.replace(" ", "") in ("1", "1+0", "0+1") for t in terms if t.group in others)
+        if others and intercepts and all(_nested_in(g, outer, data) for g in others):
+            labels = {f"{outer}:{g}": g for g in others}
+            rewritten = [_formula.RandomTerm(t.expr, f"{outer}:{t.group}", t.correlated) if t.group in others else t
+                         for t in terms]
+            return rewritten, outer, labels
+    return terms, group_expr, {}
 
 
 def _warn_if_absorbed_by_fixed_effects(X, Z, codes, m: int, group_label: str, x_names) -> None:

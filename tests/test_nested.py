@@ -66,3 +66,23 @@ def test_variance_component_with_correlated_random_slope():
     assert r.llf == pytest.approx(dense_loglik(d.y, d.X, d.Z, d.group, r.cov_re.values, r.scale, True), abs=1e-8)
     assert list(r.vcomp.index) == ["Var(Intercept)", "Cov(Intercept,x)", "Var(x)", "Var(g:h)", "Residual"]
 
+
+
+def test_factor_nested_by_its_labels_is_fitted_as_nested():
+    """Inner levels labelled uniquely across groups (no 'g:' in the formula) are nested in the data:
+    (x | school) + (1 | klass) is the model (x | school) + (1 | school:klass), not a crossed one (lme4 agrees)."""
+    rng = np.random.default_rng(11)
+    rows = []
+    for g in range(15):
+        b0, b1 = rng.normal(0, [1.5, 0.4])
+        for h in range(4):
+            c = rng.normal(0, 1.0)
+            for x in range(3):
+                rows.append({"school": f"g{g}", "klass": f"s{g}_{h}", "x": float(x), "y": b0 + (0.5 + b1) * x + c + rng.normal()})
+    df = pd.DataFrame(rows)
+    by_label = jaxlmm.MixedLM.from_formula("y ~ x + (x | school) + (1 | klass)", df).fit()
+    explicit = jaxlmm.MixedLM.from_formula("y ~ x + (x | school) + (1 | school:klass)", df).fit()
+    assert by_label.llf == pytest.approx(explicit.llf, abs=1e-8)
+    assert by_label.vcomp["Var(klass)"] == pytest.approx(explicit.vcomp["Var(school:klass)"], rel=1e-6)
+    reordered = jaxlmm.MixedLM.from_formula("y ~ x + (1 | klass) + (x | school)", df).fit()
+    assert reordered.llf == pytest.approx(explicit.llf, abs=1e-8)
