@@ -346,6 +346,9 @@ class MixedLM:
             if group_name is None:
                 raise FormulaError("with a formula, groups= must be the name of a column of data.")
             terms = [_formula.RandomTerm(expr, group_name, True)]
+            one_group_crossed = _one_group_crossed_terms(vc_terms, group_name, expr, data)
+            if one_group_crossed:
+                terms, vc_terms = one_group_crossed, []
         if not terms:
             raise FormulaError(
                 f"formula {formula!r} has no random effects: add a term such as '(1 | group)', or pass groups=."
@@ -643,6 +646,24 @@ def _check_levels_seen(spec, data: pd.DataFrame) -> None:
                 f"(fitted levels: {', '.join(map(repr, categories))}); a fixed effect has no estimate for them. "
                 "Drop those rows or map them to a fitted level."
             )
+
+
+_VC_FACTOR = re.compile(r"^(?:0\s*\+\s*)?C\(\s*([A-Za-z_][A-Za-z_0-9.]*)\s*\)(?:\s*-\s*1)?$|^0\s*\+\s*([A-Za-z_][A-Za-z_0-9.]*)$")
+
+
+def _one_group_crossed_terms(vc_terms, group_name: str, expr: str, data: pd.DataFrame):
+    """statsmodels' spelling of crossed random intercepts: one group holding every row (``groups``
+    constant) and one variance component ``"0 + C(f)"`` per factor. Returns the lme4 terms
+    ``(1 | f)``, or None when the model is not written that way."""
+    if not vc_terms or expr != "0" or group_name not in data.columns or data[group_name].nunique(dropna=True) != 1:
+        return None
+    factors = []
+    for _, vc in vc_terms:
+        match = _VC_FACTOR.match(vc.strip())
+        if match is None:
+            return None
+        factors.append(match.group(1) or match.group(2))
+    return [_formula.RandomTerm("1", f, True) for f in factors]
 
 
 def _nested_in(inner: str, outer: str, data: pd.DataFrame) -> bool:

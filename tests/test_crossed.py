@@ -97,3 +97,13 @@ def test_plots_show_one_panel_per_crossed_factor(penicillin):
     assert [ax.get_title() for ax in fig.axes] == ["plate", "sample"]
     assert sorted(t.get_text() for t in fig.axes[1].get_yticklabels()) == sorted(penicillin["sample"].unique())
     assert len(r.plot_qq_re().axes) == 2
+
+
+def test_statsmodels_one_group_spelling_of_crossed_intercepts():
+    """statsmodels writes crossed effects as variance components of one group holding every row."""
+    df = jaxlmm.datasets.load("penicillin").assign(everything=1)
+    vc = {"plate": "0 + C(plate)", "sample": "0 + C(sample)"}
+    sm_style = jaxlmm.MixedLM.from_formula("diameter ~ 1", df, groups="everything", vc_formula=vc).fit()
+    bars = jaxlmm.MixedLM.from_formula("diameter ~ 1 + (1 | plate) + (1 | sample)", df).fit()
+    assert sm_style.llf == pytest.approx(bars.llf, abs=1e-9)
+    np.testing.assert_allclose(sm_style.vcomp.to_numpy(), bars.vcomp.to_numpy(), rtol=1e-7)
