@@ -62,8 +62,17 @@ def sufficient_stats(
     """Reduce rows to per-group cross-products; rows with ``mask == 0`` contribute nothing."""
     w = mask.astype(y.dtype)
     Zw = Z * w[:, None]
-    ZtZ = jax.ops.segment_sum(Zw[:, :, None] * Z[:, None, :], group, n_groups)
-    ZtX = jax.ops.segment_sum(Zw[:, :, None] * X[:, None, :], group, n_groups)
+    n, q = Z.shape
+    if n_groups < q:
+        # Few groups with many columns (crossed factors held as one group): contract the rows
+        # through a group indicator, O(n·m·q) memory, instead of n per-row q × q outer products
+        # (O(n·q²): 14 GB for 20,000 rows and 300 levels).
+        indicator = (group[:, None] == jnp.arange(n_groups)[None, :]).astype(y.dtype)
+        ZtZ = jnp.einsum("ng,nq,nr->gqr", indicator, Zw, Z)
+        ZtX = jnp.einsum("ng,nq,np->gqp", indicator, Zw, X)
+    else:
+        ZtZ = jax.ops.segment_sum(Zw[:, :, None] * Z[:, None, :], group, n_groups)
+        ZtX = jax.ops.segment_sum(Zw[:, :, None] * X[:, None, :], group, n_groups)
     Zty = jax.ops.segment_sum(Zw * y[:, None], group, n_groups)
     Xw = X * w[:, None]
     return SufficientStats(

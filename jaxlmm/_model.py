@@ -687,7 +687,8 @@ def _nest_by_data(terms, group_exprs, group_expr, data):
     for outer in group_exprs:
         others = [g for g in group_exprs if g != outer and not g.startswith(outer + ":")]
         intercepts = all(t.expr.replace(" ", "") in ("1", "1+0", "0+1") for t in terms if t.group in others)
-        if others and intercepts and all(_nested_in(g, outer, data) for g in others):
+        several = _group_values(outer, data).nunique(dropna=True) >= 2 if intercepts and others else False
+        if others and intercepts and several and all(_nested_in(g, outer, data) for g in others):
             labels = {f"{outer}:{g}": g for g in others}
             rewritten = [_formula.RandomTerm(t.expr, f"{outer}:{t.group}", t.correlated) if t.group in others else t
                          for t in terms]
