@@ -18,10 +18,12 @@ So here (`docs/deadlock.md`):
   forward-over-reverse differentiation never need a batched or transposed LAPACK call.
   (A blocked pure-XLA Cholesky was measured too: 3–10× longer compilation of the Hessian for
   k = 4–12, and slower warm.)
+* `eigh_one_at_a_time` (the optimiser's eigenvalue-modified Newton step, never differentiated) is
+  LAPACK's, one matrix per call. (Cyclic Jacobi sweeps in a `while_loop` were measured first:
+  under vmap they cost batched fits 15–20% of their speed and 4 s more compilation.)
 * `solve` (small general systems: Hessians, information matrices) is Gauss–Jordan elimination
-  with partial pivoting, `symmetric_eigh` (the optimiser's eigenvalue-modified Newton step, never
-  differentiated) the cyclic Jacobi method, and `orthonormalize` (the design's preconditioner)
-  shifted Cholesky-QR in three passes (stable up to condition numbers near 1/eps).
+  with partial pivoting, and `orthonormalize` (the design's preconditioner) shifted Cholesky-QR in
+  three passes (stable up to condition numbers near 1/eps).
 
 `tests/test_no_hang.py` checks that no compiled program of a fit, a batch, a profile, a summary,
 a bootstrap or a gradient contains a batched LAPACK call. A non-positive-definite input to
@@ -36,7 +38,6 @@ import numpy as np
 from jax.custom_batching import custom_vmap
 
 UNROLL_MAX = 3
-JACOBI_MAX_SWEEPS = 40
 
 
 def _mT(A: jax.Array) -> jax.Array:
@@ -59,6 +60,29 @@ def _potrf(M: jax.Array) -> jax.Array:
 @_potrf.def_vmap
 def _potrf_vmap(axis_size, in_batched, M):
     return _potrf(M), in_batched[0]  # the vmapped axis is one more leading axis
+
+
+@custom_vmap
+def _syevd(A: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def one(a):
+        vectors, values = jax.lax.linalg.eigh(a, symmetrize_input=False)
+        return values, vectors
+
+    if A.ndim == 2:
+        return one(A)
+    values, vectors = jax.lax.map(one, A.reshape((-1,) + A.shape[-2:]))
+    return values.reshape(A.shape[:-1]), vectors.reshape(A.shape)
+
+
+@_syevd.def_vmap
+def _syevd_vmap(axis_size, in_batched, A):
+    return _syevd(A), (in_batched[0], in_batched[0])
+
+
+def eigh_one_at_a_time(A: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Eigenvalues and eigenvectors (columns) of symmetric ``A`` (..., k, k) by LAPACK, one matrix
+    per call also under `vmap` (no derivative rule: not for differentiation)."""
+    return _syevd(A)
 
 
 @custom_vmap
@@ -228,55 +252,6 @@ def solve(A: jax.Array, B: jax.Array) -> jax.Array:
 def inverse(A: jax.Array) -> jax.Array:
     """Inverse of a small square matrix (see `solve`)."""
     return solve(A, jnp.eye(A.shape[-1], dtype=A.dtype))
-
-
-def symmetric_eigh(A: jax.Array, max_sweeps: int = JACOBI_MAX_SWEEPS) -> tuple[jax.Array, jax.Array]:
-    """Eigenvalues and eigenvectors (columns) of a symmetric ``A`` (k, k), by cyclic Jacobi sweeps
-    until the off-diagonal part is at rounding level. Not for differentiation.
-
-    Examples:
-        >>> import jax.numpy as jnp
-        >>> from jaxlmm._linalg import symmetric_eigh
-        >>> evals, _ = symmetric_eigh(jnp.array([[2.0, 1.0], [1.0, 2.0]]))
-        >>> sorted(round(float(v), 5) for v in evals)
-        [1.0, 3.0]
-    """
-    k = A.shape[-1]
-    eye = jnp.eye(k, dtype=A.dtype)
-    if k == 1:
-        return A[:, 0], eye
-    pairs = np.array([(p, q) for p in range(k) for q in range(p + 1, k)], dtype=np.int32)
-    first, second = jnp.asarray(pairs[:, 0]), jnp.asarray(pairs[:, 1])
-    index = jnp.arange(k)
-    off_diagonal = 1.0 - eye
-    eps = jnp.finfo(A.dtype).eps
-
-    def rotate(i, carry):
-        S, V = carry
-        p, q = first[i], second[i]
-        app, aqq, apq = S[p, p], S[q, q], S[p, q]
-        rotating = apq != 0
-        tau = (aqq - app) / (2.0 * jnp.where(rotating, apq, 1.0))
-        t = jnp.where(tau >= 0, 1.0, -1.0) / (jnp.abs(tau) + jnp.sqrt(1.0 + tau * tau))
-        t = jnp.where(rotating & jnp.isfinite(t), t, 0.0)
-        c = 1.0 / jnp.sqrt(1.0 + t * t)
-        s = t * c
-        ep, eq = (index == p).astype(A.dtype), (index == q).astype(A.dtype)
-        J = eye + (c - 1.0) * (jnp.outer(ep, ep) + jnp.outer(eq, eq)) + s * (jnp.outer(ep, eq) - jnp.outer(eq, ep))
-        return J.T @ S @ J, V @ J
-
-    def unfinished(carry):
-        S, _, sweeps = carry
-        off = jnp.sqrt(jnp.sum((S * off_diagonal) ** 2))
-        return (sweeps < max_sweeps) & ~(off <= 4.0 * eps * jnp.sqrt(jnp.sum(S * S)))
-
-    def sweep(carry):
-        S, V, sweeps = carry
-        S, V = jax.lax.fori_loop(0, pairs.shape[0], rotate, (S, V))
-        return S, V, sweeps + 1
-
-    S, V, _ = jax.lax.while_loop(unfinished, sweep, (A, eye, jnp.zeros((), jnp.int32)))
-    return jnp.diagonal(S), V
 
 
 def orthonormalize(X: jax.Array) -> jax.Array:

@@ -108,7 +108,7 @@ def minimize_newton(
     snappable = jnp.asarray(snappable, bool)
 
     def newton_proposal(state: _State):
-        evals, evecs = _linalg.symmetric_eigh(state.H)
+        evals, evecs = _linalg.eigh_one_at_a_time(state.H)
         scale = jnp.maximum(jnp.max(jnp.abs(evals)), 1e-300)
         absvals = jnp.maximum(jnp.abs(evals), 1e-10 * scale)
         projected = evecs.T @ state.g
