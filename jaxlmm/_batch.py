@@ -34,7 +34,7 @@ from ._memory_maps import release_if_needed
 from ._design import Design
 from ._fit import FitArrays, fit_design
 from ._results import MixedLMResults, _norm_sf
-from .errors import ConvergenceWarning, DataError, SingularFitWarning, check_flag, check_positive
+from .errors import ConvergenceWarning, DataError, SingularFitWarning, check_positive, check_reml
 
 FIRST_ROUND_MAX_ITER = 8
 MAX_ITER = 200
@@ -46,7 +46,7 @@ QUASI_ROUND_MAX_ITER = 12
 # chunk sizes are bounded by MEMORY_BUDGET_BYTES and AUTO_BATCH_MAX models (a throughput choice,
 # see `_safe_batch_size`). The former caps on rows per chunk (32,768) and rows across concurrent
 # chunks (46,080) worked around jaxlib's batched-LAPACK deadlock, which `_linalg` removes at its
-# source (no LAPACK call is compiled; docs/deadlock.md), and are gone.
+# source (no batched LAPACK call is compiled; docs/deadlock.md), and are gone.
 MAX_CONCURRENT_CHUNKS = 8
 AUTO_BATCH_MAX = 128
 
@@ -176,11 +176,11 @@ def _safe_batch_size(n_rows: int, requested: int | None, q: int, p: int, k: int)
     models a chunk beat 256 and more; on 10,000-row designs small chunks beat large ones)."""
     if requested is not None and (not isinstance(requested, (int, np.integer)) or requested < 1):
         raise DataError(f"batch_size must be a positive integer, got {requested!r}.")
+    if requested:
+        return int(max(1, min(requested, max(k, 1))))
     # Bytes per model: the design's arrays and the per-row intermediates of the vmapped fit (about
     # four times the inputs, measured: 1,000 groups x 10 rows, 256 models, ~2 GB).
     per_model = 4 * 8 * n_rows * (4 + q * q + q * p + 2 * p)
-    if requested:
-        return int(max(1, min(requested, max(k, 1))))
     size = max(1, min(k, MEMORY_BUDGET_BYTES // max(per_model, 1), AUTO_BATCH_MAX))
     if size < k:
         size = 1 << (size.bit_length() - 1)  # chunks are padded to powers of two: no padded work
@@ -397,7 +397,7 @@ def fit_many(
     model, Y: Any, reml: bool = True, *, batch_size: int | None = None, progress: bool = True, gtol: float = 1e-6
 ) -> BatchResults:
     """Fit ``model``'s design to every column of ``Y`` (see `MixedLM.fit_many`)."""
-    reml = check_flag(reml, "reml", "reml=True fits by REML, reml=False by ML.")
+    reml = check_reml(reml)
     gtol = check_positive(gtol, "gtol")
     release_if_needed()
     n = model.nobs
@@ -504,7 +504,7 @@ def fit_datasets(
         >>> rl.fe_params.shape, bool(rl.converged.all())
         ((2, 2), True)
     """
-    reml = check_flag(reml, "reml", "reml=True fits by REML, reml=False by ML.")
+    reml = check_reml(reml)
     gtol = check_positive(gtol, "gtol")
     release_if_needed()
     from ._model import MixedLM

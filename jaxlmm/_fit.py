@@ -166,6 +166,11 @@ class Preconditioner(NamedTuple):
     X: jax.Array  # X̃ = X R⁻¹
     y: jax.Array  # ỹ = y − X b₀
 
+    @property
+    def logdet_gram(self) -> jax.Array:
+        """log|XᵀWX| = 2 log|det R|: what the REML criterion in X̃ lacks against the one in X."""
+        return 2.0 * jnp.sum(jnp.log(jnp.abs(jnp.diagonal(self.R))))
+
 
 def precondition(y: jax.Array, X: jax.Array, mask: jax.Array) -> Preconditioner:
     """Orthonormalise X and remove the least-squares fit from y before forming cross-products.
@@ -225,11 +230,10 @@ def fit_design(
         max_iter,
         quasi_newton,
     )
-    logdet_R = 2.0 * jnp.sum(jnp.log(jnp.abs(jnp.diagonal(pre.R))))
     return fit._replace(
         beta=pre.b0 + pre.R_inv @ fit.beta,
         vcov_beta=pre.R_inv @ fit.vcov_beta @ pre.R_inv.T,
-        llf=fit.llf - 0.5 * logdet_R if reml else fit.llf,
+        llf=fit.llf - 0.5 * pre.logdet_gram if reml else fit.llf,
     )
 
 
@@ -276,7 +280,7 @@ def deviance(design: Design, theta: jax.Array, reml: bool = True) -> jax.Array:
     pre, stats = design_stats(design)
     lambda_index = jnp.asarray(design.lambda_index_array)
     dev = profiled_deviance(jnp.asarray(theta), stats, lambda_index, reml)
-    return dev + 2.0 * jnp.sum(jnp.log(jnp.abs(jnp.diagonal(pre.R)))) if reml else dev
+    return dev + pre.logdet_gram if reml else dev
 
 
 @partial(jax.jit, static_argnames=("reml",))

@@ -20,7 +20,7 @@ So here (`docs/deadlock.md`):
   k = 4–12, and slower warm.)
 * `eigh_one_at_a_time` (the optimiser's eigenvalue-modified Newton step, never differentiated) is
   LAPACK's, one matrix per call. (Cyclic Jacobi sweeps in a `while_loop` were measured first:
-  under vmap they cost batched fits 15–20% of their speed and 4 s more compilation.)
+  under vmap they cost batched fits 15–35% of their speed and 4 s more compilation.)
 * `solve` (small general systems: Hessians, information matrices) is Gauss–Jordan elimination
   with partial pivoting, and `orthonormalize` (the design's preconditioner) shifted Cholesky-QR in
   three passes (stable up to condition numbers near 1/eps).
@@ -44,12 +44,13 @@ def _mT(A: jax.Array) -> jax.Array:
     return jnp.swapaxes(A, -1, -2)
 
 
-def _one_matrix_at_a_time(fn, M: jax.Array) -> jax.Array:
-    """``fn`` on each trailing matrix of ``M`` (..., k, k), one LAPACK call per matrix."""
+def _one_matrix_at_a_time(fn, M: jax.Array):
+    """``fn`` on each trailing matrix of ``M`` (..., k, k), one LAPACK call per matrix; ``fn`` may
+    return several arrays."""
     if M.ndim == 2:
         return fn(M)
     out = jax.lax.map(fn, M.reshape((-1,) + M.shape[-2:]))
-    return out.reshape(M.shape[:-2] + out.shape[-2:])
+    return jax.tree.map(lambda o: o.reshape(M.shape[:-2] + o.shape[1:]), out)
 
 
 @custom_vmap
@@ -68,10 +69,7 @@ def _syevd(A: jax.Array) -> tuple[jax.Array, jax.Array]:
         vectors, values = jax.lax.linalg.eigh(a, symmetrize_input=False)
         return values, vectors
 
-    if A.ndim == 2:
-        return one(A)
-    values, vectors = jax.lax.map(one, A.reshape((-1,) + A.shape[-2:]))
-    return values.reshape(A.shape[:-1]), vectors.reshape(A.shape)
+    return _one_matrix_at_a_time(one, A)
 
 
 @_syevd.def_vmap
@@ -172,12 +170,6 @@ def _solve_lower_unrolled(L: jax.Array, B: jax.Array) -> jax.Array:
     return jnp.stack(xs, axis=-2)
 
 
-def _solve_lower_matrix(L: jax.Array, B: jax.Array) -> jax.Array:
-    if L.shape[-1] <= UNROLL_MAX:
-        return _solve_lower_unrolled(L, B)
-    return _triangular_inverse(L) @ B
-
-
 def _solve_upper_transposed_unrolled(L: jax.Array, B: jax.Array) -> jax.Array:
     k = L.shape[-1]
     xs: list = [None] * k
@@ -189,23 +181,22 @@ def _solve_upper_transposed_unrolled(L: jax.Array, B: jax.Array) -> jax.Array:
     return jnp.stack(xs, axis=-2)
 
 
-def _solve_upper_transposed_matrix(L: jax.Array, B: jax.Array) -> jax.Array:
-    if L.shape[-1] <= UNROLL_MAX:
-        return _solve_upper_transposed_unrolled(L, B)
-    return _mT(_triangular_inverse(L)) @ B
-
-
 def solve_lower(L: jax.Array, B: jax.Array) -> jax.Array:
     """Solve ``L X = B`` for lower-triangular ``L`` (..., k, k); ``B`` is (..., k) or (..., k, r)."""
     vector = B.ndim == L.ndim - 1
-    X = _solve_lower_matrix(L, B[..., None] if vector else B)
+    Bm = B[..., None] if vector else B
+    X = _solve_lower_unrolled(L, Bm) if L.shape[-1] <= UNROLL_MAX else _triangular_inverse(L) @ Bm
     return X[..., 0] if vector else X
 
 
 def solve_upper_transposed(L: jax.Array, B: jax.Array) -> jax.Array:
     """Solve ``Lᵀ X = B`` for lower-triangular ``L`` (..., k, k); ``B`` is (..., k) or (..., k, r)."""
     vector = B.ndim == L.ndim - 1
-    X = _solve_upper_transposed_matrix(L, B[..., None] if vector else B)
+    Bm = B[..., None] if vector else B
+    if L.shape[-1] <= UNROLL_MAX:
+        X = _solve_upper_transposed_unrolled(L, Bm)
+    else:
+        X = _mT(_triangular_inverse(L)) @ Bm
     return X[..., 0] if vector else X
 
 

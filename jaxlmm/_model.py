@@ -22,6 +22,7 @@ from .errors import (
     MissingDataError,
     check_flag,
     check_positive,
+    check_reml,
 )
 
 
@@ -371,7 +372,7 @@ class MixedLM:
         crossed = any(not t.group.startswith(group_expr + ":") for t in nested_terms)
         if crossed:
             for t in terms + nested_terms:
-                if t.expr.replace(" ", "") not in ("1", "1+0", "0+1"):
+                if not _is_intercept(t.expr):
                     raise FormulaError(
                         f"'({t.expr} | {t.group})': with crossed grouping factors ({', '.join(group_exprs)}) only "
                         "random intercepts are supported, e.g. '(1 | plate) + (1 | sample)'."
@@ -381,7 +382,7 @@ class MixedLM:
             crossed_factors = list(dict.fromkeys(t.group for t in terms + nested_terms))
             nested_terms, terms = [], [_formula.RandomTerm("0", group_expr, True)]
         for t in nested_terms:
-            if t.expr.replace(" ", "") not in ("1", "1+0", "0+1"):
+            if not _is_intercept(t.expr):
                 raise FormulaError(
                     f"'({t.expr} | {t.group})': only random intercepts are supported for nested factors; "
                     f"write '(1 | {t.group})'."
@@ -580,7 +581,7 @@ class MixedLM:
             >>> round(r.llf, 4)
             -163.6635
         """
-        reml = check_flag(reml, "reml", "reml=True fits by REML, reml=False by ML.")
+        reml = check_reml(reml)
         gtol = check_positive(gtol, "gtol")
         warn = check_flag(warn, "warn")
         release_if_needed()
@@ -666,6 +667,11 @@ def _one_group_crossed_terms(vc_terms, group_name: str, expr: str, data: pd.Data
     return [_formula.RandomTerm("1", f, True) for f in factors]
 
 
+def _is_intercept(expr: str) -> bool:
+    """Whether a random-effect expression is a random intercept alone (``1``)."""
+    return expr.replace(" ", "") in ("1", "1+0", "0+1")
+
+
 def _nested_in(inner: str, outer: str, data: pd.DataFrame) -> bool:
     """Whether every level of ``inner`` occurs within a single level of ``outer`` (in the rows where
     both are known): a nested factor, even if its labels do not repeat across ``outer``."""
@@ -686,7 +692,7 @@ def _nest_by_data(terms, group_exprs, group_expr, data):
         return terms, group_expr, {}
     for outer in group_exprs:
         others = [g for g in group_exprs if g != outer and not g.startswith(outer + ":")]
-        intercepts = all(t.expr.replace(" ", "") in ("1", "1+0", "0+1") for t in terms if t.group in others)
+        intercepts = all(_is_intercept(t.expr) for t in terms if t.group in others)
         several = _group_values(outer, data).nunique(dropna=True) >= 2 if intercepts and others else False
         if others and intercepts and several and all(_nested_in(g, outer, data) for g in others):
             labels = {f"{outer}:{g}": g for g in others}

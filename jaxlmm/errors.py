@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numbers
 
+import numpy as np
+
 
 class JaxlmmError(Exception):
     """Base class of every error jaxlmm raises on purpose."""
@@ -54,9 +56,14 @@ def check_probability(value, name: str) -> None:
 def check_flag(value, name: str, hint: str = "") -> bool:
     """Return ``value`` as a bool, or raise `DataError` unless it is True or False (a string such
     as ``"ML"`` would otherwise count as true)."""
-    if isinstance(value, bool) or (hasattr(value, "dtype") and getattr(value, "dtype", None) == bool and getattr(value, "ndim", 1) == 0):
+    if isinstance(value, (bool, np.bool_)):
         return bool(value)
     raise DataError(f"{name} must be True or False, got {value!r}.{(' ' + hint) if hint else ''}")
+
+
+def check_reml(value) -> bool:
+    """`check_flag` for the ``reml`` argument of the fitting functions."""
+    return check_flag(value, "reml", "reml=True fits by REML, reml=False by ML.")
 
 
 def check_positive(value, name: str) -> float:

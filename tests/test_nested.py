@@ -49,16 +49,23 @@ def test_pastes_matches_lme4(formula, kwargs, cask_name, reml):
     assert "cask" in str(r.summary())
 
 
-def test_variance_component_with_correlated_random_slope():
-    rng = np.random.default_rng(3)
+def _two_level_data(seed, n_outer, n_inner, n_x, sd_outer, sd_inner, outer, inner, unique_inner):
+    """y = 1 + 0.5 x + (random intercept and slope of the outer factor) + (random intercept of the
+    inner factor) + noise; inner labels repeat across outer levels unless ``unique_inner``."""
+    rng = np.random.default_rng(seed)
     rows = []
-    for g in range(12):
-        b0, b1 = rng.normal(0, [2.0, 0.5])
-        for h in range(3):
-            c = rng.normal(0, 1.5)
-            for x in range(4):
-                rows.append({"g": f"g{g}", "h": f"h{h}", "x": float(x), "y": 1 + 0.5 * x + b0 + b1 * x + c + rng.normal()})
-    df = pd.DataFrame(rows)
+    for g in range(n_outer):
+        b0, b1 = rng.normal(0, list(sd_outer))
+        for h in range(n_inner):
+            c = rng.normal(0, sd_inner)
+            label = f"s{g}_{h}" if unique_inner else f"h{h}"
+            for x in range(n_x):
+                rows.append({outer: f"g{g}", inner: label, "x": float(x), "y": 1 + 0.5 * x + b0 + b1 * x + c + rng.normal()})
+    return pd.DataFrame(rows)
+
+
+def test_variance_component_with_correlated_random_slope():
+    df = _two_level_data(3, 12, 3, 4, (2.0, 0.5), 1.5, "g", "h", unique_inner=False)
     m = jaxlmm.MixedLM.from_formula("y ~ x + (x | g) + (1 | g:h)", df)
     r = m.fit()
     assert r.converged and m.design.n_theta == 4
@@ -71,15 +78,7 @@ def test_variance_component_with_correlated_random_slope():
 def test_factor_nested_by_its_labels_is_fitted_as_nested():
     """Inner levels labelled uniquely across groups (no 'g:' in the formula) are nested in the data:
     (x | school) + (1 | klass) is the model (x | school) + (1 | school:klass), not a crossed one (lme4 agrees)."""
-    rng = np.random.default_rng(11)
-    rows = []
-    for g in range(15):
-        b0, b1 = rng.normal(0, [1.5, 0.4])
-        for h in range(4):
-            c = rng.normal(0, 1.0)
-            for x in range(3):
-                rows.append({"school": f"g{g}", "klass": f"s{g}_{h}", "x": float(x), "y": b0 + (0.5 + b1) * x + c + rng.normal()})
-    df = pd.DataFrame(rows)
+    df = _two_level_data(11, 15, 4, 3, (1.5, 0.4), 1.0, "school", "klass", unique_inner=True)
     by_label = jaxlmm.MixedLM.from_formula("y ~ x + (x | school) + (1 | klass)", df).fit()
     explicit = jaxlmm.MixedLM.from_formula("y ~ x + (x | school) + (1 | school:klass)", df).fit()
     assert by_label.llf == pytest.approx(explicit.llf, abs=1e-8)
