@@ -9,14 +9,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._crossed import CrossedTerms
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Design:
     """Arrays of one LMM: ``y`` (n,), ``X`` (n, p), ``Z`` (n, q), ``group`` codes 0..m-1 (n,), ``mask`` (n,).
 
-    ``lambda_index`` (q × q nested tuple) says which θ fills each entry of the lower-triangular
-    relative covariance factor Λ (-1: structurally zero). ``n_groups`` and ``lambda_index`` are
+    ``lambda_index`` (nested tuple) says which θ fills each entry of the lower-triangular
+    relative covariance factor Λ (-1: structurally zero): the leading factor's q × q block first,
+    then one block per further term of a crossed model, whose rows are held in ``crossed``
+    (`CrossedTerms`; None for one grouping factor). ``n_groups`` and ``lambda_index`` are
     static: changing them recompiles; changing the arrays does not. ``replace`` returns a copy
     with some arrays swapped, for differentiating a fit with respect to them.
 
@@ -35,6 +39,7 @@ class Design:
     mask: jax.Array
     n_groups: int = dataclasses.field(metadata=dict(static=True))
     lambda_index: tuple = dataclasses.field(metadata=dict(static=True))
+    crossed: CrossedTerms | None = None
 
     def replace(self, **changes: Any) -> "Design":
         """A copy with the named arrays replaced (``y``, ``X``, ``Z``, ``mask``)."""
@@ -77,7 +82,8 @@ def theta_on_diagonal(lambda_index: np.ndarray) -> np.ndarray:
     return rows == cols
 
 
-def make_design(y, X, Z, group, n_groups: int, lambda_index, mask=None, dtype=np.float64) -> Design:
+def make_design(y, X, Z, group, n_groups: int, lambda_index, mask=None, dtype=np.float64,
+                crossed: CrossedTerms | None = None) -> Design:
     """Build a `Design` from array-likes (no checks: the model layer validates user input).
 
     The arrays are kept as NumPy arrays (JAX converts them when a fit is called, and they are
@@ -94,4 +100,5 @@ def make_design(y, X, Z, group, n_groups: int, lambda_index, mask=None, dtype=np
         mask=np.asarray(mask, dtype),
         n_groups=int(n_groups),
         lambda_index=tuple(tuple(int(v) for v in row) for row in np.asarray(lambda_index)),
+        crossed=None if crossed is None else dataclasses.replace(crossed, Z=np.asarray(crossed.Z, dtype)),
     )

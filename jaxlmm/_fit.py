@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _linalg
+from ._crossed import crossed_stats
 from ._design import Design
 from ._kernels import (
     conditional_modes,
@@ -46,6 +47,8 @@ class FitArrays(NamedTuple):
     grad_norm: jax.Array
     iterations: jax.Array
     theta_at_bound: jax.Array
+    ranef_other: jax.Array | None = None  # crossed models: the other terms' modes (blocks, width)
+    ranef_other_cov: jax.Array | None = None  # and their conditional covariances (blocks, width, width)
 
 
 def _varpar(theta, sigma2, lambda_index, rows, cols):
@@ -138,7 +141,7 @@ def fit_stats(
     sigma2 = sol.pwrss / residual_dof(stats, reml)
     lam = relative_factor(theta, lambda_index)
     A_inv = _linalg.cho_solve(sol.A_chol, jnp.eye(sol.A_chol.shape[0], dtype=theta.dtype))
-    ranef, ranef_cov = conditional_modes(theta, sol, lambda_index, sigma2)
+    ranef, ranef_cov, ranef_other, ranef_other_cov = conditional_modes(theta, sol, lambda_index, sigma2)
 
     return FitArrays(
         theta=theta,
@@ -154,6 +157,8 @@ def fit_stats(
         grad_norm=grad_norm,
         iterations=iterations,
         theta_at_bound=jnp.asarray(snappable) & (theta == 0),
+        ranef_other=ranef_other,
+        ranef_other_cov=ranef_other_cov,
     )
 
 
@@ -192,6 +197,8 @@ def design_stats(design: Design):
     """Precondition the design and reduce it to sufficient statistics: (preconditioner, stats)."""
     pre = precondition(design.y, design.X, design.mask)
     stats = sufficient_stats(pre.y, pre.X, design.Z, design.group, design.mask, design.n_groups)
+    if design.crossed is not None:
+        stats = crossed_stats(stats, pre.y, pre.X, design.Z, design.mask, design.crossed)
     return pre, stats
 
 

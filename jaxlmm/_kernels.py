@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _linalg
+from ._crossed import CrossedStats, crossed_modes, crossed_omega
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -54,6 +55,7 @@ class PenalisedSolution(NamedTuple):
     L: jax.Array  # (m, q, q)
     cu: jax.Array  # (m, q)
     CX: jax.Array  # (m, q, p)
+    crossed: CrossedStats | None = None  # a crossed model's statistics, for its conditional modes
 
 
 def sufficient_stats(
@@ -94,6 +96,8 @@ def relative_factor(theta: jax.Array, lambda_index: jax.Array) -> jax.Array:
 
 def penalised_solution(theta: jax.Array, stats: SufficientStats, lambda_index: jax.Array) -> PenalisedSolution:
     """Solve the penalised least-squares problem at θ (β̂, pwrss, log-determinants, factors)."""
+    if isinstance(stats, CrossedStats):
+        return _crossed_solution(theta, stats, lambda_index)
     lam = relative_factor(theta, lambda_index)
     q = lam.shape[0]
     M = jnp.einsum("ji,gjk,kl->gil", lam, stats.ZtZ, lam) + jnp.eye(q, dtype=lam.dtype)
@@ -110,14 +114,17 @@ def penalised_solution(theta: jax.Array, stats: SufficientStats, lambda_index: j
     )
 
 
-def deviance_terms(theta: jax.Array, stats: SufficientStats, lambda_index: jax.Array):
-    """(Σ log|L_g|², log|A|, pwrss) at θ — the lean path used by the optimiser.
+def _omega(theta: jax.Array, stats, lambda_index: jax.Array):
+    """(Σ log|L|², Ω) at θ: the log-determinant of the random-effects block of the factor, and
+    Ω = [[XᵀX, Xᵀy], [yᵀX, yᵀy]] − Wᵀ W, the fixed-effects block left after eliminating the random effects.
 
-    One augmented solve: with B_g = Λᵀ [Z_gᵀX, Z_gᵀy] and W_g = L_g⁻¹ B_g, the matrix
-    Ω = [[XᵀX, Xᵀy], [yᵀX, yᵀy]] − Σ W_gᵀ W_g has Cholesky factor R with R[:p, :p] the factor of A
-    and R[p, p]² = pwrss (the Schur complement of A).
+    One augmented solve: with B_g = Λᵀ [Z_gᵀX, Z_gᵀy] and W_g = L_g⁻¹ B_g, Ω's Cholesky factor R has
+    R[:p, :p] the factor of A and R[p, p]² = pwrss (the Schur complement of A). Crossed models
+    (`CrossedStats`) add the dense block of the other terms (`_crossed.crossed_omega`).
     """
     lam = relative_factor(theta, lambda_index)
+    if isinstance(stats, CrossedStats):
+        return crossed_omega(lam, stats)
     q = lam.shape[0]
     M = jnp.einsum("ji,gjk,kl->gil", lam, stats.ZtZ, lam) + jnp.eye(q, dtype=lam.dtype)
     L = _linalg.cholesky(M)
@@ -125,11 +132,29 @@ def deviance_terms(theta: jax.Array, stats: SufficientStats, lambda_index: jax.A
     W = _linalg.solve_lower(L, B)
     top = jnp.concatenate([stats.XtX, stats.Xty[:, None]], axis=1)
     bottom = jnp.concatenate([stats.Xty, stats.yty[None]])[None, :]
-    omega = jnp.concatenate([top, bottom], axis=0) - jnp.einsum("gqc,gqd->cd", W, W)
+    return _linalg.logdet_from_cholesky(L), jnp.concatenate([top, bottom], axis=0) - jnp.einsum("gqc,gqd->cd", W, W)
+
+
+def _crossed_solution(theta: jax.Array, stats: CrossedStats, lambda_index: jax.Array) -> PenalisedSolution:
+    """β̂, pwrss and the log-determinants of a crossed model from Ω's factor; ``L``/``cu``/``CX``
+    are left empty (`conditional_modes` recomputes the blocks from ``stats``)."""
+    logdet_L, omega = _omega(theta, stats, lambda_index)
+    R = _linalg.cholesky(omega)
+    p = stats.XtX.shape[0]
+    A_chol = R[:p, :p]
+    beta = _linalg.solve_upper_transposed(A_chol, R[p, :p])
+    empty = jnp.zeros((0,), theta.dtype)
+    return PenalisedSolution(beta, R[p, p] ** 2, logdet_L, _linalg.logdet_from_cholesky(A_chol), A_chol, empty, empty,
+                             empty, stats)
+
+
+def deviance_terms(theta: jax.Array, stats, lambda_index: jax.Array):
+    """(Σ log|L|², log|A|, pwrss) at θ — the lean path used by the optimiser."""
+    logdet_L, omega = _omega(theta, stats, lambda_index)
     R = _linalg.cholesky(omega)
     p = stats.XtX.shape[0]
     diag = jnp.diagonal(R)
-    return _linalg.logdet_from_cholesky(L), 2.0 * jnp.sum(jnp.log(diag[:p])), diag[p] ** 2
+    return logdet_L, 2.0 * jnp.sum(jnp.log(diag[:p])), diag[p] ** 2
 
 
 def residual_dof(stats: SufficientStats, reml: bool) -> jax.Array:
@@ -157,12 +182,15 @@ def deviance_at_scale(
 
 
 def conditional_modes(theta: jax.Array, sol: PenalisedSolution, lambda_index: jax.Array, sigma2: jax.Array):
-    """Random effects b̂_g = Λ L_g⁻ᵀ (c_g − C_g β̂) and their conditional covariances σ² Λ (L_g L_gᵀ)⁻¹ Λᵀ."""
+    """Random effects b̂_g = Λ L_g⁻ᵀ (c_g − C_g β̂) and their conditional covariances σ² Λ (L_g L_gᵀ)⁻¹ Λᵀ;
+    crossed models also return the other terms' (blocks, width) modes and covariances (else None)."""
     lam = relative_factor(theta, lambda_index)
+    if sol.crossed is not None:
+        return crossed_modes(lam, sol.crossed, sol.beta, sigma2)
 
     q = lam.shape[0]
     u = _linalg.solve_upper_transposed(sol.L, sol.cu - jnp.einsum("gqp,p->gq", sol.CX, sol.beta))
     eye = jnp.broadcast_to(jnp.eye(q, dtype=lam.dtype), sol.L.shape)
     L_inv = _linalg.solve_lower(sol.L, eye)
     S = jnp.einsum("ij,gkj->gik", lam, L_inv)  # Λ L⁻ᵀ
-    return jnp.einsum("ij,gj->gi", lam, u), sigma2 * jnp.einsum("gik,gjk->gij", S, S)
+    return jnp.einsum("ij,gj->gi", lam, u), sigma2 * jnp.einsum("gik,gjk->gij", S, S), None, None

@@ -30,6 +30,10 @@ class IdentifiabilityError(JaxlmmError, ValueError):
     """The model cannot be estimated from these data (collinear effects, too many parameters)."""
 
 
+class ModelTooLargeError(JaxlmmError, MemoryError):
+    """The model's dense blocks would not fit in memory (the message names the terms and the limit)."""
+
+
 class SingularFitWarning(UserWarning):
     """The fit is on the boundary: a random-effect variance is zero or a correlation is ±1."""
 

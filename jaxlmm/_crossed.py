@@ -1,0 +1,247 @@
+"""Random-effects terms beyond the leading factor: the blocked Cholesky factor of crossed models.
+
+A model's random effects are terms, each a grouping factor with its own model columns and its own
+covariance block of Λ. The factor with the most levels *leads*: its effects are the per-level
+blocks of `_kernels` (``Design.Z``, ``Design.group``). Every other term (a factor crossed with the
+leader, or partially crossed) is held here. With u = (u₁ for the leader, u₂ for the others, D
+entries in all) the penalised system's lower Cholesky factor is blocked as in MixedModels.jl:
+
+    [ L₁     0   ]     L₁ = blockdiag(L₁g),  L₁g L₁gᵀ = Λ₁ᵀ Z₁gᵀ Z₁g Λ₁ + I       (per leading level)
+    [ L₂₁   L₂₂  ]     L₂₁ = Λ₂ᵀ Z₂ᵀ Z₁ Λ₁ L₁⁻ᵀ                                     (sparse)
+                       L₂₂ L₂₂ᵀ = Λ₂ᵀ Z₂ᵀ Z₂ Λ₂ + I − L₂₁ L₂₁ᵀ                    (dense, D × D)
+
+L₂₁ is sparse: a leading level meets few levels of the other factors. Its non-zero blocks are
+*entries* (leading level g, other block b), built once in NumPy: V_e = L₁g⁻¹ Λ₁ᵀ C_e Λ_b with C_e
+the cross-products of the rows of g in block b. The Schur update L₂₁ L₂₁ᵀ is a scatter-add of
+V_eᵀ V_f over the *pairs* of entries that share a leading level. Columns of X and y ride along
+as in `_kernels.deviance_terms`; the dense block enters through `logdet_and_quadratic`, whose
+derivative costs one inverse instead of differentiating a factorisation.
+
+Memory: O(rows + entries + pairs + D²); `check_dense_size` refuses a dense block that would not fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _linalg
+from .errors import ModelTooLargeError
+
+# A dense block of D × D float64 needs about 6 copies of D² in a gradient evaluation.
+DENSE_MAX_BYTES = 4 * 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossedLayout:
+    """Static shape of the non-leading terms: levels per term and its columns in the Λ template."""
+
+    level_counts: tuple[int, ...]
+    columns: tuple[tuple[int, int], ...]  # (start, size) of each term's block in the Λ template
+    n_lead: int  # levels of the leading factor
+
+    @property
+    def n_blocks(self) -> int:
+        return int(sum(self.level_counts))
+
+    @property
+    def width(self) -> int:
+        return max(size for _, size in self.columns)
+
+    @property
+    def dense_size(self) -> int:
+        return self.n_blocks * self.width
+
+    @property
+    def term_of_block(self) -> np.ndarray:
+        return np.repeat(np.arange(len(self.level_counts)), self.level_counts)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class CrossedTerms:
+    """The rows' effects on the non-leading terms, and the sparsity pattern of L₂₁.
+
+    ``Z`` (n, T, w): each row's model columns for each of the T terms (padded to the widest, w);
+    ``block`` (n, T): the row's level of each term as a global block id (term offsets added);
+    ``row_entry`` (n, T): the entry (leading level, block) each row contributes to;
+    ``entry_group``/``entry_block`` (E,): each entry's leading level and block, sorted by level;
+    ``pair_first``/``pair_second`` (P,): every ordered pair of entries of one leading level.
+    """
+
+    Z: jax.Array
+    block: jax.Array
+    row_entry: jax.Array
+    entry_group: jax.Array
+    entry_block: jax.Array
+    pair_first: jax.Array
+    pair_second: jax.Array
+    layout: CrossedLayout = dataclasses.field(metadata=dict(static=True))
+
+
+def check_dense_size(layout: CrossedLayout, names: tuple[str, ...] = ()) -> None:
+    """Refuse a dense block too large for memory, naming the terms and the limit."""
+    D = layout.dense_size
+    need = 6 * 8 * D * D
+    if need > DENSE_MAX_BYTES:
+        which = ", ".join(names) if names else "the non-leading terms"
+        raise ModelTooLargeError(
+            f"the crossed terms {which} have {D:,} random effects in all beside the leading factor: their dense "
+            f"Cholesky block would need about {need / 2**30:.1f} GiB (limit {DENSE_MAX_BYTES / 2**30:.0f} GiB, "
+            f"{int((DENSE_MAX_BYTES / 48) ** 0.5):,} effects). Drop or nest one of these factors, or fit a subset."
+        )
+
+
+def build_crossed_terms(lead_codes: np.ndarray, n_lead: int, codes: list[np.ndarray], level_counts: list[int],
+                        Zs: list[np.ndarray], columns: list[tuple[int, int]]) -> CrossedTerms:
+    """The `CrossedTerms` of non-leading terms with level ``codes`` (0..levels-1, one array per term)
+    and model columns ``Zs`` (n × q each), whose Λ blocks sit at ``columns`` of the template."""
+    n = len(lead_codes)
+    layout = CrossedLayout(tuple(int(k) for k in level_counts), tuple((int(a), int(b)) for a, b in columns), int(n_lead))
+    T, w = len(codes), layout.width
+    Z = np.zeros((n, T, w))
+    for k, Zk in enumerate(Zs):
+        Z[:, k, : Zk.shape[1]] = Zk
+    offsets = np.concatenate([[0], np.cumsum(level_counts)[:-1]]).astype(np.int64)
+    block = np.stack([np.asarray(c, np.int64) + offsets[k] for k, c in enumerate(codes)], axis=1)
+    lead = np.asarray(lead_codes, np.int64)
+    key = lead[:, None] * layout.n_blocks + block  # (n, T): sorted unique keys number the entries
+    keys, row_entry = np.unique(key.ravel(), return_inverse=True)
+    entry_group, entry_block = keys // layout.n_blocks, keys % layout.n_blocks
+    counts = np.bincount(entry_group, minlength=n_lead)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    per_entry = counts[entry_group]
+    first = np.repeat(np.arange(len(keys)), per_entry)
+    offset_in_pair = np.arange(len(first)) - np.repeat(np.cumsum(per_entry) - per_entry, per_entry)
+    second = starts[entry_group[first]] + offset_in_pair
+    i32 = lambda a: np.asarray(a, np.int32)  # noqa: E731
+    return CrossedTerms(Z=Z, block=i32(block), row_entry=i32(row_entry.reshape(n, T)), entry_group=i32(entry_group),
+                        entry_block=i32(entry_block), pair_first=i32(first), pair_second=i32(second), layout=layout)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class CrossedStats:
+    """Sufficient statistics of a crossed model: the leader's (`SufficientStats`), the entries'
+    cross-products ``C`` (E, q₁, w), the other terms' ``G`` = Z₂ᵀZ₂ (B, B, w, w), ``ZtX`` (B, w, p)
+    and ``Zty`` (B, w), and the integer pattern of `CrossedTerms`."""
+
+    lead: NamedTuple
+    C: jax.Array
+    G: jax.Array
+    ZtX: jax.Array
+    Zty: jax.Array
+    entry_group: jax.Array
+    entry_block: jax.Array
+    pair_first: jax.Array
+    pair_second: jax.Array
+    layout: CrossedLayout = dataclasses.field(metadata=dict(static=True))
+
+    # the pooled statistics, as `SufficientStats` names them
+    XtX = property(lambda self: self.lead.XtX)
+    Xty = property(lambda self: self.lead.Xty)
+    yty = property(lambda self: self.lead.yty)
+    nobs = property(lambda self: self.lead.nobs)
+
+
+def crossed_stats(lead, y: jax.Array, X: jax.Array, Z1: jax.Array, mask: jax.Array, terms: CrossedTerms) -> CrossedStats:
+    """Reduce the rows to the statistics of the non-leading terms (rows with ``mask == 0`` count nothing)."""
+    layout = terms.layout
+    B, w = layout.n_blocks, layout.width
+    n, T, _ = terms.Z.shape
+    E = terms.entry_group.shape[0]
+    Zw = terms.Z * mask[:, None, None]
+    C = jax.ops.segment_sum((Z1[:, None, :, None] * Zw[:, :, None, :]).reshape(n * T, Z1.shape[1], w),
+                            terms.row_entry.reshape(-1), E)
+    pair = (terms.block[:, :, None] * B + terms.block[:, None, :]).reshape(-1)
+    G = jax.ops.segment_sum((Zw[:, :, None, :, None] * terms.Z[:, None, :, None, :]).reshape(n * T * T, w, w), pair,
+                            B * B).reshape(B, B, w, w)
+    flat_block = terms.block.reshape(-1)
+    ZtX = jax.ops.segment_sum((Zw[:, :, :, None] * X[:, None, None, :]).reshape(n * T, w, X.shape[1]), flat_block, B)
+    Zty = jax.ops.segment_sum((Zw * y[:, None, None]).reshape(n * T, w), flat_block, B)
+    return CrossedStats(lead, C, G, ZtX, Zty, terms.entry_group, terms.entry_block, terms.pair_first,
+                        terms.pair_second, layout)
+
+
+def block_factors(lam: jax.Array, layout: CrossedLayout) -> jax.Array:
+    """Λ_b (B, w, w) of every block of the non-leading terms, cut from the Λ template and padded."""
+    w = layout.width
+    per_term = [jnp.pad(lam[a: a + s, a: a + s], ((0, w - s), (0, w - s))) for a, s in layout.columns]
+    return jnp.stack(per_term)[layout.term_of_block]
+
+
+class _Blocks(NamedTuple):
+    L1: jax.Array  # (m, q₁, q₁)
+    W1: jax.Array  # (m, q₁, p + 1): L₁g⁻¹ Λ₁ᵀ Z₁gᵀ [X y]
+    V: jax.Array  # (E, q₁, w): the non-zero blocks of L₂₁ᵀ
+    M22: jax.Array  # (D, D): Λ₂ᵀZ₂ᵀZ₂Λ₂ + I − L₂₁L₂₁ᵀ
+    B2: jax.Array  # (D, p + 1): Λ₂ᵀZ₂ᵀ[X y] − L₂₁ W₁
+    lam1: jax.Array
+    lamB: jax.Array
+
+
+def _blocks(lam: jax.Array, stats: CrossedStats) -> _Blocks:
+    layout, lead = stats.layout, stats.lead
+    m, q1 = lead.ZtZ.shape[0], lead.ZtZ.shape[-1]
+    B, w = layout.n_blocks, layout.width
+    lam1, lamB = lam[:q1, :q1], block_factors(lam, layout)
+    M1 = jnp.einsum("ji,gjk,kl->gil", lam1, lead.ZtZ, lam1) + jnp.eye(q1, dtype=lam.dtype)
+    L1 = _linalg.cholesky(M1)
+    W1 = _linalg.solve_lower(L1, jnp.einsum("ji,gjc->gic", lam1, jnp.concatenate([lead.ZtX, lead.Zty[:, :, None]], 2)))
+    scaled = _linalg.solve_lower(L1, jnp.broadcast_to(lam1.T, (m, q1, q1)))  # L₁g⁻¹ Λ₁ᵀ
+    V = jnp.einsum("eij,ejk,ekl->eil", scaled[stats.entry_group], stats.C, lamB[stats.entry_block])
+    D = B * w
+    M22 = jnp.einsum("aji,abjk,bkl->aibl", lamB, stats.G, lamB).reshape(D, D) + jnp.eye(D, dtype=lam.dtype)
+    products = jnp.einsum("pia,pib->pab", V[stats.pair_first], V[stats.pair_second])
+    target = stats.entry_block[stats.pair_first] * B + stats.entry_block[stats.pair_second]
+    update = jax.ops.segment_sum(products, target, B * B).reshape(B, B, w, w).transpose(0, 2, 1, 3).reshape(D, D)
+    B2 = jnp.einsum("aji,ajc->aic", lamB, jnp.concatenate([stats.ZtX, stats.Zty[:, :, None]], 2))
+    B2 = B2 - jax.ops.segment_sum(jnp.einsum("eia,eic->eac", V, W1[stats.entry_group]), stats.entry_block, B)
+    return _Blocks(L1, W1, V, M22 - update, B2.reshape(D, -1), lam1, lamB)
+
+
+def crossed_omega(lam: jax.Array, stats: CrossedStats):
+    """(Σ log|L₁g|² + log|L₂₂|², Ω): Ω = [[XᵀX, Xᵀy], [yᵀX, yᵀy]] − W₁ᵀW₁ − W₂ᵀW₂, whose Cholesky
+    factor holds A's and pwrss (see `_kernels.deviance_terms`)."""
+    blocks = _blocks(lam, stats)
+    logdet22, quad = _linalg.logdet_and_quadratic(blocks.M22, blocks.B2)
+    top = jnp.concatenate([stats.XtX, stats.Xty[:, None]], axis=1)
+    bottom = jnp.concatenate([stats.Xty, stats.yty[None]])[None, :]
+    omega = jnp.concatenate([top, bottom], axis=0) - jnp.einsum("gqc,gqd->cd", blocks.W1, blocks.W1) - quad
+    return _linalg.logdet_from_cholesky(blocks.L1) + logdet22, omega
+
+
+def crossed_modes(lam: jax.Array, stats: CrossedStats, beta: jax.Array, sigma2: jax.Array):
+    """Conditional modes and covariances: (leader's b (m, q₁), their covariances (m, q₁, q₁),
+    the other blocks' b (B, w), their covariances (B, w, w)), conditional on β̂ as lme4's ``condVar``."""
+    blocks = _blocks(lam, stats)
+    m, q1 = blocks.W1.shape[0], blocks.W1.shape[1]
+    B, w = stats.layout.n_blocks, stats.layout.width
+    L22 = _linalg.cholesky(blocks.M22)
+    L22_inv = _linalg._triangular_inverse(L22)
+    W2 = L22_inv @ blocks.B2
+    p = beta.shape[0]
+    u2 = L22_inv.T @ (W2[:, p] - W2[:, :p] @ beta)
+    u2_blocks = u2.reshape(B, w)
+    coupled = jax.ops.segment_sum(jnp.einsum("eia,ea->ei", blocks.V, u2_blocks[stats.entry_block]), stats.entry_group, m)
+    r1 = blocks.W1[:, :, p] - blocks.W1[:, :, :p] @ beta - coupled
+    u1 = _linalg.solve_upper_transposed(blocks.L1, r1)
+    P = (L22_inv.T @ L22_inv).reshape(B, w, B, w)
+    cov_u2 = P[jnp.arange(B), :, jnp.arange(B), :]  # (B, w, w) diagonal blocks of M₂₂⁻¹
+    P_pairs = P[stats.entry_block[stats.pair_first], :, stats.entry_block[stats.pair_second], :]  # (P, w, w)
+    inner = jax.ops.segment_sum(
+        jnp.einsum("pia,pab,pjb->pij", blocks.V[stats.pair_first], P_pairs, blocks.V[stats.pair_second]),
+        stats.entry_group[stats.pair_first], m,
+    )
+    L1_inv = _linalg.solve_lower(blocks.L1, jnp.broadcast_to(jnp.eye(q1, dtype=lam.dtype), blocks.L1.shape))
+    cov_u1 = jnp.einsum("gki,gkl,glj->gij", L1_inv, jnp.eye(q1, dtype=lam.dtype) + inner, L1_inv)
+    lam1, lamB = blocks.lam1, blocks.lamB
+    b1 = jnp.einsum("ij,gj->gi", lam1, u1)
+    b2 = jnp.einsum("aij,aj->ai", lamB, u2_blocks)
+    cov1 = sigma2 * jnp.einsum("ij,gjk,lk->gil", lam1, cov_u1, lam1)
+    cov2 = sigma2 * jnp.einsum("aij,ajk,alk->ail", lamB, cov_u2, lamB)
+    return b1, cov1, b2, cov2
