@@ -13,6 +13,7 @@ import pandas as pd
 from . import _formula
 from ._config import float64
 from ._memory_maps import release_if_needed
+from ._crossed import CrossedTerms, build_crossed_terms, check_dense_size
 from ._design import Design, make_design
 from .errors import (
     DataError,
@@ -38,6 +39,7 @@ class RandomBlock:
     correlated: bool
     tied: bool = False
     label: str | None = None
+    factor: str | None = None  # crossed models: the grouping factor of the block (None: the model's group)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,37 +86,24 @@ class NestedSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class CrossedSpec:
-    """Encoder of a random intercept for one of several crossed grouping factors, ``(1 | f)``:
-    one indicator column per level of ``f`` seen in fitting (unseen levels encode to zeros, so
-    their prediction is population-level)."""
+class FactorTerms:
+    """One grouping factor of a crossed model with the random-effect columns of all its terms:
+    ``levels`` seen in fitting, display ``columns`` (e.g. ``("Intercept", "c")``), their ``names``
+    in the model's Λ template (``exog_re_names``), and the formula specs that encode them."""
 
     factor: str
-    levels: tuple[str, ...]
+    levels: pd.Index
+    columns: tuple[str, ...]
+    names: tuple[str, ...]
+    specs: tuple  # formulaic ModelSpecs of the factor's terms, in column order
 
-    @classmethod
-    def learn(cls, data: pd.DataFrame, factor: str) -> "CrossedSpec":
-        return cls(factor, tuple(np.unique(_group_values(factor, data).astype(str).to_numpy())))
+    def codes(self, data: pd.DataFrame) -> np.ndarray:
+        """Each row's level index, -1 for a level not seen in fitting."""
+        values = _group_values(self.factor, data)
+        return self.levels.get_indexer(values.astype(str))
 
-    @property
-    def names(self) -> list[str]:
-        return [f"{self.factor}[{level}]" for level in self.levels]
-
-    def get_model_matrix(self, data: pd.DataFrame, na_action: str = "ignore") -> pd.DataFrame:
-        values = _group_values(self.factor, data).astype(str).to_numpy()
-        lookup = {level: j for j, level in enumerate(self.levels)}
-        out = np.zeros((len(data), len(self.levels)))
-        for i, value in enumerate(values):
-            j = lookup.get(value)
-            if j is not None:
-                out[i, j] = 1.0
-        return pd.DataFrame(out, columns=self.names, index=data.index)
-
-
-# Crossed factors are fitted as one group holding every level of every factor (dense Λ, Cholesky of
-# a q × q matrix per evaluation), so their total number of levels is bounded.
-CROSSED_MAX_LEVELS = 400
-CROSSED_GROUP = "(all)"
+    def encode(self, data: pd.DataFrame) -> np.ndarray:
+        return np.concatenate([_encode_with(spec, data) for spec in self.specs], axis=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +188,8 @@ class MixedLM:
         (10.4673, 'REML')
     """
 
-    crossed_factors: tuple = ()  # ((factor, number of levels), ...) for crossed random intercepts
+    crossed_factors: tuple = ()  # crossed models: ((factor, number of levels), ...), the leading factor first
+    factor_terms: tuple = ()  # crossed models: one `FactorTerms` per factor, the leading factor first
 
     def __init__(
         self,
@@ -247,11 +237,12 @@ class MixedLM:
         blocks = list(_blocks) if _blocks is not None else [RandomBlock(tuple(z_names), True)]
         self._init_checked(y, y_name, X, x_names, Z, z_names, g, blocks, _spec, n_dropped)
 
-    def _init_checked(self, y, y_name, X, x_names, Z, z_names, g, blocks, spec, n_dropped, group_label="groups"):
+    def _init_checked(self, y, y_name, X, x_names, Z, z_names, g, blocks, spec, n_dropped, group_label="groups",
+                      crossed: CrossedTerms | None = None, re_names: list | None = None):
         codes, levels = pd.factorize(g, sort=True)
         n, p = X.shape
         m, q = len(levels), Z.shape[1]
-        if m < 2 and not self.crossed_factors:
+        if m < 2:
             raise DataError(
                 f"the grouping factor {group_label!r} has {m} level{'s' if m != 1 else ''}; a mixed model needs at least 2 groups "
                 "(with one group, fit an ordinary regression instead)."
@@ -266,10 +257,12 @@ class MixedLM:
             )
         if n <= p:
             raise IdentifiabilityError(f"{n} observations cannot identify {p} fixed effects; use fewer terms.")
-        if m * q >= n:
+        n_effects = m * q + (0 if crossed is None else sum(
+            k * size for k, (_, size) in zip(crossed.layout.level_counts, crossed.layout.columns)))
+        if n_effects >= n:
             raise IdentifiabilityError(
                 f"the number of observations ({n}) is not larger than the number of random effects "
-                f"({m} groups × {q} = {m * q}): the random-effect variances and the residual variance cannot "
+                f"({n_effects}): the random-effect variances and the residual variance cannot "
                 "both be identified. Use fewer random effects per group (e.g. a random intercept only)."
             )
         _warn_if_absorbed_by_fixed_effects(X, Z, codes, m, group_label, x_names)
@@ -279,7 +272,7 @@ class MixedLM:
             raise IdentifiabilityError(f"the random-effect columns are collinear: {problem}. Remove one of them.")
         self.endog_name = y_name
         self.exog_names = list(x_names)
-        self.exog_re_names = list(z_names)
+        self.exog_re_names = list(z_names if re_names is None else re_names)
         self.group_levels = pd.Index(levels)
         self.blocks = tuple(blocks)
         self.spec = spec
@@ -288,7 +281,7 @@ class MixedLM:
         self.row_index = pd.RangeIndex(n)  # the data's index of the fitted rows (set by from_formula)
         self.lambda_index = lambda_index_for_blocks(self.blocks)
         with float64():
-            self.design: Design = make_design(y, X, Z, codes, m, self.lambda_index)
+            self.design: Design = make_design(y, X, Z, codes, m, self.lambda_index, crossed=crossed)
 
     # --------------------------------------------------------------------------------------------
     @classmethod
@@ -369,18 +362,12 @@ class MixedLM:
         group_exprs = sorted({t.group for t in terms}, key=lambda g: (g.count(":"), g))
         nested_terms = [t for t in terms if t.group != group_expr]
         terms = [t for t in terms if t.group == group_expr]
-        crossed = any(not t.group.startswith(group_expr + ":") for t in nested_terms)
+        crossed = any(not t.group.startswith(group_expr + ":") or not _is_intercept(t.expr) for t in nested_terms)
         if crossed:
-            for t in terms + nested_terms:
-                if not _is_intercept(t.expr):
-                    raise FormulaError(
-                        f"'({t.expr} | {t.group})': with crossed grouping factors ({', '.join(group_exprs)}) only "
-                        "random intercepts are supported, e.g. '(1 | plate) + (1 | sample)'."
-                    )
             if vc_terms:
-                raise FormulaError("vc_formula cannot be combined with crossed grouping factors; use '(1 | factor)' terms.")
-            crossed_factors = list(dict.fromkeys(t.group for t in terms + nested_terms))
-            nested_terms, terms = [], [_formula.RandomTerm("0", group_expr, True)]
+                raise FormulaError("vc_formula cannot be combined with crossed grouping factors; write the components as "
+                                   "'(1 | factor)' terms.")
+            return cls._from_crossed_terms(parsed, terms + nested_terms, data, formula, missing, labels)
         for t in nested_terms:
             if not _is_intercept(t.expr):
                 raise FormulaError(
@@ -397,27 +384,12 @@ class MixedLM:
         group_cols = [p.strip() for p in group_expr.split(":")]
         for t in nested_terms:
             group_cols += [p.strip() for p in t.group.split(":")]
-        if crossed:
-            group_cols = [p.strip() for f in crossed_factors for p in f.split(":")]
         group_cols = list(dict.fromkeys(group_cols))
         if any("/" in c for c in group_cols):
             _group_values(group_expr, data)  # raises the nested-grouping error
         _formula.check_columns_exist(group_cols, data, formula)
         used_cols = list(dict.fromkeys(used + group_cols))
-        bad = _bad_rows(data, used_cols)
-        n_dropped = 0
-        if bad.any():
-            counts = {c: int(_bad_rows(data, [c]).sum()) for c in used_cols}
-            detail = ", ".join(f"{c!r} ({k} rows)" for c, k in counts.items() if k)
-            if missing == "raise":
-                raise MissingDataError(
-                    f"NaN or inf in columns the model uses: {detail}. Pass missing='drop' to drop those "
-                    f"{int(bad.sum())} rows, or clean the data."
-                )
-            data = data.loc[~bad]
-            n_dropped = int(bad.sum())
-        row_index = data.index
-        data = data.reset_index(drop=True)
+        data, row_index, n_dropped = _drop_missing_rows(data, used_cols, missing)
 
         if parsed.response not in data.columns and parsed.response.isidentifier():
             _formula.check_columns_exist([parsed.response], data, formula)
@@ -448,28 +420,6 @@ class MixedLM:
             blocks.append(RandomBlock(tuple(frame.columns), False, tied=True, label=labels.get(t.group, t.group)))
             z_cols.append(frame.to_numpy())
             z_names += list(frame.columns)
-        crossed_levels: tuple = ()
-        if crossed:
-            specs = [CrossedSpec.learn(data, f) for f in crossed_factors]
-            specs.sort(key=lambda c: -len(c.levels))  # lme4's order: most levels first
-            few = [c.factor for c in specs if len(c.levels) < 2]
-            if few:
-                raise DataError(f"the grouping factor(s) {', '.join(map(repr, few))} have fewer than 2 levels; a random "
-                                "effect needs at least 2.")
-            total = sum(len(c.levels) for c in specs)
-            if total > CROSSED_MAX_LEVELS:
-                raise FormulaError(
-                    f"crossed grouping factors with {total} levels in all: jaxlmm fits crossed factors with a dense "
-                    f"covariance factor, up to {CROSSED_MAX_LEVELS} levels in all. Nest the factors if the design "
-                    "allows, or fit a subset of them."
-                )
-            for c in specs:
-                frame = c.get_model_matrix(data)
-                random_specs.append((c, False))
-                blocks.append(RandomBlock(tuple(frame.columns), False, tied=True, label=c.factor))
-                z_cols.append(frame.to_numpy())
-                z_names += list(frame.columns)
-            crossed_levels = tuple((c.factor, len(c.levels)) for c in specs)
         for name, expr in vc_terms:
             mm = _formula.model_matrix(expr, data, f"variance component {name!r}", formula)
             random_specs.append((mm.model_spec, False))
@@ -484,7 +434,7 @@ class MixedLM:
                 f"{group_expr!r}; each random effect can appear once."
             )
         Z = np.concatenate(z_cols, axis=1)
-        g = pd.Series(CROSSED_GROUP, index=data.index) if crossed else _group_values(group_expr, data)
+        g = _group_values(group_expr, data)
         built_bad = ~np.isfinite(y) | ~np.all(np.isfinite(X), axis=1) | ~np.all(np.isfinite(Z), axis=1)
         if built_bad.any():
             where = ([parsed.response] if (~np.isfinite(y)).any() else []) + [
@@ -500,13 +450,65 @@ class MixedLM:
             y, X, Z, g = y[keep], X[keep], Z[keep], g[keep].reset_index(drop=True)
             row_index = row_index[keep]
             n_dropped += int(built_bad.sum())
-        spec = ModelSpec(fixed_mm.model_spec, tuple(random_specs), None if crossed else group_expr, parsed.response)
+        spec = ModelSpec(fixed_mm.model_spec, tuple(random_specs), group_expr, parsed.response)
         self = cls.__new__(cls)
-        self.crossed_factors = crossed_levels
         self._init_checked(y, parsed.response, X, x_names, Z, z_names, g, blocks, spec, n_dropped, group_expr)
         self.row_index = row_index
         self.formula = formula
-        self.group_name = " + ".join(f for f, _ in self.crossed_factors) if crossed else group_expr
+        self.group_name = group_expr
+        return self
+
+    @classmethod
+    def _from_crossed_terms(cls, parsed, terms, data: pd.DataFrame, formula: str, missing: str, labels: dict):
+        """A model whose random terms are on several factors that are not nested in one: the leading
+        factor (most levels) per level, the others through `CrossedTerms` (see `_crossed`)."""
+        used = _formula.required_columns(
+            [f"{parsed.response} ~ {parsed.fixed}"] + [t.expr for t in terms if t.expr != "0"], data
+        )
+        group_cols = list(dict.fromkeys(p.strip() for t in terms for p in t.group.split(":")))
+        _formula.check_columns_exist(group_cols, data, formula)
+        data, row_index, n_dropped = _drop_missing_rows(data, list(dict.fromkeys(used + group_cols)), missing)
+        if parsed.response not in data.columns and parsed.response.isidentifier():
+            _formula.check_columns_exist([parsed.response], data, formula)
+        y = _formula.response_vector(parsed.response, data)
+        fixed_mm = _formula.model_matrix(parsed.fixed, data, "fixed-effects matrix", formula)
+        X = np.asarray(fixed_mm, dtype=float)
+        factors = _crossed_factor_terms(terms, data, formula, labels)
+        built_bad = ~np.isfinite(y) | ~np.all(np.isfinite(X), axis=1)
+        for _, Zf, _, _ in factors:
+            built_bad |= ~np.all(np.isfinite(Zf), axis=1)
+        if built_bad.any():
+            if missing == "raise":
+                raise MissingDataError(
+                    f"{int(built_bad.sum())} rows evaluate to NaN or inf in the response, the fixed effects or the random "
+                    "effects (a transform such as log of 0?). Pass missing='drop' to drop those rows, or change the "
+                    "transform."
+                )
+            keep = ~built_bad
+            self = cls._from_crossed_terms(parsed, terms, data.loc[keep], formula, missing, labels)
+            self.row_index = row_index[keep]
+            self.n_dropped += n_dropped + int(built_bad.sum())
+            return self
+        lead, others = factors[0], factors[1:]
+        blocks = [b for f in factors for b in f[3]]
+        widths = [Zf.shape[1] for _, Zf, _, _ in factors]
+        starts = np.cumsum([0] + widths)[:-1]
+        layout_terms = build_crossed_terms(
+            lead[2], len(lead[0].levels), [c for _, _, c, _ in others], [len(f.levels) for f, _, _, _ in others],
+            [Zf for _, Zf, _, _ in others], [(int(a), w) for a, w in zip(starts[1:], widths[1:])],
+        )
+        check_dense_size(layout_terms.layout, tuple(labels.get(f.factor, f.factor) for f, _, _, _ in others))
+        spec = ModelSpec(fixed_mm.model_spec, (), None, parsed.response)
+        self = cls.__new__(cls)
+        self.factor_terms = tuple(f for f, _, _, _ in factors)
+        self.crossed_factors = tuple((labels.get(f.factor, f.factor), len(f.levels)) for f in self.factor_terms)
+        g = _group_values(lead[0].factor, data).astype(str)
+        self._init_checked(y, parsed.response, X, list(fixed_mm.columns), lead[1], list(lead[0].names), g, blocks, spec,
+                           n_dropped, labels.get(lead[0].factor, lead[0].factor), crossed=layout_terms,
+                           re_names=[n for f in self.factor_terms for n in f.names])
+        self.row_index = row_index
+        self.formula = formula
+        self.group_name = " + ".join(f for f, _ in self.crossed_factors)
         return self
 
     # --------------------------------------------------------------------------------------------
@@ -607,13 +609,65 @@ class MixedLM:
         _check_levels_seen(self.spec.fixed_spec, data)
         return _encode_with(self.spec.fixed_spec, data)
 
+    def encode_factors(self, data: pd.DataFrame) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Crossed models: per factor (leading first), new data's random-effect columns and level
+        codes (-1 for a level not seen in fitting)."""
+        return [(f.encode(data), f.codes(data)) for f in self.factor_terms]
+
     def encode(self, data: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.Series]:
         """X, Z and group labels of new data, encoded exactly as in fitting (formula models)."""
         X = self.encode_fixed(data)
         Zs = [_encode_with(s, data) for s, _ in self.spec.random_specs]
-        g = (pd.Series(CROSSED_GROUP, index=data.index) if self.spec.group_expr is None
-             else _group_values(self.spec.group_expr, data))
+        g = _group_values(self.spec.group_expr, data)
         return X, np.concatenate(Zs, axis=1), g
+
+
+def _crossed_factor_terms(terms, data: pd.DataFrame, formula: str, labels: dict):
+    """Group the random terms of a crossed model by factor (terms on one factor amalgamated), most
+    levels first (the leading factor). Returns [(FactorTerms, Z, codes, blocks)]."""
+    by_factor: dict[str, list] = {}
+    for t in terms:
+        by_factor.setdefault(t.group, []).append(t)
+    out = []
+    for factor, fterms in by_factor.items():
+        values = _group_values(factor, data).astype(str)
+        levels = pd.Index(np.unique(values.to_numpy()))
+        label = labels.get(factor, factor)
+        if len(levels) < 2:
+            raise DataError(f"the grouping factor {label!r} has {len(levels)} level: a random effect needs at least 2 "
+                            f"levels; drop the term '(… | {label})'.")
+        cols, names, blocks, zs, specs = [], [], [], [], []
+        for t in fterms:
+            if t.expr.strip() == "0":
+                continue
+            mm = _formula.model_matrix(t.expr, data, "random-effects matrix", formula)
+            specs.append(mm.model_spec)
+            these = list(mm.columns)
+            named = [label if _is_intercept(t.expr) else f"{c}|{label}" for c in these]
+            if t.correlated:
+                blocks.append(RandomBlock(tuple(named), True, factor=label))
+            else:
+                for idx in mm.model_spec.term_indices.values():
+                    blocks.append(RandomBlock(tuple(named[i] for i in idx), True, factor=label))
+            cols += these
+            names += named
+            zs.append(np.asarray(mm, dtype=float))
+        if len(set(cols)) != len(cols):
+            dup = sorted({c for c in cols if cols.count(c) > 1})
+            raise IdentifiabilityError(
+                f"the random-effect column(s) {', '.join(map(repr, dup))} appear in more than one term for {label!r}; "
+                "each random effect can appear once (write one term, e.g. '(1 + x1 + x2 | g)')."
+            )
+        if len(cols) >= len(levels):
+            raise IdentifiabilityError(
+                f"the term(s) on {label!r} have {len(cols)} random effects per level ({', '.join(cols)}) but {label!r} has "
+                f"only {len(levels)} levels: their {len(cols)}×{len(cols)} covariance cannot be estimated. Use fewer "
+                f"effects for {label!r} (e.g. '(1 | {label})'), or uncorrelated effects '(… || {label})'."
+            )
+        info = FactorTerms(factor, levels, tuple(cols), tuple(names), tuple(specs))
+        out.append((info, np.concatenate(zs, axis=1), levels.get_indexer(values), blocks))
+    out.sort(key=lambda entry: -len(entry[0].levels))  # lme4's order: most levels first
+    return out
 
 
 def _encode_with(spec, data: pd.DataFrame) -> np.ndarray:
@@ -723,6 +777,22 @@ def _warn_if_absorbed_by_fixed_effects(X, Z, codes, m: int, group_label: str, x_
             IdentifiabilityWarning,
             stacklevel=4,
         )
+
+
+def _drop_missing_rows(data: pd.DataFrame, cols: list[str], missing: str):
+    """(data without rows that have NaN/inf in ``cols``, reindexed from 0; the kept rows' original
+    index; the number dropped). With ``missing="raise"`` such rows are an error naming the columns."""
+    bad = _bad_rows(data, cols)
+    if bad.any():
+        counts = {c: int(_bad_rows(data, [c]).sum()) for c in cols}
+        detail = ", ".join(f"{c!r} ({k} rows)" for c, k in counts.items() if k)
+        if missing == "raise":
+            raise MissingDataError(
+                f"NaN or inf in columns the model uses: {detail}. Pass missing='drop' to drop those "
+                f"{int(bad.sum())} rows, or clean the data."
+            )
+        data = data.loc[~bad]
+    return data.reset_index(drop=True), data.index, int(bad.sum())
 
 
 def _bad_rows(data: pd.DataFrame, cols: Sequence[str]) -> np.ndarray:

@@ -345,36 +345,65 @@ class MixedLMResults:
         return -2.0 * self.llf
 
     # ---- random effects and predictions -------------------------------------------------------
+    def _factor_modes(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Crossed models: per factor (leading first), conditional modes (levels, q) and covariances."""
+        out = [(np.asarray(self._arrays.ranef), np.asarray(self._arrays.ranef_cov))]
+        other, other_cov = np.asarray(self._arrays.ranef_other), np.asarray(self._arrays.ranef_other_cov)
+        start = 0
+        for f in self.model.factor_terms[1:]:
+            k, q = len(f.levels), len(f.columns)
+            out.append((other[start: start + k, :q], other_cov[start: start + k, :q, :q]))
+            start += k
+        return out
+
     @property
-    def random_effects(self) -> pd.DataFrame:
-        """Conditional modes (BLUPs) of the random effects, one row per group."""
+    def random_effects(self) -> pd.DataFrame | dict:
+        """Conditional modes (BLUPs) of the random effects, one row per group. Crossed models: as
+        lme4's ``ranef``, one DataFrame per grouping factor, {factor: DataFrame (levels × effects)}."""
+        if self.model.factor_terms:
+            return {label: pd.DataFrame(b, index=f.levels, columns=list(f.columns))
+                    for (label, _), f, (b, _) in zip(self.model.crossed_factors, self.model.factor_terms,
+                                                     self._factor_modes())}
         return pd.DataFrame(
             np.asarray(self._arrays.ranef), index=self.model.group_levels, columns=self.model.exog_re_names
         )
 
     @property
     def random_effects_cov(self) -> dict:
-        """Conditional covariance of each group's random effects: {group: DataFrame}."""
+        """Conditional covariance of each group's random effects: {group: DataFrame}. Crossed models:
+        {factor: {level: DataFrame}}."""
+        if self.model.factor_terms:
+            return {label: {lev: pd.DataFrame(c[i], index=list(f.columns), columns=list(f.columns))
+                            for i, lev in enumerate(f.levels)}
+                    for (label, _), f, (_, c) in zip(self.model.crossed_factors, self.model.factor_terms,
+                                                     self._factor_modes())}
         names = self.model.exog_re_names
         cov = np.asarray(self._arrays.ranef_cov)
         return {lev: pd.DataFrame(cov[i], index=names, columns=names) for i, lev in enumerate(self.model.group_levels)}
 
-    def _linear_predictor(self, X, Z, codes, include_re: bool) -> np.ndarray:
+    def _linear_predictor(self, X, factors, include_re: bool) -> np.ndarray:
+        """X β̂ plus, per grouping factor, each row's Z b̂ of its level ((Z, level codes) pairs; code -1:
+        a level not seen in fitting, which contributes nothing)."""
         eta = X @ np.asarray(self._arrays.beta)
         if include_re:
-            b = np.asarray(self._arrays.ranef)
-            known = codes >= 0
-            eta = eta + np.where(known, np.einsum("nq,nq->n", Z, b[np.where(known, codes, 0)]), 0.0)
+            modes = self._factor_modes() if self.model.factor_terms else [(np.asarray(self._arrays.ranef), None)]
+            for (Z, codes), (b, _) in zip(factors, modes):
+                known = codes >= 0
+                eta = eta + np.where(known, np.einsum("nq,nq->n", Z, b[np.where(known, codes, 0)]), 0.0)
         return eta
 
     @property
     def fittedvalues(self) -> pd.Series:
         """X β̂ + Z b̂ for the fitted rows, indexed like the rows of the data they came from."""
         d = self.model.design
-        return pd.Series(
-            self._linear_predictor(np.asarray(d.X), np.asarray(d.Z), np.asarray(d.group), True),
-            index=self.model.row_index, name="fitted",
-        )
+        factors = [(np.asarray(d.Z), np.asarray(d.group))]
+        if d.crossed is not None:
+            Zc, block = np.asarray(d.crossed.Z), np.asarray(d.crossed.block)
+            offsets = np.cumsum([0] + list(d.crossed.layout.level_counts))
+            for k, f in enumerate(self.model.factor_terms[1:]):
+                factors.append((Zc[:, k, : len(f.columns)], block[:, k] - offsets[k]))
+        return pd.Series(self._linear_predictor(np.asarray(d.X), factors, True), index=self.model.row_index,
+                         name="fitted")
 
     @property
     def resid(self) -> pd.Series:
@@ -405,11 +434,15 @@ class MixedLMResults:
         if not include_re:  # the grouping columns are not needed
             X = self.model.encode_fixed(newdata)
             return pd.Series(X @ np.asarray(self._arrays.beta), index=index, name="predicted")
+        if self.model.factor_terms:
+            X = self.model.encode_fixed(newdata)
+            return pd.Series(self._linear_predictor(X, self.model.encode_factors(newdata), True), index=index,
+                             name="predicted")
         X, Z, g = self.model.encode(newdata)
         labels = pd.Index(self.model.group_levels)
         g_cast = g.astype(labels.dtype) if labels.dtype != object else g.astype(str) if labels.inferred_type == "string" else g
         codes = labels.get_indexer(g_cast)
-        return pd.Series(self._linear_predictor(X, Z, codes, include_re), index=index, name="predicted")
+        return pd.Series(self._linear_predictor(X, [(Z, codes)], include_re), index=index, name="predicted")
 
     def satterthwaite_df(self, L) -> np.ndarray:
         """Satterthwaite degrees of freedom for the rows of the contrast matrix ``L`` (lmerTest's)."""
@@ -635,16 +668,28 @@ class BootstrapResult:
                 f"{f', {self.n_failed} failed' if self.n_failed else ''}>")
 
 
+def _psd_root(G: np.ndarray) -> np.ndarray:
+    """R with R Rᵀ = G for a positive semi-definite G (singular too)."""
+    evals, evecs = np.linalg.eigh(G)
+    return evecs * np.sqrt(np.clip(evals, 0.0, None))
+
+
 def _simulate_responses(results: "MixedLMResults", n: int, seed: int) -> np.ndarray:
     """(nobs, n) responses simulated from the fitted model: X β̂ + Z b + ε, b ~ N(0, Ĝ), ε ~ N(0, σ̂²)."""
     d = results.model.design
     X, Z, group, mask = (np.asarray(a) for a in (d.X, d.Z, d.group, d.mask))
     rng = np.random.default_rng(seed)
     G = results.cov_re.values
-    evals, evecs = np.linalg.eigh(G)
-    root = evecs * np.sqrt(np.clip(evals, 0.0, None))  # works for singular G too
-    b = rng.standard_normal((n, results.ngroups, G.shape[0])) @ root.T
+    q1 = Z.shape[1]
+    b = rng.standard_normal((n, results.ngroups, q1)) @ _psd_root(G[:q1, :q1]).T
+    Y = X @ results.fe_params.values + np.einsum("nq,knq->kn", Z, b[:, group])
+    if d.crossed is not None:  # the other terms: one draw per level from the term's block of G
+        Zc, block = np.asarray(d.crossed.Z), np.asarray(d.crossed.block)
+        for k, (start, size) in enumerate(d.crossed.layout.columns):
+            root = _psd_root(G[start: start + size, start: start + size])
+            bk = rng.standard_normal((n, d.crossed.layout.n_blocks, size)) @ root.T
+            Y = Y + np.einsum("nq,knq->kn", Zc[:, k, :size], bk[:, block[:, k]])
     eps = rng.standard_normal((n, X.shape[0])) * np.sqrt(results.scale)
-    Y = X @ results.fe_params.values + np.einsum("nq,knq->kn", Z, b[:, group]) + eps
+    Y = Y + eps
     Y[:, mask == 0] = np.nan
     return Y.T

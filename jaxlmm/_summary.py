@@ -83,9 +83,19 @@ class Summary:
         cov = r.cov_re.values
         names = r.model.exog_re_names
         sd = np.sqrt(np.clip(np.diag(cov), 0, None))
-        rows, first = [], True
+        rows, first, shown = [], True, set()
         for block in r.model.blocks:
             idx = [names.index(n) for n in block.names]
+            if block.factor is not None:  # a crossed model's term: lme4's Groups / Name columns
+                for k, i in enumerate(idx):
+                    name = names[i]
+                    short = "(Intercept)" if name == block.factor else name.removesuffix(f"|{block.factor}")
+                    corr = {f"Corr{kk + 1}": cov[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else np.nan
+                            for kk, j in enumerate(idx[:k])} if block.correlated else {}
+                    group = "" if block.factor in shown else block.factor
+                    shown.add(block.factor)
+                    rows.append({"Groups": group, "Name": short, "Variance": cov[i, i], "Std.Dev.": sd[i], **corr})
+                continue
             if block.tied:
                 i = idx[0]
                 rows.append({"Groups": block.label, "Name": "(Intercept)", "Variance": cov[i, i], "Std.Dev.": sd[i]})
