@@ -88,7 +88,7 @@ def check_dense_size(layout: CrossedLayout, names: tuple[str, ...] = ()) -> None
     D = layout.dense_size
     need = 6 * 8 * D * D
     if need > DENSE_MAX_BYTES:
-        which = ", ".join(names) if names else "the non-leading terms"
+        which = ", ".join(map(repr, names)) if names else "beside the leading factor"
         raise ModelTooLargeError(
             f"the crossed terms {which} have {D:,} random effects in all beside the leading factor: their dense "
             f"Cholesky block would need about {need / 2**30:.1f} GiB (limit {DENSE_MAX_BYTES / 2**30:.0f} GiB, "

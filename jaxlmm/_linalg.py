@@ -314,15 +314,28 @@ def logdet_and_quadratic(M: jax.Array, B: jax.Array) -> tuple[jax.Array, jax.Arr
     return logdet_from_cholesky(L), _mT(W) @ W
 
 
+@jax.custom_jvp
+def spd_inverse(M: jax.Array) -> jax.Array:
+    """M⁻¹ of a symmetric positive-definite ``M`` (k, k) from its Cholesky factor (one LAPACK call
+    each for the factor and the triangular inverse); d(M⁻¹) = −M⁻¹ dM M⁻¹, two matrix products."""
+    L_inv = _trtri(_potrf(M))
+    return _mT(L_inv) @ L_inv
+
+
+@spd_inverse.defjvp
+def _spd_inverse_jvp(primals, tangents):
+    (M,), (dM,) = primals, tangents
+    M_inv = spd_inverse(M)
+    return M_inv, -M_inv @ dM @ M_inv
+
+
 @logdet_and_quadratic.defjvp
 def _logdet_and_quadratic_jvp(primals, tangents):
     (M, B), (dM, dB) = primals, tangents
-    L = cholesky(M)
-    L_inv = _triangular_inverse(L)
-    M_inv = _mT(L_inv) @ L_inv
-    W = L_inv @ B
-    M_inv_B = _mT(L_inv) @ W
+    logdet, quad = logdet_and_quadratic(M, B)
+    M_inv = spd_inverse(M)
+    M_inv_B = M_inv @ B
     d_logdet = jnp.sum(M_inv * dM, axis=(-2, -1))
     cross = _mT(dB) @ M_inv_B
     d_quad = cross + _mT(cross) - _mT(M_inv_B) @ dM @ M_inv_B
-    return (logdet_from_cholesky(L), _mT(W) @ W), (d_logdet, d_quad)
+    return (logdet, quad), (d_logdet, d_quad)

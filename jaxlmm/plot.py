@@ -120,7 +120,17 @@ def _level_name(column: str, label: str | None) -> str:
 
 def _re_panels(r: "MixedLMResults") -> list[_Panel]:
     """Panels of conditional modes: one per random effect of the grouping factor (rows: groups),
-    and one per variance component nested in it (rows: the nested levels that occur in the data)."""
+    and one per variance component nested in it (rows: the nested levels that occur in the data).
+    Crossed models: one panel per factor and effect (rows: the factor's levels)."""
+    if getattr(r.model, "factor_terms", ()):
+        panels = []
+        for (factor, modes), covs in zip(r.random_effects.items(), r.random_effects_cov.values()):
+            for j, col in enumerate(modes.columns):
+                var = np.array([covs[lev].to_numpy()[j, j] for lev in modes.index])
+                title = factor if len(modes.columns) == 1 else f"{factor}: {col}"
+                panels.append(_Panel(title, [str(v) for v in modes.index], modes[col].to_numpy(),
+                                     np.sqrt(np.clip(var, 0.0, None)), False))
+        return panels
     re = r.random_effects
     names = list(re.columns)
     modes = re.to_numpy()
