@@ -115,7 +115,7 @@ def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: 
     def fit_chunk(rows, size, cap, quasi):
         idx = np.concatenate([rows, np.full(size - rows.size, rows[0])])
         part = run([x[idx] for x in inputs], start_theta[idx], cap, quasi)
-        return FitArrays(*[np.asarray(a)[: rows.size] for a in part])
+        return jax.tree.map(lambda a: np.asarray(a)[: rows.size], part)
 
     workers = _concurrent_chunks()
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -133,8 +133,8 @@ def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: 
             for rows, part in zip(chunks, itertools.chain([first], (f.result() for f in futures))):
                 part = part._replace(iterations=part.iterations + total)
                 if out is None:
-                    out = FitArrays(*[np.zeros((k,) + np.shape(a)[1:], np.asarray(a).dtype) for a in part])
-                for field, values in zip(out, part):
+                    out = jax.tree.map(lambda a: np.zeros((k,) + np.shape(a)[1:], np.asarray(a).dtype), part)
+                for field, values in zip(jax.tree.leaves(out), jax.tree.leaves(part)):
                     field[rows] = values
                 if first_round and bar is not None:
                     bar.update(rows.size)
@@ -354,7 +354,7 @@ class BatchResults(_ManyResults):
 
     def __init__(self, model, Y: np.ndarray, M: np.ndarray, names: pd.Index, arrays: FitArrays, reml: bool,
                  problems: np.ndarray | None = None):
-        probe = MixedLMResults(model, FitArrays(*[a[0] for a in arrays]), reml)
+        probe = MixedLMResults(model, jax.tree.map(lambda a: a[0], arrays), reml)
         super().__init__(names, arrays, reml, model.exog_names, model.exog_re_names, probe.varpar_names)
         self.model = model
         self._Y, self._M = Y, M
@@ -369,14 +369,14 @@ class BatchResults(_ManyResults):
     def __getitem__(self, key) -> MixedLMResults:
         i = self._position(key)
         member = self.model.with_response(self._Y[:, i], self._M[:, i], name=str(self.names[i]))
-        return MixedLMResults(member, FitArrays(*[a[i] for a in self._arrays]), self.reml)
+        return MixedLMResults(member, jax.tree.map(lambda a: a[i], self._arrays), self.reml)
 
 
 class DatasetResults(_ManyResults):
     """Results of `fit_datasets`: one row per data set; ``rl[i]`` is that data set's full fit."""
 
     def __init__(self, models: list, names: pd.Index, arrays: FitArrays, reml: bool):
-        probe = MixedLMResults(models[0], FitArrays(*[a[0] for a in arrays]), reml)
+        probe = MixedLMResults(models[0], jax.tree.map(lambda a: a[0], arrays), reml)
         super().__init__(names, arrays, reml, models[0].exog_names, models[0].exog_re_names, probe.varpar_names)
         self.models = models
 
@@ -387,7 +387,7 @@ class DatasetResults(_ManyResults):
     def __getitem__(self, key) -> MixedLMResults:
         i = self._position(key)
         m = self.models[i].ngroups
-        arrays = FitArrays(*[a[i] for a in self._arrays])
+        arrays = jax.tree.map(lambda a: a[i], self._arrays)
         arrays = arrays._replace(ranef=arrays.ranef[:m], ranef_cov=arrays.ranef_cov[:m])
         return MixedLMResults(self.models[i], arrays, self.reml)
 
@@ -515,6 +515,12 @@ def fit_datasets(
         MixedLM.from_formula(formula, d, groups=groups, re_formula=re_formula, missing=missing) for d in datasets
     ]
     first = models[0]
+    if first.factor_terms:
+        raise DataError(
+            "fit_datasets does not batch models with crossed grouping factors yet: each data set's pattern of "
+            "crossed levels has its own size. Fit them one by one (MixedLM.from_formula(...).fit()), or use "
+            "fit_many for many responses on one design."
+        )
     for i, m in enumerate(models):
         if m.exog_names != first.exog_names or m.exog_re_names != first.exog_re_names:
             raise DataError(
@@ -546,7 +552,7 @@ def fit_datasets(
         with float64():
             out = _run_batched(run, inputs, theta0, size, progress, f"fitting {len(members)} data sets")
         for j, i in enumerate(members):
-            results[i] = FitArrays(*[a[j] for a in out])
+            results[i] = jax.tree.map(lambda a: a[j], out)
     qmax = max(_bucket(m.ngroups, 2) for m in models)
 
     def pad_groups(a, axis_len):
@@ -555,7 +561,9 @@ def fit_datasets(
 
     fields = []
     for f in FitArrays._fields:
-        if f in ("ranef", "ranef_cov"):
+        if getattr(results[0], f) is None:  # a crossed model's fields (not batched here)
+            fields.append(None)
+        elif f in ("ranef", "ranef_cov"):
             fields.append(np.stack([pad_groups(getattr(r, f), getattr(r, f).shape[0]) for r in results]))
         else:
             fields.append(np.stack([getattr(r, f) for r in results]))

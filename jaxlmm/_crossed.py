@@ -70,7 +70,8 @@ class CrossedTerms:
     ``block`` (n, T): the row's level of each term as a global block id (term offsets added);
     ``row_entry`` (n, T): the entry (leading level, block) each row contributes to;
     ``entry_group``/``entry_block`` (E,): each entry's leading level and block, sorted by level;
-    ``pair_first``/``pair_second`` (P,): every ordered pair of entries of one leading level.
+    ``pair_first``/``pair_second`` (P,): the pairs e ≤ f of entries of one leading level (the
+    Schur update L₂₁L₂₁ᵀ is symmetric: each pair's block and its transpose).
     """
 
     Z: jax.Array
@@ -114,10 +115,11 @@ def build_crossed_terms(lead_codes: np.ndarray, n_lead: int, codes: list[np.ndar
     entry_group, entry_block = keys // layout.n_blocks, keys % layout.n_blocks
     counts = np.bincount(entry_group, minlength=n_lead)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    per_entry = counts[entry_group]
-    first = np.repeat(np.arange(len(keys)), per_entry)
-    offset_in_pair = np.arange(len(first)) - np.repeat(np.cumsum(per_entry) - per_entry, per_entry)
-    second = starts[entry_group[first]] + offset_in_pair
+    # pairs (e, f) of entries of one leading level with e ≤ f: entry e pairs with itself and the later ones
+    position = np.arange(len(keys)) - starts[entry_group]
+    later = counts[entry_group] - position
+    first = np.repeat(np.arange(len(keys)), later)
+    second = first + np.arange(len(first)) - np.repeat(np.cumsum(later) - later, later)
     i32 = lambda a: np.asarray(a, np.int32)  # noqa: E731
     return CrossedTerms(Z=Z, block=i32(block), row_entry=i32(row_entry.reshape(n, T)), entry_group=i32(entry_group),
                         entry_block=i32(entry_block), pair_first=i32(first), pair_second=i32(second), layout=layout)
@@ -174,6 +176,11 @@ def block_factors(lam: jax.Array, layout: CrossedLayout) -> jax.Array:
     return jnp.stack(per_term)[layout.term_of_block]
 
 
+def _pair_weight(stats: CrossedStats) -> jax.Array:
+    """½ for a pair of an entry with itself (counted again by the transpose), 1 otherwise."""
+    return jnp.where(stats.pair_first == stats.pair_second, 0.5, 1.0)
+
+
 class _Blocks(NamedTuple):
     L1: jax.Array  # (m, q₁, q₁)
     W1: jax.Array  # (m, q₁, p + 1): L₁g⁻¹ Λ₁ᵀ Z₁gᵀ [X y]
@@ -196,9 +203,10 @@ def _blocks(lam: jax.Array, stats: CrossedStats) -> _Blocks:
     V = jnp.einsum("eij,ejk,ekl->eil", scaled[stats.entry_group], stats.C, lamB[stats.entry_block])
     D = B * w
     M22 = jnp.einsum("aji,abjk,bkl->aibl", lamB, stats.G, lamB).reshape(D, D) + jnp.eye(D, dtype=lam.dtype)
-    products = jnp.einsum("pia,pib->pab", V[stats.pair_first], V[stats.pair_second])
+    products = jnp.einsum("pia,pib->pab", V[stats.pair_first], V[stats.pair_second]) * _pair_weight(stats)[:, None, None]
     target = stats.entry_block[stats.pair_first] * B + stats.entry_block[stats.pair_second]
-    update = jax.ops.segment_sum(products, target, B * B).reshape(B, B, w, w).transpose(0, 2, 1, 3).reshape(D, D)
+    half = jax.ops.segment_sum(products, target, B * B).reshape(B, B, w, w).transpose(0, 2, 1, 3).reshape(D, D)
+    update = half + half.T
     B2 = jnp.einsum("aji,ajc->aic", lamB, jnp.concatenate([stats.ZtX, stats.Zty[:, :, None]], 2))
     B2 = B2 - jax.ops.segment_sum(jnp.einsum("eia,eic->eac", V, W1[stats.entry_group]), stats.entry_block, B)
     return _Blocks(L1, W1, V, M22 - update, B2.reshape(D, -1), lam1, lamB)
@@ -233,10 +241,9 @@ def crossed_modes(lam: jax.Array, stats: CrossedStats, beta: jax.Array, sigma2: 
     P = (L22_inv.T @ L22_inv).reshape(B, w, B, w)
     cov_u2 = P[jnp.arange(B), :, jnp.arange(B), :]  # (B, w, w) diagonal blocks of M₂₂⁻¹
     P_pairs = P[stats.entry_block[stats.pair_first], :, stats.entry_block[stats.pair_second], :]  # (P, w, w)
-    inner = jax.ops.segment_sum(
-        jnp.einsum("pia,pab,pjb->pij", blocks.V[stats.pair_first], P_pairs, blocks.V[stats.pair_second]),
-        stats.entry_group[stats.pair_first], m,
-    )
+    products = jnp.einsum("pia,pab,pjb->pij", blocks.V[stats.pair_first], P_pairs, blocks.V[stats.pair_second])
+    half = jax.ops.segment_sum(products * _pair_weight(stats)[:, None, None], stats.entry_group[stats.pair_first], m)
+    inner = half + jnp.swapaxes(half, 1, 2)
     L1_inv = _linalg.solve_lower(blocks.L1, jnp.broadcast_to(jnp.eye(q1, dtype=lam.dtype), blocks.L1.shape))
     cov_u1 = jnp.einsum("gki,gkl,glj->gij", L1_inv, jnp.eye(q1, dtype=lam.dtype) + inner, L1_inv)
     lam1, lamB = blocks.lam1, blocks.lamB

@@ -257,12 +257,13 @@ class MixedLM:
             )
         if n <= p:
             raise IdentifiabilityError(f"{n} observations cannot identify {p} fixed effects; use fewer terms.")
-        n_effects = m * q + (0 if crossed is None else sum(
-            k * size for k, (_, size) in zip(crossed.layout.level_counts, crossed.layout.columns)))
-        if n_effects >= n:
+        others = 0 if crossed is None else sum(
+            k * size for k, (_, size) in zip(crossed.layout.level_counts, crossed.layout.columns))
+        if m * q + others >= n:
+            count = f"{m} groups × {q} = {m * q}" + (f", plus {others} of the other factors" if others else "")
             raise IdentifiabilityError(
                 f"the number of observations ({n}) is not larger than the number of random effects "
-                f"({n_effects}): the random-effect variances and the residual variance cannot "
+                f"({count}): the random-effect variances and the residual variance cannot "
                 "both be identified. Use fewer random effects per group (e.g. a random intercept only)."
             )
         _warn_if_absorbed_by_fixed_effects(X, Z, codes, m, group_label, x_names)

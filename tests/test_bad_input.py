@@ -293,9 +293,10 @@ def test_bars_and_groups_together(sleep):
         MixedLM.from_formula(FORMULA, sleep, groups="Subject")
 
 
-def test_crossed_factors_with_random_slopes_not_supported(sleep):
-    with pytest.raises(FormulaError, match=r"crossed grouping factors \(Days, Subject\) only random intercepts"):
-        MixedLM.from_formula("Reaction ~ Days + (Days | Subject) + (1 | Days)", sleep)
+def test_crossed_factor_with_too_few_levels_for_its_slopes(sleep):
+    two_days = sleep[sleep["Days"] < 2]
+    with pytest.raises(IdentifiabilityError, match=r"'Days' have 2 random effects per level .* only 2 levels"):
+        MixedLM.from_formula("Reaction ~ Days + (1 | Subject) + (1 + Days | Days)", two_days)
 
 
 def test_nested_factor_with_one_row_per_level_is_not_identifiable(sleep):
