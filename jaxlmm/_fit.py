@@ -211,6 +211,36 @@ def information(stats, lambda_index, theta: jax.Array, sigma2: jax.Array, reml: 
     return jax.hessian(neg_loglik)(jnp.concatenate([theta, sigma2[None]]))
 
 
+# Crossed models: a start from one scale per term (the best of these multiples of Λ = I, term by
+# term). On InstEval it cuts exact Newton from 18 iterations to 4: from Λ = I Newton wanders through
+# the non-convex region first.
+START_SCALES = (0.05, 0.12, 0.25, 0.5, 1.0, 2.0)
+# Crossed models whose dense block has at least this many rows use BFGS updates after the first
+# exact Hessian: a Hessian costs about four gradients there (InstEval, 1,142 rows: 0.64 s against 0.17 s).
+QUASI_NEWTON_DENSE_SIZE = 256
+
+
+def term_theta_groups(design: Design) -> tuple[tuple[int, ...], ...]:
+    """The θ indices of each random-effects term of a crossed design (the leading factor's first)."""
+    idx = design.lambda_index_array
+    spans = [(0, design.Z.shape[1])] + list(design.crossed.layout.columns)
+    return tuple(tuple(int(v) for v in np.unique(idx[a: a + s, a: a + s]) if v >= 0) for a, s in spans)
+
+
+def scaled_start(objective, stats, theta0: jax.Array, groups) -> jax.Array:
+    """Coordinate search over one scale per term: for each term in turn, the best of ``START_SCALES``
+    × its entries of ``theta0``, the other terms held (a vmapped evaluation per term)."""
+    scales = jnp.asarray(START_SCALES, theta0.dtype)
+    theta = theta0
+    for group in groups:
+        member = np.zeros(theta0.shape[0], bool)
+        member[list(group)] = True
+        candidates = jnp.where(member[None, :], theta0[None, :] * scales[:, None], theta[None, :])
+        values = jax.vmap(lambda t: objective(t, stats))(candidates)
+        theta = candidates[jnp.argmin(jnp.where(jnp.isfinite(values), values, jnp.inf))]
+    return theta
+
+
 def fit_design(
     design: Design, reml: bool = True, gtol: float = 1e-6, max_iter: int = 200, theta0: jax.Array | None = None,
     quasi_newton: bool = False,
@@ -225,6 +255,11 @@ def fit_design(
     dtype = jnp.result_type(design.y)
     if theta0 is None:
         theta0 = jnp.asarray(design.theta_start, dtype)
+        if design.crossed is not None:
+            objective = _Objective(design.lambda_index, reml)
+            theta0 = scaled_start(objective, stats, theta0, term_theta_groups(design))
+    if design.crossed is not None and design.crossed.layout.dense_size >= QUASI_NEWTON_DENSE_SIZE:
+        quasi_newton = True
     fit = fit_stats(
         stats,
         design.lambda_index_array,
