@@ -173,8 +173,8 @@ def _rank_problem(X: np.ndarray, names: Sequence[str]) -> str | None:
 
 
 class MixedLM:
-    """A linear mixed model with one grouping factor (and factors nested in it), or with crossed
-    random intercepts, fitted by REML or ML.
+    """A linear mixed model with one grouping factor (and factors nested in it), or with several
+    crossed or partially crossed factors, fitted by REML or ML.
 
     Build it from a formula (lme4 bars or statsmodels' ``groups=``/``re_formula=``) or from arrays
     (``endog``, ``exog``, ``groups``, ``exog_re``; ``exog_re=None`` means a random intercept).
@@ -303,7 +303,8 @@ class MixedLM:
         ``re_formula="~x"`` (random intercept when omitted). Variance components nested in the
         grouping factor: ``"(1 | batch) + (1 | batch:cask)"``, ``"(1 | batch/cask)"``, or statsmodels'
         ``groups="batch", vc_formula={"cask": "0 + C(cask)"}`` (one shared variance per component).
-        Crossed random intercepts: ``"(1 | plate) + (1 | sample)"`` (dense; up to 400 levels in all).
+        Crossed or partially crossed factors, with intercepts and slopes: ``"(1 + c | subj) + (1 + c | item)"``,
+        ``"(1 | s) + (1 | d) + (1 | dept)"`` (see `_crossed`).
         ``missing="drop"`` drops rows with NaN/inf in the columns the model uses; the default raises.
 
         Examples:

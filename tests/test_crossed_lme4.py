@@ -61,3 +61,12 @@ def test_insteval_matches_lme4():
     np.testing.assert_allclose(r.theta, entry["theta"], rtol=1e-4)
     re = r.random_effects
     assert [len(re[f]) for f in ("s", "d", "dept")] == [2972, 1128, 14]
+
+
+def test_satterthwaite_df_match_lmertest():
+    """lmerTest's Satterthwaite denominator df on a crossed model (ScotsSec, REML)."""
+    entry = REFERENCE["scotssec_reml"]
+    r = jaxlmm.MixedLM.from_formula(entry["formula"], _data("scotssec")).fit()
+    df = r.satterthwaite_df(np.eye(len(r.fe_params)))
+    expected = [entry["satterthwaite_df"][k] for k in ("(Intercept)", "verbal", "sexF", "verbal:sexF")]
+    np.testing.assert_allclose(df, expected, rtol=2e-3)

@@ -1,7 +1,8 @@
 """Bundled example data sets (CSV files exported from R).
 
 ``sleepstudy``, ``dyestuff``, ``penicillin``, ``pastes`` (lme4), ``dietox`` (geepack),
-``orthodont`` (nlme), ``sitka`` (MASS).
+``orthodont`` (nlme), ``sitka`` (MASS), ``psycholing`` (a simulated subjects × items experiment: 56
+subjects, 32 items, a ±0.5 condition ``c``, reaction times ``rt``, 8% of trials missing).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pandas as pd
 
 from ..errors import DataError
 
-_FILES = ("sleepstudy", "dietox", "dyestuff", "orthodont", "pastes", "penicillin", "sitka")
+_FILES = ("sleepstudy", "dietox", "dyestuff", "orthodont", "pastes", "penicillin", "sitka", "psycholing")
 # Columns that are labels although they look numeric.
 _LABELS = {"sleepstudy": ["Subject"], "dietox": ["Pig", "Litter"], "sitka": ["tree"]}
 

@@ -25,4 +25,7 @@ fitit("sleep_crossed_reml", "Reaction ~ Days + (Days | Subject) + (1 | Dayf)", s
 ie <- read.csv("../../../../shared/reference/data/insteval.csv"); for (c in c("s","d","dept","service")) ie[[c]] <- factor(ie[[c]])
 fitit("insteval_reml", "y ~ service + (1|s) + (1|d) + (1|dept)", ie, TRUE)
 fitit("insteval_ml", "y ~ service + (1|s) + (1|d) + (1|dept)", ie, FALSE)
+suppressMessages(library(lmerTest))
+ms <- lmerTest::lmer(attain ~ verbal * sex + (1|primary) + (1|second), ScotsSec)
+out[["scotssec_reml"]]$satterthwaite_df <- as.list(summary(ms)$coefficients[, "df"])
 write(toJSON(out, auto_unbox = TRUE, digits = NA, pretty = TRUE), "lme4_crossed.json")
