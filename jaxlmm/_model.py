@@ -497,7 +497,7 @@ class MixedLM:
         starts = np.cumsum([0] + widths)[:-1]
         layout_terms = build_crossed_terms(
             lead[2], len(lead[0].levels), [c for _, _, c, _ in others], [len(f.levels) for f, _, _, _ in others],
-            [Zf for _, Zf, _, _ in others], [(int(a), w) for a, w in zip(starts[1:], widths[1:])],
+            [Zf for _, Zf, _, _ in others], [(int(a), w) for a, w in zip(starts[1:], widths[1:])], widths[0],
         )
         check_dense_size(layout_terms.layout, tuple(labels.get(f.factor, f.factor) for f, _, _, _ in others))
         spec = ModelSpec(fixed_mm.model_spec, (), None, parsed.response)

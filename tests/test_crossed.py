@@ -246,3 +246,21 @@ def test_fit_many_on_a_crossed_design_equals_single_fits(penicillin):
     for j in range(3):
         single = m.with_response(Y[:, j]).fit()
         assert float(batch.llf.iloc[j]) == pytest.approx(single.llf, abs=1e-7)
+
+
+def test_sparse_and_dense_coupling_give_the_same_fit(three_factors, monkeypatch):
+    """L₂₁L₂₁ᵀ by scatter-added pairs of non-zero blocks (large models) equals the dense product."""
+    dense = jaxlmm.MixedLM.from_formula(THREE_TERMS, three_factors)
+    assert dense.design.crossed.layout.dense_coupling
+    monkeypatch.setattr("jaxlmm._crossed.DENSE_COUPLING_MAX_FLOPS", 0)
+    sparse = jaxlmm.MixedLM.from_formula(THREE_TERMS, three_factors)
+    assert not sparse.design.crossed.layout.dense_coupling and sparse.design.crossed.pair_first.size > 0
+    r_dense, r_sparse = dense.fit(), sparse.fit()
+    assert r_sparse.llf == pytest.approx(r_dense.llf, abs=1e-9)
+    np.testing.assert_allclose(r_sparse.vcomp.values, r_dense.vcomp.values, rtol=1e-6)
+    for factor in r_dense.random_effects:
+        np.testing.assert_allclose(r_sparse.random_effects[factor].values, r_dense.random_effects[factor].values,
+                                   atol=1e-8)
+        lev = r_dense.random_effects[factor].index[0]
+        np.testing.assert_allclose(r_sparse.random_effects_cov[factor][lev].values,
+                                   r_dense.random_effects_cov[factor][lev].values, atol=1e-8)
