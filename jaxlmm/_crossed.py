@@ -142,8 +142,8 @@ def build_crossed_terms(lead_codes: np.ndarray, n_lead: int, codes: list[np.ndar
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class CrossedStats:
-    """Sufficient statistics of a crossed model: the leader's (`SufficientStats`), the entries'
-    cross-products ``C`` (E, q₁, w), the other terms' ``G`` = Z₂ᵀZ₂ (B, B, w, w), ``ZtX`` (B, w, p)
+    """Sufficient statistics of a crossed model: the leader's (`SufficientStats`), the cross-products
+    with the leader ``C`` (per entry, (E, q₁, w); with a dense coupling, all of Z₁ᵀZ₂ as (m, B, q₁, w)), the other terms' ``G`` = Z₂ᵀZ₂ (B, B, w, w), ``ZtX`` (B, w, p)
     and ``Zty`` (B, w), and the integer pattern of `CrossedTerms`."""
 
     lead: NamedTuple
@@ -164,15 +164,20 @@ class CrossedStats:
     nobs = property(lambda self: self.lead.nobs)
 
 
-def crossed_stats(lead, y: jax.Array, X: jax.Array, Z1: jax.Array, mask: jax.Array, terms: CrossedTerms) -> CrossedStats:
+def crossed_stats(lead, y: jax.Array, X: jax.Array, Z1: jax.Array, group: jax.Array, mask: jax.Array,
+                  terms: CrossedTerms) -> CrossedStats:
     """Reduce the rows to the statistics of the non-leading terms (rows with ``mask == 0`` count nothing)."""
     layout = terms.layout
     B, w = layout.n_blocks, layout.width
     n, T, _ = terms.Z.shape
     E = terms.entry_group.shape[0]
     Zw = terms.Z * mask[:, None, None]
-    C = jax.ops.segment_sum((Z1[:, None, :, None] * Zw[:, :, None, :]).reshape(n * T, Z1.shape[1], w),
-                            terms.row_entry.reshape(-1), E)
+    cross = (Z1[:, None, :, None] * Zw[:, :, None, :]).reshape(n * T, Z1.shape[1], w)
+    if layout.dense_coupling:  # Z₁ᵀZ₂ as a dense (m, B, q₁, w) array
+        C = jax.ops.segment_sum(cross, (group[:, None] * B + terms.block).reshape(-1), layout.n_lead * B)
+        C = C.reshape(layout.n_lead, B, Z1.shape[1], w)
+    else:  # only the non-zero blocks (entries)
+        C = jax.ops.segment_sum(cross, terms.row_entry.reshape(-1), E)
     pair = (terms.block[:, :, None] * B + terms.block[:, None, :]).reshape(-1)
     G = jax.ops.segment_sum((Zw[:, :, None, :, None] * terms.Z[:, None, :, None, :]).reshape(n * T * T, w, w), pair,
                             B * B).reshape(B, B, w, w)
@@ -198,7 +203,7 @@ def _pair_weight(stats: CrossedStats) -> jax.Array:
 class _Blocks(NamedTuple):
     L1: jax.Array  # (m, q₁, q₁)
     W1: jax.Array  # (m, q₁, p + 1): L₁g⁻¹ Λ₁ᵀ Z₁gᵀ [X y]
-    V: jax.Array  # (E, q₁, w): the non-zero blocks of L₂₁ᵀ
+    V: jax.Array  # (E, q₁, w): the non-zero blocks of L₂₁ᵀ; with a dense coupling all of L₂₁ᵀ, (m q₁, D)
     M22: jax.Array  # (D, D): Λ₂ᵀZ₂ᵀZ₂Λ₂ + I − L₂₁L₂₁ᵀ
     B2: jax.Array  # (D, p + 1): Λ₂ᵀZ₂ᵀ[X y] − L₂₁ W₁
     lam1: jax.Array
@@ -214,13 +219,13 @@ def _blocks(lam: jax.Array, stats: CrossedStats) -> _Blocks:
     L1 = _linalg.cholesky(M1)
     W1 = _linalg.solve_lower(L1, jnp.einsum("ji,gjc->gic", lam1, jnp.concatenate([lead.ZtX, lead.Zty[:, :, None]], 2)))
     scaled = _linalg.solve_lower(L1, jnp.broadcast_to(lam1.T, (m, q1, q1)))  # L₁g⁻¹ Λ₁ᵀ
-    V = jnp.einsum("eij,ejk,ekl->eil", scaled[stats.entry_group], stats.C, lamB[stats.entry_block])
     D = B * w
     M22 = jnp.einsum("aji,abjk,bkl->aibl", lamB, stats.G, lamB).reshape(D, D) + jnp.eye(D, dtype=lam.dtype)
     B2 = jnp.einsum("aji,ajc->aic", lamB, jnp.concatenate([stats.ZtX, stats.Zty[:, :, None]], 2)).reshape(D, -1)
-    if layout.dense_coupling:
-        L21t = _dense_coupling(V, stats)
-        return _Blocks(L1, W1, V, M22 - L21t.T @ L21t, B2 - L21t.T @ W1.reshape(m * q1, -1), lam1, lamB)
+    if layout.dense_coupling:  # L₂₁ᵀ = blockdiag(L₁g⁻¹Λ₁ᵀ) Z₁ᵀZ₂ Λ₂, dense: matrix products only
+        L21t = jnp.einsum("gij,gbjk,bkl->gibl", scaled, stats.C, lamB).reshape(m * q1, D)
+        return _Blocks(L1, W1, L21t, M22 - L21t.T @ L21t, B2 - L21t.T @ W1.reshape(m * q1, -1), lam1, lamB)
+    V = jnp.einsum("eij,ejk,ekl->eil", scaled[stats.entry_group], stats.C, lamB[stats.entry_block])
     products = jnp.einsum("pia,pib->pab", V[stats.pair_first], V[stats.pair_second]) * _pair_weight(stats)[:, None, None]
     target = stats.entry_block[stats.pair_first] * B + stats.entry_block[stats.pair_second]
     half = jax.ops.segment_sum(products, target, B * B).reshape(B, B, w, w).transpose(0, 2, 1, 3).reshape(D, D)
@@ -228,12 +233,7 @@ def _blocks(lam: jax.Array, stats: CrossedStats) -> _Blocks:
     return _Blocks(L1, W1, V, M22 - (half + half.T), B2 - coupled.reshape(D, -1), lam1, lamB)
 
 
-def _dense_coupling(V: jax.Array, stats: CrossedStats) -> jax.Array:
-    """L₂₁ᵀ as a dense (m q₁) × D matrix, its non-zero blocks V placed by entry."""
-    m, B, w = stats.layout.n_lead, stats.layout.n_blocks, stats.layout.width
-    q1 = V.shape[1]
-    dense = jnp.zeros((m, B, q1, w), V.dtype).at[stats.entry_group, stats.entry_block].add(V)
-    return dense.transpose(0, 2, 1, 3).reshape(m * q1, B * w)
+
 
 
 def crossed_omega(lam: jax.Array, stats: CrossedStats):
@@ -259,13 +259,17 @@ def crossed_modes(lam: jax.Array, stats: CrossedStats, beta: jax.Array, sigma2: 
     p = beta.shape[0]
     u2 = L22_inv.T @ (W2[:, p] - W2[:, :p] @ beta)
     u2_blocks = u2.reshape(B, w)
-    coupled = jax.ops.segment_sum(jnp.einsum("eia,ea->ei", blocks.V, u2_blocks[stats.entry_block]), stats.entry_group, m)
+    if stats.layout.dense_coupling:
+        coupled = (blocks.V @ u2).reshape(m, q1)
+    else:
+        coupled = jax.ops.segment_sum(jnp.einsum("eia,ea->ei", blocks.V, u2_blocks[stats.entry_block]),
+                                      stats.entry_group, m)
     r1 = blocks.W1[:, :, p] - blocks.W1[:, :, :p] @ beta - coupled
     u1 = _linalg.solve_upper_transposed(blocks.L1, r1)
     P = (L22_inv.T @ L22_inv).reshape(B, w, B, w)
     cov_u2 = P[jnp.arange(B), :, jnp.arange(B), :]  # (B, w, w) diagonal blocks of M₂₂⁻¹
     if stats.layout.dense_coupling:
-        L21t = _dense_coupling(blocks.V, stats).reshape(m, q1, B * w)
+        L21t = blocks.V.reshape(m, q1, B * w)
         inner = jnp.einsum("gia,ab,gjb->gij", L21t, P.reshape(B * w, B * w), L21t)
     else:
         P_pairs = P[stats.entry_block[stats.pair_first], :, stats.entry_block[stats.pair_second], :]  # (P, w, w)

@@ -198,7 +198,7 @@ def design_stats(design: Design):
     pre = precondition(design.y, design.X, design.mask)
     stats = sufficient_stats(pre.y, pre.X, design.Z, design.group, design.mask, design.n_groups)
     if design.crossed is not None:
-        stats = crossed_stats(stats, pre.y, pre.X, design.Z, design.mask, design.crossed)
+        stats = crossed_stats(stats, pre.y, pre.X, design.Z, design.group, design.mask, design.crossed)
     return pre, stats
 
 
