@@ -13,7 +13,6 @@ from . import plot as plot
 from . import errors as errors
 from ._batch import BatchResults as BatchResults
 from ._batch import DatasetResults as DatasetResults
-from ._batch import fit_datasets as fit_datasets
 from ._config import enable_compilation_cache as _enable_compilation_cache
 from ._config import float64 as float64
 from ._memory_maps import install as _install_memory_map_guard
@@ -22,6 +21,7 @@ from ._fit import FitArrays as FitArrays
 from ._fit import fit_arrays as fit_arrays
 from ._fit import deviance as deviance
 from ._lrtest import LRTestResult as LRTestResult
+from ._many_datasets import fit_datasets as fit_datasets
 from ._lrtest import lrtest as lrtest
 from ._model import MixedLM as MixedLM
 from ._results import MixedLMResults as MixedLMResults

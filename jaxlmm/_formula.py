@@ -7,6 +7,7 @@ matrices and a `ModelSpec` that re-encodes new data exactly as in fitting.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import re
 
@@ -250,8 +251,6 @@ def model_matrix(expr: str, data: pd.DataFrame, what: str, formula: str | None =
 
 
 def check_columns_exist(names: list[str], data: pd.DataFrame, formula: str) -> None:
-    import difflib
-
     for name in names:
         if name not in data.columns:
             close = difflib.get_close_matches(name, [str(c) for c in data.columns], n=1)

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import warnings
 from typing import Any, Sequence
 
+import jax
 import numpy as np
 import pandas as pd
 
 from . import _formula
 from ._config import float64
 from ._memory_maps import release_if_needed
+from ._batch import fit_many
 from ._crossed import CrossedTerms, build_crossed_terms, check_dense_size
 from ._design import Design, make_design
+from ._fit import fit_arrays
+from ._results import MixedLMResults
 from .errors import (
     DataError,
     FormulaError,
@@ -537,8 +542,6 @@ class MixedLM:
 
     def with_response(self, y: Any, mask: Any = None, name: str | None = None) -> "MixedLM":
         """The same design with another response (NaN rows masked out); used by `fit_many`."""
-        import copy
-
         y = np.asarray(y, dtype=float)
         if y.shape != (int(np.asarray(self.design.y).shape[0]),):
             raise DataError(f"the new response must have {np.asarray(self.design.y).shape[0]} values, got shape {y.shape}.")
@@ -567,8 +570,6 @@ class MixedLM:
             >>> rb.fe_params.round(3).values.tolist()
             [[251.405, 10.467], [503.81, 20.935]]
         """
-        from ._batch import fit_many
-
         return fit_many(self, Y, reml, batch_size=batch_size, progress=progress, gtol=gtol)
 
     @property
@@ -589,12 +590,9 @@ class MixedLM:
         gtol = check_positive(gtol, "gtol")
         warn = check_flag(warn, "warn")
         release_if_needed()
-        from ._fit import fit_arrays
-        from ._results import MixedLMResults
-
         with float64():
             arrays = fit_arrays(self.design, bool(reml), gtol=gtol)
-            arrays = type(arrays)(*[np.asarray(a) for a in arrays])
+            arrays = jax.tree.map(np.asarray, arrays)
         result = MixedLMResults(self, arrays, bool(reml))
         if warn:
             result._warn()

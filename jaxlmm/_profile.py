@@ -21,6 +21,7 @@ holding cᵀβ̃ = t in the penalised least squares adds (cᵀβ̃̂ − t)² / 
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 from typing import NamedTuple
 
@@ -29,8 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _linalg
+from ._config import float64
 from ._design import theta_on_diagonal, theta_positions
+from ._fit import design_stats
 from ._kernels import LOG_2PI, deviance_at_scale, penalised_solution, relative_factor, residual_dof
+from ._optimize import minimize_newton
+from .errors import ConvergenceWarning, DataError
 
 SD, COR, SIGMA = 0, 1, 2
 # Constrained refits of a boundary fit start a standard deviation at 0 this far from 0 (relative to
@@ -113,8 +118,6 @@ def _beta(sol, pre_b0, pre_R_inv):
 
 def _variance_point(stats, pre_b0, pre_R_inv, which, value, u0, *, lambda_index: tuple, gtol: float, max_iter: int):
     """Hold variance parameter ``which`` at ``value``; minimise the ML deviance over the others."""
-    from ._optimize import minimize_newton
-
     idx = np.asarray(lambda_index)
     kinds = parameter_kinds(idx)
     held = jnp.arange(kinds.shape[0]) == which
@@ -139,8 +142,6 @@ def _variance_point(stats, pre_b0, pre_R_inv, which, value, u0, *, lambda_index:
 
 def _fixed_point(stats, pre_b0, pre_R_inv, which, value, theta0, *, lambda_index: tuple, gtol: float, max_iter: int):
     """Hold β_which at ``value``; minimise the ML deviance over θ (β's others and σ² profiled out)."""
-    from ._optimize import minimize_newton
-
     idx = np.asarray(lambda_index)
     li = jnp.asarray(idx)
     c = pre_R_inv[which]  # β_which = b0_which + c · β̃
@@ -199,16 +200,9 @@ class Profiler:
     """
 
     def __init__(self, results):
-        from ._config import float64
-        from ._fit import design_stats
-
         model = results.model
         ml = results if not results.reml else model.fit(reml=False, warn=False)
         if not ml.converged:
-            import warnings
-
-            from .errors import ConvergenceWarning
-
             warnings.warn(f"the ML refit that profiles are based on did not converge (largest gradient "
                           f"{ml.grad_norm:.2g}); profiles and profile intervals may be off.", ConvergenceWarning,
                           stacklevel=4)
@@ -250,8 +244,6 @@ class Profiler:
 
     def index(self, param) -> int:
         """Position of a parameter given by name or position (clear error otherwise)."""
-        from .errors import DataError
-
         if isinstance(param, (int, np.integer)) and not isinstance(param, bool):
             if 0 <= int(param) < len(self.names):
                 return int(param)
@@ -271,8 +263,6 @@ class Profiler:
 
     def evaluate(self, which: np.ndarray, values: np.ndarray, starts: list | None = None) -> dict:
         """Constrained minima at (which[i], values[i]); ``starts`` warm-starts each (None: the ML fit)."""
-        from ._config import float64
-
         which = np.asarray(which, dtype=np.int32)
         values = np.asarray(values, dtype=float)
         n = len(which)

@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import warnings
 from functools import cached_property
+from statistics import NormalDist
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from jax.scipy.special import ndtr
 
+from . import plot
+from ._config import float64
+from ._contrasts import contrast_table, parse_contrasts
+from ._fit import satterthwaite_df, varpar_cov
+from ._lrtest import chi2_sf, lrtest
 from ._memory_maps import release_if_needed
+from ._profile import Profiler
+from ._summary import Summary
 from .errors import ConvergenceWarning, DataError, SingularFitWarning, check_probability
 
 if TYPE_CHECKING:
@@ -27,17 +36,11 @@ SINGULAR_TOL = 1e-4
 
 def _norm_sf(z: np.ndarray) -> np.ndarray:
     """Upper tail of the standard normal, accurate far into the tail (float64 ndtr)."""
-    from jax.scipy.special import ndtr
-
-    from ._config import float64
-
     with float64():
         return np.asarray(ndtr(-np.asarray(z, dtype=float)))
 
 
 def _norm_ppf(p: float) -> float:
-    from statistics import NormalDist
-
     return NormalDist().inv_cdf(p)
 
 
@@ -160,7 +163,6 @@ class MixedLMResults:
     # ---- profile likelihood -------------------------------------------------------------------
     @cached_property
     def _profiler(self):
-        from ._profile import Profiler
 
         return Profiler(self)
 
@@ -256,8 +258,6 @@ class MixedLMResults:
     def plot_profile(self, param=None, *, alpha: float = 0.05, ax=None, n: int = 21, level: float = 0.99, values=None):
         """Profile likelihood curves (one panel per parameter) with the ``1 − alpha`` cut-off; the
         grid is `profile`'s (``n``, ``level``, ``values``)."""
-        from . import plot
-
         check_probability(alpha, "alpha")
         return plot.profile(self.profile(param, n=n, level=level, values=values), ax=ax, alpha=alpha)
 
@@ -286,8 +286,6 @@ class MixedLMResults:
     @cached_property
     def cov_vcomp(self) -> pd.DataFrame:
         """Covariance of `vcomp` from the inverse autodiff Hessian (delta method to the data scale)."""
-        from ._config import float64
-        from ._fit import varpar_cov
 
         with float64():
             cov = np.asarray(varpar_cov(self.model.design, self._arrays.theta, self._arrays.sigma2, self.reml))
@@ -446,8 +444,6 @@ class MixedLMResults:
 
     def satterthwaite_df(self, L) -> np.ndarray:
         """Satterthwaite degrees of freedom for the rows of the contrast matrix ``L`` (lmerTest's)."""
-        from ._config import float64
-        from ._fit import satterthwaite_df
 
         with float64():
             return np.asarray(
@@ -470,7 +466,6 @@ class MixedLMResults:
             >>> round(float(t["df"].iloc[0]), 1)
             161.0
         """
-        from ._contrasts import contrast_table, parse_contrasts
 
         L, rhs, labels = parse_contrasts(hypotheses, self.model.exog_names)
         estimate = L @ self.fe_params.values - rhs
@@ -485,8 +480,6 @@ class MixedLMResults:
 
     def wald_test(self, hypotheses) -> dict:
         """Joint Wald χ² test that all the given contrasts are zero: {statistic, df, pvalue}."""
-        from ._contrasts import parse_contrasts
-        from ._lrtest import chi2_sf
 
         L, rhs, _ = parse_contrasts(hypotheses, self.model.exog_names)
         diff = L @ self.fe_params.values - rhs
@@ -550,13 +543,11 @@ class MixedLMResults:
             ((64, 6), ['lower', 'upper'])
         """
         release_if_needed()
-        import warnings as _warnings
-
         if int(n) < 2:
             raise DataError(f"n must be at least 2 bootstrap replicates, got {n!r}.")
         Y = _simulate_responses(self, int(n), seed)
-        with _warnings.catch_warnings():
-            _warnings.simplefilter("ignore")  # singular replicates are expected and fine
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # singular replicates are expected and fine
             batch = self.model.fit_many(Y, reml=self.reml, progress=progress)
         table = pd.concat([batch.fe_params, batch.vcomp], axis=1)
         return BootstrapResult(table[batch.converged.values].reset_index(drop=True), int((~batch.converged).sum()),
@@ -565,37 +556,26 @@ class MixedLMResults:
     # ---- plots (see jaxlmm.plot; each returns a matplotlib Figure) ----------------------------
     def plot_residuals(self, ax=None):
         """Residuals against fitted values, coloured by group."""
-        from . import plot
-
         return plot.residuals_vs_fitted(self, ax=ax)
 
     def plot_qq(self, ax=None):
         """Normal Q-Q plot of the standardised residuals."""
-        from . import plot
-
         return plot.qq_residuals(self, ax=ax)
 
     def plot_qq_re(self):
         """Normal Q-Q plots of the random effects, one panel per effect."""
-        from . import plot
-
         return plot.qq_random_effects(self)
 
     def plot_caterpillar(self, alpha: float = 0.05):
         """Random effects with conditional intervals, sorted (lme4's dotplot of ranef)."""
-        from . import plot
-
         return plot.caterpillar(self, alpha=alpha)
 
     def plot_fitted_lines(self, x=None, max_groups: int = 12, groups=None):
         """Per-group fitted lines over the data."""
-        from . import plot
-
         return plot.fitted_lines(self, x=x, max_groups=max_groups, groups=groups)
 
     def compare_lr_test(self, restricted: "MixedLMResults"):
         """Likelihood-ratio test of a ``restricted`` (nested) fit against this one; see `jaxlmm.lrtest`."""
-        from ._lrtest import lrtest
 
         return lrtest(restricted, self)
 
@@ -606,7 +586,6 @@ class MixedLMResults:
         ``ddf="satterthwaite"`` shows t statistics with Satterthwaite degrees of freedom (as
         lmerTest) instead of z statistics.
         """
-        from ._summary import Summary
 
         return Summary(self, alpha, ddf)
 

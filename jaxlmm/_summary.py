@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from ._contrasts import t_sf2
+from .errors import DataError
+
 if TYPE_CHECKING:
     from ._results import MixedLMResults
 
@@ -46,8 +49,6 @@ class Summary:
         ci = r.conf_int(alpha)
         lo, hi = f"[{alpha / 2:.3f}", f"{1 - alpha / 2:.3f}]"
         if ddf == "satterthwaite":
-            from ._contrasts import t_sf2
-
             df = r.satterthwaite_df(np.eye(len(r.fe_params)))
             fixed = pd.DataFrame({"Coef.": r.fe_params, "Std.Err.": r.bse_fe, "t": r.tvalues.values, "df": df,
                                   "P>|t|": t_sf2(r.tvalues.values, df)}, index=r.fe_params.index)
@@ -63,8 +64,6 @@ class Summary:
                 }
             )
         else:
-            from .errors import DataError
-
             raise DataError(f"ddf must be 'wald' or 'satterthwaite', got {ddf!r}.")
         vc = r.vcomp.drop("Residual")
         label = r.model.group_name if hasattr(r.model, "group_name") else "Group"

@@ -8,6 +8,8 @@ import warnings
 
 import pandas as pd
 
+from . import datasets
+from ._model import MixedLM
 from .errors import JaxlmmError
 
 EXAMPLES = {
@@ -17,8 +19,6 @@ EXAMPLES = {
 
 
 def _fit_and_print(data: pd.DataFrame, formula: str, reml: bool, missing: str) -> int:
-    from . import MixedLM
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = MixedLM.from_formula(formula, data, missing=missing).fit(reml=reml)
@@ -43,8 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "example":
-            from . import datasets
-
             return _fit_and_print(datasets.load(args.name), EXAMPLES[args.name], not args.ml, "raise")
         try:
             data = pd.read_csv(args.csv)

@@ -18,6 +18,7 @@ end that line with ``;`` to see it once.
 from __future__ import annotations
 
 import math
+import re
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -110,8 +111,6 @@ def _tied_labels(r: "MixedLMResults", block) -> dict[tuple[int, int], str]:
 
 def _level_name(column: str, label: str | None) -> str:
     """'cask[C(cask)[a]]' → 'a': the level in a variance-component column name."""
-    import re
-
     if label and column.startswith(f"{label}[") and column.endswith("]"):
         column = column[len(label) + 1 : -1]
     match = re.fullmatch(r".*\[(?:T\.)?([^\[\]]+)\]", column)
