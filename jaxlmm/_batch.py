@@ -169,22 +169,33 @@ def _concurrent_chunks() -> int:
     return max(1, min(cores, MAX_CONCURRENT_CHUNKS))
 
 
-def _safe_batch_size(n_rows: int, requested: int | None, q: int, p: int, k: int) -> int:
+def _safe_batch_size(n_rows: int, requested: int | None, q: int, p: int, k: int, extra_bytes: int = 0) -> int:
     """The chunk size: ``requested``, or automatic: a power of two within the memory budget and at
     most `AUTO_BATCH_MAX` models, so that a large batch splits into chunks that run in parallel
     threads and start from the first chunk's median θ (`bench/results/many.md`: on sleepstudy, 128
-    models a chunk beat 256 and more; on 10,000-row designs small chunks beat large ones)."""
+    models a chunk beat 256 and more; on 10,000-row designs small chunks beat large ones).
+    ``extra_bytes``: per-model memory beyond the rows (a crossed model's dense block and pairs)."""
     if requested is not None and (not isinstance(requested, (int, np.integer)) or requested < 1):
         raise DataError(f"batch_size must be a positive integer, got {requested!r}.")
     if requested:
         return int(max(1, min(requested, max(k, 1))))
     # Bytes per model: the design's arrays and the per-row intermediates of the vmapped fit (about
     # four times the inputs, measured: 1,000 groups x 10 rows, 256 models, ~2 GB).
-    per_model = 4 * 8 * n_rows * (4 + q * q + q * p + 2 * p)
+    per_model = 4 * 8 * n_rows * (4 + q * q + q * p + 2 * p) + extra_bytes
     size = max(1, min(k, MEMORY_BUDGET_BYTES // max(per_model, 1), AUTO_BATCH_MAX))
     if size < k:
         size = 1 << (size.bit_length() - 1)  # chunks are padded to powers of two: no padded work
     return int(size)
+
+
+def _crossed_bytes(design: Design) -> int:
+    """Per-model working memory of a crossed design's dense block (about six D × D arrays in a
+    gradient) and its entry pairs; 0 for one grouping factor."""
+    if design.crossed is None:
+        return 0
+    layout = design.crossed.layout
+    pairs = int(np.asarray(design.crossed.pair_first).shape[0]) + int(np.asarray(design.crossed.entry_group).shape[0])
+    return 8 * (6 * layout.dense_size**2 + 4 * pairs * layout.width**2)
 
 
 # ---- results --------------------------------------------------------------------------------------
@@ -425,7 +436,7 @@ def fit_many(
     Yc = np.where(M > 0, values, 0.0)
     k = values.shape[1]
     q, p = len(model.exog_re_names), len(model.exog_names)
-    batch_size = _safe_batch_size(n, batch_size, q, p, k)
+    batch_size = _safe_batch_size(n, batch_size, q, p, k, _crossed_bytes(model.design))
     theta0 = np.tile(model.design.theta_start, (k, 1))
 
     def run(inputs, t0, max_iter, quasi_newton):
