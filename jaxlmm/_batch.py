@@ -395,9 +395,13 @@ class DatasetResults(_ManyResults):
 
     def __getitem__(self, key) -> MixedLMResults:
         i = self._position(key)
-        m = self.models[i].ngroups
+        model = self.models[i]
+        m = model.ngroups
         arrays = jax.tree.map(lambda a: a[i], self._arrays)
         arrays = arrays._replace(ranef=arrays.ranef[:m], ranef_cov=arrays.ranef_cov[:m])
+        if model.design.crossed is not None:
+            blocks = model.design.crossed.layout.n_blocks
+            arrays = arrays._replace(ranef_other=arrays.ranef_other[:blocks], ranef_other_cov=arrays.ranef_other_cov[:blocks])
         return MixedLMResults(self.models[i], arrays, self.reml)
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 
 from ._batch import DatasetResults, _fit_designs, _run_batched, _safe_batch_size, _shard
 from ._config import float64
+from ._crossed import CrossedLayout, CrossedTerms, build_crossed_terms
 from ._design import Design
 from ._fit import FitArrays
 from ._memory_maps import release_if_needed
@@ -57,12 +58,13 @@ def fit_datasets(
         MixedLM.from_formula(formula, d, groups=groups, re_formula=re_formula, missing=missing) for d in datasets
     ]
     first = models[0]
-    if first.factor_terms:
-        raise DataError(
-            "fit_datasets does not batch models with crossed grouping factors yet: each data set's pattern of "
-            "crossed levels has its own size. Fit them one by one (MixedLM.from_formula(...).fit()), or use "
-            "fit_many for many responses on one design."
-        )
+    for i, m in enumerate(models):
+        if [f for f, _ in m.crossed_factors] != [f for f, _ in first.crossed_factors]:
+            raise DataError(
+                f"data set {i} orders its crossed factors by levels as {[f for f, _ in m.crossed_factors]} but data set 0 "
+                f"as {[f for f, _ in first.crossed_factors]} (the factor with most levels leads): fit_datasets needs the "
+                "same order in every data set. Fit those data sets separately."
+            )
     for i, m in enumerate(models):
         if m.exog_names != first.exog_names or m.exog_re_names != first.exog_re_names:
             raise DataError(
@@ -71,23 +73,31 @@ def fit_datasets(
                 "categorical levels the same in every data set (pd.Categorical with fixed categories)."
             )
     k = len(models)
-    buckets: dict[tuple[int, int], list[int]] = {}
+    buckets: dict[tuple, list[int]] = {}
     for i, m in enumerate(models):
-        key = (_bucket(m.nobs, 16), _bucket(m.ngroups, 2))
+        key = (_bucket(m.nobs, 16), _bucket(m.ngroups, 2)) + _crossed_bucket(m.design)
         buckets.setdefault(key, []).append(i)
 
     results: list = [None] * k
-    for (n_rows, n_groups), members in buckets.items():
+    for key, members in buckets.items():
+        n_rows, n_groups = key[:2]
         stacked = [_padded_arrays(models[i].design, n_rows) for i in members]
+        crossed = _padded_crossed([models[i].design for i in members], key) if first.factor_terms else None
         inputs = [np.stack([s[j] for s in stacked]) for j in range(5)]
+        if crossed:
+            inputs += [np.stack([c[j] for c, _ in crossed]) for j in range(7)]
+        layout = crossed[0][1] if crossed else None
         template = first.design
         q, p = len(first.exog_re_names), len(first.exog_names)
-        size = _safe_batch_size(n_rows, batch_size, q, p, len(members))
+        extra = 0 if layout is None else 8 * (6 * layout.dense_size**2 + 4 * (inputs[-1].shape[1] + inputs[-4].shape[1]))
+        size = _safe_batch_size(n_rows, batch_size, q, p, len(members), extra)
 
-        def run(chunk, t0, max_iter, quasi_newton, n_groups=n_groups):
+        def run(chunk, t0, max_iter, quasi_newton, n_groups=n_groups, layout=layout):
             with float64():
-                y, X, Z, g, mask, tb = _shard(list(chunk) + [t0])
-                design = Design(y, X, Z, g, mask, n_groups, template.lambda_index)
+                arrays = _shard(list(chunk) + [t0])
+                y, X, Z, g, mask, tb = arrays[:5] + arrays[-1:]
+                terms = None if layout is None else CrossedTerms(*arrays[5:12], layout=layout)
+                design = Design(y, X, Z, g, mask, n_groups, template.lambda_index, terms)
                 return _fit_designs(design, tb, bool(reml), float(gtol), np.int32(max_iter), quasi_newton)
 
         theta0 = np.tile(template.theta_start, (len(members), 1))
@@ -95,20 +105,24 @@ def fit_datasets(
             out = _run_batched(run, inputs, theta0, size, progress, f"fitting {len(members)} data sets")
         for j, i in enumerate(members):
             results[i] = jax.tree.map(lambda a: a[j], out)
-    qmax = max(_bucket(m.ngroups, 2) for m in models)
+            if layout is not None:  # the other terms' modes back in the data set's own block order
+                own = _own_blocks(models[i].design.crossed.layout, layout)
+                results[i] = results[i]._replace(ranef_other=results[i].ranef_other[own],
+                                                 ranef_other_cov=results[i].ranef_other_cov[own])
 
-    def pad_groups(a, axis_len):
-        pad = [(0, qmax - axis_len)] + [(0, 0)] * (a.ndim - 1)
-        return np.pad(a, pad)
+    def pad_first_axis(a, length):
+        return np.pad(a, [(0, length - a.shape[0])] + [(0, 0)] * (a.ndim - 1))
 
     fields = []
     for f in FitArrays._fields:
-        if getattr(results[0], f) is None:  # a crossed model's fields (not batched here)
+        values = [getattr(r, f) for r in results]
+        if values[0] is None:  # one grouping factor: no other terms
             fields.append(None)
-        elif f in ("ranef", "ranef_cov"):
-            fields.append(np.stack([pad_groups(getattr(r, f), getattr(r, f).shape[0]) for r in results]))
+        elif f in ("ranef", "ranef_cov", "ranef_other", "ranef_other_cov"):
+            longest = max(v.shape[0] for v in values)
+            fields.append(np.stack([pad_first_axis(v, longest) for v in values]))
         else:
-            fields.append(np.stack([getattr(r, f) for r in results]))
+            fields.append(np.stack(values))
     names = pd.Index(range(k))
     result = DatasetResults(models, names, FitArrays(*fields), reml)
     result._warn()
@@ -124,3 +138,44 @@ def _padded_arrays(design: Design, n_rows: int) -> list[np.ndarray]:
         return np.pad(a, [(0, extra)] + [(0, 0)] * (a.ndim - 1), constant_values=value)
 
     return [pad(design.y), pad(design.X), pad(design.Z), pad(design.group), pad(design.mask)]
+
+
+def _crossed_bucket(design: Design) -> tuple:
+    """The crossed part of a data set's shape bucket: the levels of each other term."""
+    if design.crossed is None:
+        return ()
+    return tuple(_bucket(c, 2) for c in design.crossed.layout.level_counts)
+
+
+def _padded_crossed(designs: list[Design], key: tuple) -> list[tuple[list[np.ndarray], CrossedLayout]]:
+    """Each data set's `CrossedTerms` rebuilt for the bucket's padded layout (levels padded per
+    term; entries and pairs padded, to a common bucket, with an entry that no row touches): per data
+    set, the arrays and that layout."""
+    n_rows, n_groups = key[:2]
+    counts = list(key[2:])
+    rebuilt = []
+    for design in designs:
+        terms = design.crossed
+        own = terms.layout
+        offsets = np.concatenate([[0], np.cumsum(own.level_counts)[:-1]])
+        block, Zc = np.asarray(terms.block), np.asarray(terms.Z)
+        codes = [block[:, k] - offsets[k] for k in range(block.shape[1])]
+        Zs = [Zc[:, k, :size] for k, (_, size) in enumerate(own.columns)]
+        rebuilt.append(build_crossed_terms(np.asarray(design.group), n_groups, codes, counts, Zs, list(own.columns),
+                                           own.lead_width))
+    n_entries = _bucket(max(t.entry_group.shape[0] for t in rebuilt) + 1, 16)
+    n_pairs = _bucket(max(t.pair_first.shape[0] for t in rebuilt) + 1, 16)
+
+    def pad(a, length, value=0):
+        a = np.asarray(a)
+        return np.pad(a, [(0, length - a.shape[0])] + [(0, 0)] * (a.ndim - 1), constant_values=value)
+
+    return [([pad(t.Z, n_rows), pad(t.block, n_rows), pad(t.row_entry, n_rows), pad(t.entry_group, n_entries),
+              pad(t.entry_block, n_entries), pad(t.pair_first, n_pairs, n_entries - 1),
+              pad(t.pair_second, n_pairs, n_entries - 1)], t.layout) for t in rebuilt]
+
+
+def _own_blocks(own: CrossedLayout, padded: CrossedLayout) -> np.ndarray:
+    """Positions, in a padded layout, of a data set's own blocks (term by term)."""
+    own_offsets = np.concatenate([[0], np.cumsum(padded.level_counts)[:-1]])
+    return np.concatenate([start + np.arange(count) for start, count in zip(own_offsets, own.level_counts)])

@@ -264,3 +264,18 @@ def test_sparse_and_dense_coupling_give_the_same_fit(three_factors, monkeypatch)
         lev = r_dense.random_effects[factor].index[0]
         np.testing.assert_allclose(r_sparse.random_effects_cov[factor][lev].values,
                                    r_dense.random_effects_cov[factor][lev].values, atol=1e-8)
+
+
+def test_fit_datasets_of_crossed_models_equals_separate_fits(three_factors):
+    """Data sets of different sizes and levels, padded to shared shape buckets, fitted at once."""
+    sets = [three_factors.sample(frac=f, random_state=i).reset_index(drop=True) for i, f in enumerate([1.0, 0.8, 0.6])]
+    rl = jaxlmm.fit_datasets(THREE_TERMS, sets, progress=False)
+    for i, data in enumerate(sets):
+        single = jaxlmm.MixedLM.from_formula(THREE_TERMS, data).fit()
+        assert float(rl.llf.iloc[i]) == pytest.approx(single.llf, abs=1e-7)
+        member = rl[i]
+        for factor, modes in single.random_effects.items():
+            np.testing.assert_allclose(member.random_effects[factor].values, modes.values, atol=1e-4)
+    flipped = sets[0].assign(c=sets[0]["a"], a=sets[0]["c"])  # now c has the most levels: another leading factor
+    with pytest.raises(jaxlmm.DataError, match="orders its crossed factors"):
+        jaxlmm.fit_datasets("y ~ x + (1 | a) + (1 | c)", [sets[0], flipped], progress=False)
