@@ -314,27 +314,28 @@ def logdet_and_quadratic(M: jax.Array, B: jax.Array) -> tuple[jax.Array, jax.Arr
 
 
 @jax.custom_jvp
-def spd_inverse(M: jax.Array) -> jax.Array:
-    """M⁻¹ of a symmetric positive-definite ``M`` (k, k) from its Cholesky factor (one LAPACK call
-    each for the factor and the triangular inverse); d(M⁻¹) = −M⁻¹ dM M⁻¹, two matrix products."""
-    L_inv = _trtri(_potrf(M))
-    return _mT(L_inv) @ L_inv
+def spd_inverse_and_logdet(M: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(M⁻¹, log|M|) of a symmetric positive-definite ``M`` (k, k) from one Cholesky factorisation
+    and a triangular inverse (one LAPACK call each); d(M⁻¹) = −M⁻¹ dM M⁻¹ (two matrix products) and
+    d log|M| = Σ M⁻¹ ∘ dM."""
+    L = _potrf(M)
+    L_inv = _trtri(L)
+    return _mT(L_inv) @ L_inv, logdet_from_cholesky(L)
 
 
-@spd_inverse.defjvp
-def _spd_inverse_jvp(primals, tangents):
+@spd_inverse_and_logdet.defjvp
+def _spd_inverse_and_logdet_jvp(primals, tangents):
     (M,), (dM,) = primals, tangents
-    M_inv = spd_inverse(M)
-    return M_inv, -M_inv @ dM @ M_inv
+    M_inv, logdet = spd_inverse_and_logdet(M)
+    return (M_inv, logdet), (-M_inv @ dM @ M_inv, jnp.sum(M_inv * dM, axis=(-2, -1)))
 
 
 @logdet_and_quadratic.defjvp
 def _logdet_and_quadratic_jvp(primals, tangents):
     (M, B), (dM, dB) = primals, tangents
-    logdet, quad = logdet_and_quadratic(M, B)
-    M_inv = spd_inverse(M)
+    M_inv, logdet = spd_inverse_and_logdet(M)
     M_inv_B = M_inv @ B
     d_logdet = jnp.sum(M_inv * dM, axis=(-2, -1))
     cross = _mT(dB) @ M_inv_B
     d_quad = cross + _mT(cross) - _mT(M_inv_B) @ dM @ M_inv_B
-    return (logdet, quad), (d_logdet, d_quad)
+    return (logdet, _mT(B) @ M_inv_B), (d_logdet, d_quad)

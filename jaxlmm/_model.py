@@ -505,6 +505,9 @@ class MixedLM:
             [Zf for _, Zf, _, _ in others], [(int(a), w) for a, w in zip(starts[1:], widths[1:])], widths[0],
         )
         check_dense_size(layout_terms.layout, tuple(labels.get(f.factor, f.factor) for f, _, _, _ in others))
+        for f, Zf, codes, _ in others:  # the leading factor is checked with the design below
+            _warn_if_absorbed_by_fixed_effects(X, Zf, codes, len(f.levels), labels.get(f.factor, f.factor),
+                                               list(fixed_mm.columns))
         spec = ModelSpec(fixed_mm.model_spec, (), None, parsed.response)
         self = cls.__new__(cls)
         self.factor_terms = tuple(f for f, _, _, _ in factors)

@@ -279,3 +279,8 @@ def test_fit_datasets_of_crossed_models_equals_separate_fits(three_factors):
     flipped = sets[0].assign(c=sets[0]["a"], a=sets[0]["c"])  # now c has the most levels: another leading factor
     with pytest.raises(jaxlmm.DataError, match="orders its crossed factors"):
         jaxlmm.fit_datasets("y ~ x + (1 | a) + (1 | c)", [sets[0], flipped], progress=False)
+
+
+def test_crossed_factor_absorbed_by_the_fixed_effects_warns(three_factors):
+    with pytest.warns(jaxlmm.IdentifiabilityWarning, match="random effects of 'c' are absorbed by the fixed effects"):
+        jaxlmm.MixedLM.from_formula("y ~ x + C(c) + (1 + x | a) + (1 | c)", three_factors)
