@@ -646,7 +646,7 @@ def _crossed_factor_terms(terms, data: pd.DataFrame, formula: str, labels: dict)
             mm = _formula.model_matrix(t.expr, data, "random-effects matrix", formula)
             specs.append(mm.model_spec)
             these = list(mm.columns)
-            named = [label if _is_intercept(t.expr) else f"{c}|{label}" for c in these]
+            named = [label if c == "Intercept" else f"{c}|{label}" for c in these]  # lme4's "(Intercept)" of the factor
             if t.correlated:
                 blocks.append(RandomBlock(tuple(named), True, factor=label))
             else:

@@ -77,7 +77,7 @@ def test_subjects_by_items_match_lme4(psycholing, key):
     variances = {(row["grp"].split(".")[0], row["var1"]): row["vcov"] for row in entry["varcorr"]
                  if row.get("var2") is None and row["grp"] != "Residual"}
     for (grp, var), value in variances.items():
-        name = f"Var({'Intercept' if var == '(Intercept)' else var}|{grp})"
+        name = f"Var({grp})" if var == "(Intercept)" else f"Var({var}|{grp})"
         assert r.vcomp[name] == pytest.approx(value, rel=2e-3, abs=0.05)
 
 
@@ -284,3 +284,14 @@ def test_fit_datasets_of_crossed_models_equals_separate_fits(three_factors):
 def test_crossed_factor_absorbed_by_the_fixed_effects_warns(three_factors):
     with pytest.warns(jaxlmm.IdentifiabilityWarning, match="random effects of 'c' are absorbed by the fixed effects"):
         jaxlmm.MixedLM.from_formula("y ~ x + C(c) + (1 + x | a) + (1 | c)", three_factors)
+
+
+def test_lrtest_bootstrap_and_satterthwaite_on_crossed_slopes(psycholing):
+    small = jaxlmm.MixedLM.from_formula("rt ~ c + (1 | subj) + (1 | item)", psycholing).fit(reml=False)
+    large = jaxlmm.MixedLM.from_formula("rt ~ c + (1 | subj) + (1 + c | item)", psycholing).fit(reml=False)
+    test = jaxlmm.lrtest(small, large)
+    assert test.df == 2 and test.statistic == pytest.approx(2 * (large.llf - small.llf), rel=1e-9)
+    boot = large.bootstrap(n=16, seed=3, progress=False)
+    assert np.isfinite(boot.conf_int().values).all() and boot.replicates.shape == (16, 7)  # 2 fixed effects, 4 variance parameters, residual
+    df = large.satterthwaite_df(np.eye(2))
+    assert np.all((df > 1) & (df < large.nobs))
