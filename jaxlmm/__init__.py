@@ -33,6 +33,7 @@ from .errors import (
     IdentifiabilityWarning as IdentifiabilityWarning,
     JaxlmmError as JaxlmmError,
     MissingDataError as MissingDataError,
+    ModelTooLargeError as ModelTooLargeError,
     ResourceLimitWarning as ResourceLimitWarning,
     SingularFitWarning as SingularFitWarning,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "IdentifiabilityWarning",
     "JaxlmmError",
     "MissingDataError",
+    "ModelTooLargeError",
     "ResourceLimitWarning",
     "MixedLM",
     "MixedLMResults",

@@ -12,19 +12,7 @@ import numpy as np
 
 def dense_loglik(y, X, Z, groups, cov_re, sigma2, reml: bool) -> float:
     """(RE)ML log-likelihood at (G = cov_re, σ²) with β profiled by GLS."""
-    y, X, Z = (np.asarray(a, float) for a in (y, X, Z))
-    groups = np.asarray(groups)
-    n, p = X.shape
-    same = groups[:, None] == groups[None, :]
-    V = np.where(same, Z @ np.asarray(cov_re) @ Z.T, 0.0) + sigma2 * np.eye(n)
-    Vi = np.linalg.inv(V)
-    XtViX = X.T @ Vi @ X
-    beta = np.linalg.solve(XtViX, X.T @ Vi @ y)
-    r = y - X @ beta
-    ll = -0.5 * (np.linalg.slogdet(V)[1] + r @ Vi @ r + n * np.log(2 * np.pi))
-    if reml:
-        ll += -0.5 * np.linalg.slogdet(XtViX)[1] + 0.5 * p * np.log(2 * np.pi)
-    return float(ll)
+    return dense_terms_loglik(y, X, [(groups, Z, cov_re)], sigma2, reml)[0]
 
 
 def cov_from_theta(theta, lambda_index, sigma2):
