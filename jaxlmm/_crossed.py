@@ -45,14 +45,8 @@ class CrossedLayout:
     columns: tuple[tuple[int, int], ...]  # (start, size) of each term's block in the Λ template
     n_lead: int  # levels of the leading factor
     lead_width: int = 1  # the leading factor's effects per level (q₁)
-
-    @property
-    def dense_coupling(self) -> bool:
-        """Whether L₂₁ is held as a dense (m q₁) × D matrix and L₂₁L₂₁ᵀ formed by one matrix product:
-        when that product is small. Otherwise the pairs of non-zero blocks are scatter-added (on
-        psycholing, 112 × 64, the dense product makes the Hessian 5× faster; on InstEval,
-        2,972 × 1,142, it would cost 8 GFlop against 1.8 million pair products)."""
-        return self.n_lead * self.lead_width * self.dense_size**2 <= DENSE_COUPLING_MAX_FLOPS
+    # L₂₁ held as a dense (m q₁) × D matrix, L₂₁L₂₁ᵀ by one matrix product (see `choose_dense_coupling`)
+    dense_coupling: bool = True
 
     @property
     def n_blocks(self) -> int:
@@ -107,14 +101,36 @@ def check_dense_size(layout: CrossedLayout, names: tuple[str, ...] = ()) -> None
         )
 
 
+def choose_dense_coupling(layout: CrossedLayout, n_pairs: int) -> bool:
+    """Dense L₂₁ (one (m q₁) × D matrix product per evaluation) when that product is small, or when
+    the pairs of non-zero blocks would cost more: a scatter-add moves about 50 times fewer elements
+    per second than a matrix product does flops. On psycholing (112 × 64) the dense product makes
+    the Hessian 5× faster; on InstEval (2,972 × 1,142) it would cost 8 GFlop against 1.8 million
+    pair products. Either way a coupling beyond memory is refused."""
+    dense_flops = layout.n_lead * layout.lead_width * layout.dense_size**2
+    dense = dense_flops <= max(DENSE_COUPLING_MAX_FLOPS, 50 * n_pairs * layout.width**2)
+    need = 8 * (layout.n_lead * layout.lead_width * layout.dense_size if dense else 4 * n_pairs * layout.width**2)
+    if need > DENSE_MAX_BYTES:
+        raise ModelTooLargeError(
+            f"the leading factor's {layout.n_lead:,} levels meet {layout.dense_size:,} effects of the other factors in "
+            f"so many combinations that their coupling would need about {need / 2**30:.1f} GiB (limit "
+            f"{DENSE_MAX_BYTES / 2**30:.0f} GiB). Drop or nest one of the factors, or fit a subset of the data."
+        )
+    return bool(dense)
+
+
 def build_crossed_terms(lead_codes: np.ndarray, n_lead: int, codes: list[np.ndarray], level_counts: list[int],
-                        Zs: list[np.ndarray], columns: list[tuple[int, int]], lead_width: int = 1) -> CrossedTerms:
+                        Zs: list[np.ndarray], columns: list[tuple[int, int]], lead_width: int = 1,
+                        names: tuple[str, ...] = (), dense_coupling: bool | None = None) -> CrossedTerms:
     """The `CrossedTerms` of non-leading terms with level ``codes`` (0..levels-1, one array per term)
     and model columns ``Zs`` (n × q each), whose Λ blocks sit at ``columns`` of the template; the
-    leading factor has ``n_lead`` levels and ``lead_width`` effects per level."""
+    leading factor has ``n_lead`` levels and ``lead_width`` effects per level. ``names`` (of the
+    non-leading terms) are for the error when the dense block is too large; ``dense_coupling``
+    overrides `choose_dense_coupling` (data sets batched together need the same choice)."""
     n = len(lead_codes)
     layout = CrossedLayout(tuple(int(k) for k in level_counts), tuple((int(a), int(b)) for a, b in columns), int(n_lead),
                            int(lead_width))
+    check_dense_size(layout, names)
     T, w = len(codes), layout.width
     Z = np.zeros((n, T, w))
     for k, Zk in enumerate(Zs):
@@ -127,6 +143,10 @@ def build_crossed_terms(lead_codes: np.ndarray, n_lead: int, codes: list[np.ndar
     entry_group, entry_block = keys // layout.n_blocks, keys % layout.n_blocks
     counts = np.bincount(entry_group, minlength=n_lead)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    n_pairs = int(np.sum(counts * (counts + 1) // 2))
+    if dense_coupling is None:
+        dense_coupling = choose_dense_coupling(layout, n_pairs)
+    layout = dataclasses.replace(layout, dense_coupling=bool(dense_coupling))
     # pairs (e, f) of entries of one leading level with e ≤ f: entry e pairs with itself and the later ones
     position = np.arange(len(keys)) - starts[entry_group]
     later = counts[entry_group] - position

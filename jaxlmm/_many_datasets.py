@@ -153,16 +153,9 @@ def _padded_crossed(designs: list[Design], key: tuple) -> list[tuple[list[np.nda
     set, the arrays and that layout."""
     n_rows, n_groups = key[:2]
     counts = list(key[2:])
-    rebuilt = []
-    for design in designs:
-        terms = design.crossed
-        own = terms.layout
-        offsets = np.concatenate([[0], np.cumsum(own.level_counts)[:-1]])
-        block, Zc = np.asarray(terms.block), np.asarray(terms.Z)
-        codes = [block[:, k] - offsets[k] for k in range(block.shape[1])]
-        Zs = [Zc[:, k, :size] for k, (_, size) in enumerate(own.columns)]
-        rebuilt.append(build_crossed_terms(np.asarray(design.group), n_groups, codes, counts, Zs, list(own.columns),
-                                           own.lead_width))
+    rebuilt = _rebuild(designs, n_groups, counts, None)
+    if len({t.layout.dense_coupling for t in rebuilt}) > 1:  # one layout for the bucket: the pairs serve all
+        rebuilt = _rebuild(designs, n_groups, counts, False)
     n_entries = _bucket(max(t.entry_group.shape[0] for t in rebuilt) + 1, 16)
     n_pairs = _bucket(max(t.pair_first.shape[0] for t in rebuilt) + 1, 16)
 
@@ -173,6 +166,21 @@ def _padded_crossed(designs: list[Design], key: tuple) -> list[tuple[list[np.nda
     return [([pad(t.Z, n_rows), pad(t.block, n_rows), pad(t.row_entry, n_rows), pad(t.entry_group, n_entries),
               pad(t.entry_block, n_entries), pad(t.pair_first, n_pairs, n_entries - 1),
               pad(t.pair_second, n_pairs, n_entries - 1)], t.layout) for t in rebuilt]
+
+
+def _rebuild(designs: list[Design], n_groups: int, counts: list[int], dense_coupling: bool | None) -> list[CrossedTerms]:
+    """Each data set's crossed terms rebuilt with ``n_groups`` leading levels and ``counts`` levels per other term."""
+    rebuilt = []
+    for design in designs:
+        terms = design.crossed
+        own = terms.layout
+        offsets = np.concatenate([[0], np.cumsum(own.level_counts)[:-1]])
+        block, Zc = np.asarray(terms.block), np.asarray(terms.Z)
+        codes = [block[:, k] - offsets[k] for k in range(block.shape[1])]
+        Zs = [Zc[:, k, :size] for k, (_, size) in enumerate(own.columns)]
+        rebuilt.append(build_crossed_terms(np.asarray(design.group), n_groups, codes, counts, Zs, list(own.columns),
+                                           own.lead_width, dense_coupling=dense_coupling))
+    return rebuilt
 
 
 def _own_blocks(own: CrossedLayout, padded: CrossedLayout) -> np.ndarray:

@@ -16,7 +16,7 @@ from . import _formula
 from ._config import float64
 from ._memory_maps import release_if_needed
 from ._batch import fit_many
-from ._crossed import CrossedTerms, build_crossed_terms, check_dense_size
+from ._crossed import CrossedTerms, build_crossed_terms
 from ._design import Design, make_design
 from ._fit import fit_arrays
 from ._results import MixedLMResults
@@ -503,8 +503,8 @@ class MixedLM:
         layout_terms = build_crossed_terms(
             lead[2], len(lead[0].levels), [c for _, _, c, _ in others], [len(f.levels) for f, _, _, _ in others],
             [Zf for _, Zf, _, _ in others], [(int(a), w) for a, w in zip(starts[1:], widths[1:])], widths[0],
+            tuple(labels.get(f.factor, f.factor) for f, _, _, _ in others),
         )
-        check_dense_size(layout_terms.layout, tuple(labels.get(f.factor, f.factor) for f, _, _, _ in others))
         for f, Zf, codes, _ in others:  # the leading factor is checked with the design below
             _warn_if_absorbed_by_fixed_effects(X, Zf, codes, len(f.levels), labels.get(f.factor, f.factor),
                                                list(fixed_mm.columns))
