@@ -27,22 +27,25 @@ Results go to ``bench/results/core.md`` and ``bench/results/core.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
+import functools
 import json
-import os
-import platform
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
-DEFAULT_INSTEVAL = REPO_ROOT.parent / "shared" / "reference" / "data" / "insteval.csv"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, for _common however this is started
+
+import _common  # noqa: E402
+from _common import (  # noqa: E402
+    BENCH_DIR, DEFAULT_INSTEVAL, _get, attach_first_fits, check_first_fits, finish_run, fmt_ratio, fmt_t,
+    load_frames, machine_lines, md_section, new_results, no_cache_here, parse_fixef, r_version, r_warnings,
+    read_source, rscript_failed, run_r_spec, tsv_lines, workdir_with_cache, write_report,
+)
+
+# core.md shows negative memory deltas as numbers (crossed.md shows them as "—")
+fmt_mib = functools.partial(_common.fmt_mib, hide_negative=False)
 
 # Log-likelihoods that differ by more than this (absolute) are flagged.
 LLF_TOL = 1e-3
@@ -91,16 +94,7 @@ MODELS = [
 
 def load_frame(spec: dict):
     """The model's DataFrame: grouping column as strings, response as float."""
-    import pandas as pd
-
-    src = spec["source"]
-    if src.get("csv"):
-        df = pd.read_csv(src["csv"])
-    else:
-        import jaxlmm
-
-        df = jaxlmm.datasets.load(src["dataset"])
-    df = df[spec["columns"]].copy()
+    df = read_source(spec["source"])[spec["columns"]].copy()
     df[spec["group"]] = df[spec["group"]].astype(str)
     df[spec["response"]] = df[spec["response"]].astype(float)
     for c in spec["columns"]:
@@ -120,28 +114,11 @@ import jaxlmm
 t_import = time.perf_counter() - t0
 sys.path.insert(0, spec["bench_dir"])
 from bench_core import load_frame
+from _common import reset_peak, status_kib, timed_reml_fit
 df = load_frame(spec)
-def status_kib(field):
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return -1
-def reset_peak():
-    # Linux: writing 5 to clear_refs resets VmHWM (the peak RSS) to the current RSS.
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
 rss_before = status_kib("VmRSS")
 reset_ok = reset_peak()
-with warnings.catch_warnings(record=True) as w:
-    warnings.simplefilter("always")
-    t0 = time.perf_counter()
-    r = jaxlmm.MixedLM.from_formula(spec["formula"], df).fit(reml=True)
-    t_fit = time.perf_counter() - t0
+r, t_fit, msgs = timed_reml_fit(spec["formula"], df)
 peak_first = status_kib("VmHWM")
 # a second (warm) fit in the same process: its own peak above the resident set before it
 rss_before_2 = status_kib("VmRSS")
@@ -155,48 +132,14 @@ print("@@RESULT@@" + json.dumps({
     "rss_before_fit_kib": rss_before, "peak_rss_kib": peak_first, "peak_reset_ok": reset_ok,
     "rss_before_second_fit_kib": rss_before_2, "peak_second_fit_kib": peak_second,
     "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "nobs": int(r.nobs),
-    "warnings": [str(x.message)[:200] for x in w],
+    "warnings": msgs,
 }))
 """
 
 
-def _child_env(cache_dir: str | None) -> dict:
-    env = dict(os.environ)
-    for k in ("JAXLMM_NO_CACHE", "JAXLMM_CACHE_DIR", "JAX_COMPILATION_CACHE_DIR"):
-        env.pop(k, None)
-    if cache_dir is None:
-        env["JAXLMM_NO_CACHE"] = "1"
-    else:
-        env["JAXLMM_CACHE_DIR"] = cache_dir
-    return env
-
-
-def _cache_entries(cache_dir: str) -> int:
-    return sum(1 for p in Path(cache_dir).iterdir() if not p.name.startswith("."))
-
-
 def first_fit_subprocess(spec: dict, cache_dir: str | None) -> dict:
-    payload = dict(spec, bench_dir=str(BENCH_DIR))
-    n_before = _cache_entries(cache_dir) if cache_dir is not None else None
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, json.dumps(payload)],
-        env=_child_env(cache_dir),
-        capture_output=True,
-        text=True,
-        cwd=str(REPO_ROOT),
-        timeout=600,
-    )
-    wall = time.perf_counter() - t0
-    for line in proc.stdout.splitlines():
-        if line.startswith("@@RESULT@@"):
-            out = json.loads(line[len("@@RESULT@@") :])
-            out["process_wall_s"] = wall
-            if cache_dir is not None:
-                out["cache_entries_before"] = n_before
-                out["cache_entries_after"] = _cache_entries(cache_dir)
-            return out
-    raise RuntimeError(f"jaxlmm subprocess failed (rc={proc.returncode}):\n{proc.stderr[-3000:]}")
+    """One first fit in a fresh process (cache off, or JAXLMM_CACHE_DIR=cache_dir): see _CHILD."""
+    return _common.first_fit_subprocess(_CHILD, spec, cache_dir, timeout=600)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -275,60 +218,40 @@ def bench_statsmodels(spec: dict, df, repeats: int) -> dict:
 # ------------------------------------------------------------------------------------------------
 # lme4
 
-_R_SCRIPT = r"""
-suppressMessages(library(lme4))
+_R_SCRIPT = _common.R_LME4_PRELUDE + r"""
 args <- commandArgs(TRUE)
 spec <- read.delim(args[1], stringsAsFactors = FALSE, quote = "")
-cat("@@VERSION", as.character(packageVersion("lme4")), R.version.string,
-    paste(extSoftVersion()[["BLAS"]], La_library()), "\n", sep = "\t")
 for (i in seq_len(nrow(spec))) {
   d <- read.csv(spec$csv[i])
   d[[spec$group[i]]] <- factor(d[[spec$group[i]]])
   f <- as.formula(spec$formula[i])
   w <- character(0)
-  t0 <- proc.time()[["elapsed"]]
-  m <- withCallingHandlers(lmer(f, data = d, REML = TRUE),
-    warning = function(c) { w <<- c(w, conditionMessage(c)); invokeRestart("muffleWarning") },
-    message = function(c) { w <<- c(w, conditionMessage(c)); invokeRestart("muffleMessage") })
-  t_warm <- proc.time()[["elapsed"]] - t0
-  # batches of b fits, each batch >= ~50 ms, so proc.time's 1 ms resolution does not matter
-  b <- max(1L, as.integer(ceiling(0.05 / max(t_warm, 1e-3))))
-  nb <- max(1L, as.integer(ceiling(spec$nrep[i] / b)))
-  tt <- numeric(nb)
-  for (k in seq_len(nb)) {
-    t0 <- proc.time()[["elapsed"]]
-    for (j in seq_len(b)) m <- suppressMessages(suppressWarnings(lmer(f, data = d, REML = TRUE)))
-    tt[k] <- (proc.time()[["elapsed"]] - t0) / b
-  }
+  tb <- time_batches(
+    function() withCallingHandlers(lmer(f, data = d, REML = TRUE),
+      warning = function(c) { w <<- c(w, conditionMessage(c)); invokeRestart("muffleWarning") },
+      message = function(c) { w <<- c(w, conditionMessage(c)); invokeRestart("muffleMessage") }),
+    function() suppressMessages(suppressWarnings(lmer(f, data = d, REML = TRUE))),
+    spec$nrep[i])
+  m <- tb$m
   fe <- paste(names(fixef(m)), format(fixef(m), digits = 17), sep = "=", collapse = ";")
-  cat("@@RESULT", spec$key[i], format(median(tt), digits = 17), format(as.numeric(logLik(m)), digits = 17),
-      nb * b, b, fe, gsub("[\t\n]", " ", paste(unique(w), collapse = " | ")), "\n", sep = "\t")
+  cat("@@RESULT", spec$key[i], format(median(tb$tt), digits = 17), format(as.numeric(logLik(m)), digits = 17),
+      tb$nb * tb$b, tb$b, fe, gsub("[\t\n]", " ", paste(unique(w), collapse = " | ")), "\n", sep = "\t")
 }
 """
 
 
 def bench_lme4(specs: list[dict], frames: dict, repeats: dict, workdir: Path) -> dict:
-    rscript = shutil.which("Rscript")
-    if rscript is None:
-        return {"_skipped": "Rscript not found on PATH: lme4 column left empty."}
-    rows = ["key\tcsv\tgroup\tformula\tnrep"]
-    for spec in specs:
-        csv = workdir / f"{spec['key']}.csv"
-        frames[spec["key"]].to_csv(csv, index=False)
-        rows.append(f"{spec['key']}\t{csv}\t{spec['group']}\t{spec['formula']}\t{repeats[spec['key']]}")
-    (workdir / "spec.tsv").write_text("\n".join(rows) + "\n")
-    (workdir / "bench.R").write_text(_R_SCRIPT)
-    proc = subprocess.run(
-        [rscript, str(workdir / "bench.R"), str(workdir / "spec.tsv")],
-        capture_output=True,
-        text=True,
-        timeout=900,
+    proc = run_r_spec(
+        _R_SCRIPT, "key\tcsv\tgroup\tformula\tnrep", specs, frames,
+        lambda spec, csv: f"{spec['key']}\t{csv}\t{spec['group']}\t{spec['formula']}\t{repeats[spec['key']]}",
+        workdir, timeout=900,
     )
+    if proc is None:
+        return {"_skipped": "Rscript not found on PATH: lme4 column left empty."}
     out: dict = {}
-    for line in proc.stdout.splitlines():
-        parts = line.rstrip("\n").split("\t")
+    for parts in tsv_lines(proc.stdout):
         if parts[0] == "@@VERSION":
-            out["_version"] = {"lme4": parts[1], "R": parts[2], "blas": parts[3].strip()}
+            out["_version"] = r_version(parts)
         elif parts[0] == "@@RESULT":
             key, med, ll, n, batch, fe, warn = (parts + [""] * 8)[1:8]
             out[key] = {
@@ -336,110 +259,20 @@ def bench_lme4(specs: list[dict], frames: dict, repeats: dict, workdir: Path) ->
                 "llf": float(ll),
                 "n_fits": int(n),
                 "batch": int(batch),
-                "fe_params": {a: float(b) for a, b in (p.split("=") for p in fe.split(";") if p)},
-                "warnings": [warn.strip()] if warn.strip() else [],
+                "fe_params": parse_fixef(fe),
+                "warnings": r_warnings(warn),
             }
     if proc.returncode != 0 or not any(not k.startswith("_") for k in out):
-        out["_error"] = f"Rscript failed (rc={proc.returncode}): {proc.stderr[-2000:]}"
+        out["_error"] = rscript_failed(proc)
     return out
-
-
-# ------------------------------------------------------------------------------------------------
-# machine info
-
-
-def machine_info() -> dict:
-    import jax
-    import numpy
-    import pandas
-    import statsmodels
-
-    import jaxlmm
-
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        nproc = str(os.cpu_count())
-    try:
-        mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError):
-        mem_gib = None
-    thread_env = {
-        k: os.environ.get(k, "(unset)")
-        for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS", "JAX_PLATFORMS")
-    }
-    return {
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "platform": platform.platform(),
-        "nproc": nproc,
-        "cpu": cpu,
-        "mem_gib": mem_gib,
-        "python": platform.python_version(),
-        "jaxlmm": jaxlmm.__version__,
-        "jax": jax.__version__,
-        "jax_backend": jax.default_backend(),
-        "numpy": numpy.__version__,
-        "pandas": pandas.__version__,
-        "statsmodels": statsmodels.__version__,
-        "thread_env": thread_env,
-        "loadavg_start": list(os.getloadavg()),
-    }
 
 
 # ------------------------------------------------------------------------------------------------
 # reporting
 
 
-def fmt_t(s: float | None) -> str:
-    if s is None:
-        return "—"
-    if s < 1e-3:
-        return f"{s * 1e6:.0f} µs"
-    if s < 1:
-        return f"{s * 1e3:.1f} ms"
-    return f"{s:.2f} s"
-
-
-def fmt_ratio(a: float | None, b: float | None) -> str:
-    if a is None or b is None or b == 0:
-        return "—"
-    return f"{a / b:.1f}×"
-
-
-def fmt_mib(kib: float | None) -> str:
-    if kib is None:
-        return "—"
-    return f"{kib / 1024:.1f} MiB" if abs(kib) < 10 * 1024 else f"{kib / 1024:.0f} MiB"
-
-
-def _get(d: dict, *keys):
-    for k in keys:
-        if not isinstance(d, dict) or k not in d:
-            return None
-        d = d[k]
-    return d
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def text_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(out)
+def machine_info() -> dict:
+    return _common.machine_info(statsmodels=True)
 
 
 def build_tables(results: dict) -> dict:
@@ -518,22 +351,9 @@ def write_markdown(results: dict, tables: dict, path: Path) -> None:
     lines = [
         "# jaxlmm core benchmark",
         "",
-        f"Date: {m['date']}  ",
-        f"Machine: {m['cpu']}, nproc = {m['nproc']}, {m['mem_gib']} GiB RAM, {m['platform']}  ",
-        f"Versions: python {m['python']}, jaxlmm {m['jaxlmm']}, jax {m['jax']} ({m['jax_backend']}), "
-        f"numpy {m['numpy']}, pandas {m['pandas']}, statsmodels {m['statsmodels']}, "
-        f"lme4 {lme4v.get('lme4', '—')} ({lme4v.get('R', 'R not run')})  ",
-        f"R BLAS/LAPACK: {lme4v.get('blas', '—')}  ",
-        "Threads: " + ", ".join(f"{k}={v}" for k, v in m["thread_env"].items()) + " (defaults, not overridden)  ",
-        "Load average (1, 5, 15 min) at start: {} ; at end: {}  ".format(
-            ", ".join(f"{x:.2f}" for x in m["loadavg_start"]), ", ".join(f"{x:.2f}" for x in m.get("loadavg_end", []))
-        ),
+        *machine_lines(m, lme4v),
         f"Command: `{results['command']}`; repeats = {results['repeats']}; total run time {results['total_s']:.0f} s",
-        "",
-        "## Time per REML fit",
-        "",
-        md_table(*tables["timing"]),
-        "",
+        *md_section("Time per REML fit", tables["timing"]),
         "- *1st fit*: a fresh Python process; the time of `MixedLM.from_formula(...).fit()` only (import and data "
         "loading excluded), i.e. JIT compilation plus one fit. *No cache*: `JAXLMM_NO_CACHE=1`; "
         "*warm cache*: `JAXLMM_CACHE_DIR` populated by an earlier process.",
@@ -542,17 +362,9 @@ def write_markdown(results: dict, tables: dict, path: Path) -> None:
         "prebuilt model.",
         "- statsmodels: `smf.mixedlm(..., groups=, re_formula=).fit(reml=True)`; lme4: `lmer(..., REML=TRUE)` "
         "timed in R (batches, median per fit). Ratios > 1 mean jaxlmm (warm, formula+fit) is faster.",
-        "",
-        "## Log-likelihoods (REML)",
-        "",
-        md_table(*tables["llf"]),
-        "",
+        *md_section("Log-likelihoods (REML)", tables["llf"]),
         f"Flagged when |Δ| > {LLF_TOL:g}.",
-        "",
-        "## jaxlmm memory (first-fit subprocesses)",
-        "",
-        md_table(*tables["mem"]),
-        "",
+        *md_section("jaxlmm memory (first-fit subprocesses)", tables["mem"]),
         "Measured inside the first-fit subprocess from /proc/self/status: *RSS before fit* is VmRSS after "
         "importing jaxlmm and loading the data (Python + JAX + pandas baseline); the peak is VmHWM, reset just before "
         "the fit by writing 5 to /proc/self/clear_refs. *Added by 1st fit* = peak − RSS before (formula, design, "
@@ -561,10 +373,7 @@ def write_markdown(results: dict, tables: dict, path: Path) -> None:
         "columns (response, fixed-effect column, grouping factor) at 8 bytes each. (`ru_maxrss` is not used: a "
         "child's `ru_maxrss` on Linux carries the parent's peak RSS across fork/exec.)",
     ]
-    notes = results.get("notes") or []
-    if notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    path.write_text("\n".join(lines) + "\n")
+    write_report(path, lines, results.get("notes"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -587,8 +396,7 @@ def main(argv=None) -> int:
     lme4_large = 2 if args.quick else 3
 
     # This process's own warm timings do not need the persistent cache; keep it out of ~/.cache.
-    os.environ["JAXLMM_NO_CACHE"] = "1"
-    os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+    no_cache_here()
 
     notes: list[str] = []
     wanted = set(args.models.split(",")) if args.models else None
@@ -607,30 +415,13 @@ def main(argv=None) -> int:
             spec["source"]["csv"] = str(path)
         specs.append(spec)
 
-    results: dict = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else " ".join(argv),
-        "repeats": repeats,
-        "machine": machine_info(),
-        "models": {},
-        "notes": notes,
-    }
-    print(f"machine: {results['machine']['cpu']}, nproc={results['machine']['nproc']}, jax {results['machine']['jax']}")
+    results = new_results(argv, machine_info(), notes, repeats=repeats)
+    frames = load_frames(specs, load_frame, results["models"], lambda spec, df: {
+        "ngroups": int(df[spec["group"]].nunique()),
+        "data_bytes": len(df) * len(spec["columns"]) * 8,
+    })
 
-    frames = {}
-    for spec in specs:
-        df = load_frame(spec)
-        frames[spec["key"]] = df
-        results["models"][spec["key"]] = {
-            "formula": spec["formula"],
-            "nobs": len(df),
-            "ngroups": int(df[spec["group"]].nunique()),
-            "data_bytes": len(df) * len(spec["columns"]) * 8,
-        }
-
-    with tempfile.TemporaryDirectory(prefix="jaxlmm-bench-") as tmp:
-        tmp = Path(tmp)
-        cache_dir = tmp / "jax-cache"
-        cache_dir.mkdir()
+    with workdir_with_cache() as (tmp, cache_dir):
         for spec in specs:
             key, df = spec["key"], frames[spec["key"]]
             res = results["models"][key]
@@ -644,34 +435,16 @@ def main(argv=None) -> int:
             print(f"  jaxlmm first fit, warm cache: {fmt_t(statistics.median(c['first_fit_s'] for c in warm))}"
                   f"  (populating run {fmt_t(populate['first_fit_s'])})")
 
-            def summarise(runs):
-                best = dict(runs[-1])
-                best["first_fit_s"] = statistics.median(r["first_fit_s"] for r in runs)
-                best["first_fit_times"] = [r["first_fit_s"] for r in runs]
-                best["peak_rss_kib"] = max(r["peak_rss_kib"] for r in runs)
-                best["peak_second_fit_kib"] = max(r["peak_second_fit_kib"] for r in runs)
-                return best
-
             # (b) warm in-process
             jw = bench_jaxlmm_warm(spec, df, repeats)
-            jw["first_fit_nocache"] = summarise(cold)
-            jw["first_fit_cache_populate"] = populate
-            jw["first_fit_warmcache"] = summarise(warm)
+            attach_first_fits(jw, cold, populate, warm, ("peak_rss_kib", "peak_second_fit_kib"))
             res["jaxlmm"] = jw
             print(f"  jaxlmm warm formula+fit {fmt_t(jw['warm_fit_s'])}, fit only {fmt_t(jw['fit_only_s'])}, "
                   f"llf {jw['llf']:.6f}")
             for w in jw["warnings"]:
                 notes.append(f"{key}: jaxlmm warning: {w}")
-            missed = [c for c in warm if c["cache_entries_after"] > c["cache_entries_before"]]
-            if missed:
-                notes.append(f"{key}: the warm-cache first fit wrote {missed[0]['cache_entries_after'] - missed[0]['cache_entries_before']} "
-                             "new entries to the compilation cache, i.e. it missed the cache (did the jaxlmm source change "
-                             "during the run, or is a cache key not deterministic?).")
-            for c in cold + [populate] + warm:
-                if abs(c["llf"] - jw["llf"]) > 1e-6:
-                    notes.append(f"{key}: jaxlmm llf in a subprocess ({c['llf']:.8f}) differs from in-process "
-                                 f"({jw['llf']:.8f})")
-                    break
+            check_first_fits(key, warm, cold + [populate] + warm, jw["llf"], notes,
+                             "(did the jaxlmm source change during the run, or is a cache key not deterministic?)")
 
             # statsmodels
             n_sm = sm_large if spec.get("large") else repeats
@@ -706,36 +479,8 @@ def main(argv=None) -> int:
         elif args.no_r:
             notes.append("lme4 skipped (--no-r).")
 
-    results["total_s"] = time.perf_counter() - t_start
-    results["machine"]["loadavg_end"] = list(os.getloadavg())
-    if max(results["machine"]["loadavg_start"][0], results["machine"]["loadavg_end"][0]) > 1.5:
-        notes.append(
-            "the machine was busy (1-min load average {:.1f} at start, {:.1f} at end, on {} cores): timings are "
-            "noisy, rerun on an idle machine for figures to quote.".format(
-                results["machine"]["loadavg_start"][0], results["machine"]["loadavg_end"][0], results["machine"]["nproc"]
-            )
-        )
-    tables = build_tables(results)
-    for key, r in results["models"].items():
-        for f in (r.get("llf_check") or {}).get("flags", []):
-            notes.append(f"{key}: log-likelihood check: {f}.")
-
-    print("\nTime per REML fit")
-    print(text_table(*tables["timing"]))
-    print("\nLog-likelihoods")
-    print(text_table(*tables["llf"]))
-    print("\njaxlmm memory (first-fit subprocess)")
-    print(text_table(*tables["mem"]))
-    if notes:
-        print("\nNotes")
-        for n in notes:
-            print("  - " + n)
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_markdown(results, tables, args.out / "core.md")
-    (args.out / "core.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    print(f"\nwrote {args.out / 'core.md'} and {args.out / 'core.json'}  (total {results['total_s']:.0f} s)")
-    return 0
+    return finish_run(results, t_start, build_tables, write_markdown, args.out, "core",
+                      "jaxlmm memory (first-fit subprocess)")
 
 
 if __name__ == "__main__":

@@ -47,10 +47,8 @@ Results go to ``bench/results/crossed.md`` and ``bench/results/crossed.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -60,9 +58,16 @@ import time
 import warnings
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
-DEFAULT_INSTEVAL = REPO_ROOT.parent / "shared" / "reference" / "data" / "insteval.csv"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, for _common however this is started
+
+import _common  # noqa: E402
+from _common import (  # noqa: E402
+    BENCH_DIR, DEFAULT_INSTEVAL, REPO_ROOT, _get, attach_first_fits, check_first_fits, finish_run, fmt_mib, fmt_t,
+    in_repo, load_frames, machine_lines, md_section, new_results, no_cache_here, parse_fixef, r_version,
+    r_warnings, read_source, rscript_failed, run_r_spec, tsv_lines, uncommitted_text, workdir_with_cache,
+    write_report,
+)
+
 CACHE_DIR = BENCH_DIR / ".cache"
 STAR_CSV = CACHE_DIR / "star.csv"
 PSYCHOLING_CSV = REPO_ROOT / "tests" / "data" / "psycholing.csv"
@@ -151,16 +156,7 @@ def ensure_star_csv(path: Path = STAR_CSV) -> str | None:
 
 def load_frame(spec: dict):
     """The model's DataFrame: used columns, rows with NAs dropped, categoricals as strings, response float."""
-    import pandas as pd
-
-    src = spec["source"]
-    if src.get("csv"):
-        df = pd.read_csv(src["csv"])
-    else:
-        import jaxlmm
-
-        df = jaxlmm.datasets.load(src["dataset"])
-    df = df[spec["columns"]].dropna().reset_index(drop=True)
+    df = read_source(spec["source"])[spec["columns"]].dropna().reset_index(drop=True)
     for c in spec["categorical"]:
         df[c] = df[c].astype(str)
     df[spec["response"]] = df[spec["response"]].astype(float)
@@ -174,94 +170,31 @@ def load_frame(spec: dict):
 # jaxlmm first fit in a fresh process
 
 _CHILD = r"""
-import json, resource, sys, time, warnings
+import json, resource, sys
 spec = json.loads(sys.argv[1])
 import jaxlmm
 sys.path.insert(0, spec["bench_dir"])
 from bench_crossed import load_frame
+from _common import reset_peak, status_kib, timed_reml_fit
 df = load_frame(spec)
-def status_kib(field):
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return -1
 rss_before = status_kib("VmRSS")
 peak_before = status_kib("VmHWM")
-# Linux: writing 5 to clear_refs resets VmHWM (the peak RSS) to the current RSS.
-try:
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
-    reset_ok = True
-except OSError:
-    reset_ok = False
-with warnings.catch_warnings(record=True) as w:
-    warnings.simplefilter("always")
-    t0 = time.perf_counter()
-    r = jaxlmm.MixedLM.from_formula(spec["formula"], df).fit(reml=True)
-    t_fit = time.perf_counter() - t0
+reset_ok = reset_peak()
+r, t_fit, msgs = timed_reml_fit(spec["formula"], df)
 peak_fit = status_kib("VmHWM")
 print("@@RESULT@@" + json.dumps({
     "first_fit_s": t_fit, "llf": float(r.llf), "converged": bool(r.converged), "n_iter": int(r.n_iter),
     "rss_before_fit_kib": rss_before, "peak_before_fit_kib": peak_before, "peak_fit_kib": peak_fit,
     "peak_reset_ok": reset_ok, "peak_process_kib": max(peak_before, peak_fit),
     "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "nobs": int(r.nobs),
-    "warnings": [str(x.message)[:200] for x in w],
+    "warnings": msgs,
 }))
 """
 
 
-def _status_kib(field: str) -> int:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return -1
-
-
-def _child_env(cache_dir: str | None) -> dict:
-    env = dict(os.environ)
-    for k in ("JAXLMM_NO_CACHE", "JAXLMM_CACHE_DIR", "JAX_COMPILATION_CACHE_DIR"):
-        env.pop(k, None)
-    if cache_dir is None:
-        env["JAXLMM_NO_CACHE"] = "1"
-    else:
-        env["JAXLMM_CACHE_DIR"] = cache_dir
-    return env
-
-
-def _cache_entries(cache_dir: str) -> int:
-    return sum(1 for p in Path(cache_dir).iterdir() if not p.name.startswith("."))
-
-
 def first_fit_subprocess(spec: dict, cache_dir: str | None) -> dict:
-    payload = dict(spec, bench_dir=str(BENCH_DIR))
-    n_before = _cache_entries(cache_dir) if cache_dir is not None else None
-    parent_rss, parent_peak = _status_kib("VmRSS"), _status_kib("VmHWM")
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, json.dumps(payload)],
-        env=_child_env(cache_dir),
-        capture_output=True,
-        text=True,
-        cwd=str(REPO_ROOT),
-        timeout=900,
-    )
-    wall = time.perf_counter() - t0
-    for line in proc.stdout.splitlines():
-        if line.startswith("@@RESULT@@"):
-            out = json.loads(line[len("@@RESULT@@") :])
-            out["process_wall_s"] = wall
-            out["parent_rss_at_spawn_kib"] = parent_rss
-            out["parent_peak_at_spawn_kib"] = parent_peak
-            if cache_dir is not None:
-                out["cache_entries_before"] = n_before
-                out["cache_entries_after"] = _cache_entries(cache_dir)
-            return out
-    raise RuntimeError(f"jaxlmm subprocess failed (rc={proc.returncode}):\n{proc.stderr[-3000:]}")
+    """One first fit in a fresh process (cache off, or JAXLMM_CACHE_DIR=cache_dir): see _CHILD."""
+    return _common.first_fit_subprocess(_CHILD, spec, cache_dir, timeout=900, parent_memory=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -305,12 +238,9 @@ def bench_jaxlmm_warm(spec: dict, df, repeats: int) -> dict:
 # ------------------------------------------------------------------------------------------------
 # lme4
 
-_R_SCRIPT = r"""
-suppressMessages(library(lme4))
+_R_SCRIPT = _common.R_LME4_PRELUDE + r"""
 args <- commandArgs(TRUE)
 spec <- read.delim(args[1], stringsAsFactors = FALSE, quote = "", colClasses = "character")
-cat("@@VERSION", as.character(packageVersion("lme4")), R.version.string,
-    paste(extSoftVersion()[["BLAS"]], La_library()), "\n", sep = "\t")
 # load and byte-compile lme4's code paths once, outside every timing
 invisible(suppressMessages(lmer(Reaction ~ Days + (Days | Subject), sleepstudy, REML = TRUE)))
 for (i in seq_len(nrow(spec))) {
@@ -328,18 +258,8 @@ for (i in seq_len(nrow(spec))) {
       warning = function(c) { w <<- c(w, conditionMessage(c)); invokeRestart("muffleWarning") },
       message = function(c) { w <<- c(w, conditionMessage(c)); invokeRestart("muffleMessage") })
     if (spec$warmup[i] == "1") {
-      t0 <- proc.time()[["elapsed"]]
-      m <- fit1()
-      t_warm <- proc.time()[["elapsed"]] - t0
-      # batches of b fits, each batch >= ~50 ms, so proc.time's 1 ms resolution does not matter
-      b <- max(1L, as.integer(ceiling(0.05 / max(t_warm, 1e-3))))
-      nb <- max(1L, as.integer(ceiling(nrep / b)))
-      tt <- numeric(nb)
-      for (k in seq_len(nb)) {
-        t0 <- proc.time()[["elapsed"]]
-        for (j in seq_len(b)) m <- suppressMessages(suppressWarnings(lmer(f, data = d, REML = TRUE)))
-        tt[k] <- (proc.time()[["elapsed"]] - t0) / b
-      }
+      tb <- time_batches(fit1, function() suppressMessages(suppressWarnings(lmer(f, data = d, REML = TRUE))), nrep)
+      m <- tb$m; b <- tb$b; nb <- tb$nb; tt <- tb$tt
     } else {
       b <- 1L
       nb <- max(1L, nrep)
@@ -367,32 +287,20 @@ for (i in seq_len(nrow(spec))) {
 
 
 def bench_lme4(specs: list[dict], frames: dict, repeats: dict, workdir: Path) -> dict:
-    rscript = shutil.which("Rscript")
-    if rscript is None:
+    def row(spec: dict, csv: Path) -> str:
+        warm = "0" if spec.get("large") else "1"  # large models: a single timed fit, no warm-up
+        return (f"{spec['key']}\t{csv}\t{','.join(spec['categorical'])}\t{','.join(spec['columns'])}\t"
+                f"{spec['formula']}\t{repeats[spec['key']]}\t{warm}")
+
+    proc = run_r_spec(_R_SCRIPT, "key\tcsv\tfactors\tcolumns\tformula\tnrep\twarmup", specs, frames, row,
+                      workdir, timeout=1800)
+    if proc is None:
         return {"_skipped": "Rscript not found on PATH: lme4 columns left empty."}
-    rows = ["key\tcsv\tfactors\tcolumns\tformula\tnrep\twarmup"]
-    for spec in specs:
-        csv = workdir / f"{spec['key']}.csv"
-        frames[spec["key"]].to_csv(csv, index=False)
-        warm = "0" if spec.get("large") else "1"
-        rows.append(
-            f"{spec['key']}\t{csv}\t{','.join(spec['categorical'])}\t{','.join(spec['columns'])}\t"
-            f"{spec['formula']}\t{repeats[spec['key']]}\t{warm}"
-        )
-    (workdir / "spec.tsv").write_text("\n".join(rows) + "\n")
-    (workdir / "bench.R").write_text(_R_SCRIPT)
-    proc = subprocess.run(
-        [rscript, str(workdir / "bench.R"), str(workdir / "spec.tsv")],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
     out: dict = {}
     errors = []
-    for line in proc.stdout.splitlines():
-        parts = line.rstrip("\n").split("\t")
+    for parts in tsv_lines(proc.stdout):
         if parts[0] == "@@VERSION":
-            out["_version"] = {"lme4": parts[1], "R": parts[2], "blas": parts[3].strip()}
+            out["_version"] = r_version(parts)
         elif parts[0] == "@@ERROR":
             errors.append(f"lme4 failed on {parts[1]}: {parts[2].strip() if len(parts) > 2 else ''}")
         elif parts[0] == "@@RESULT":
@@ -407,125 +315,26 @@ def bench_lme4(specs: list[dict], frames: dict, repeats: dict, workdir: Path) ->
                 "optimizer": opt,
                 "singular": sing.strip() == "1",
                 "nobs": int(nobs),
-                "fe_params": {a: float(b) for a, b in (p.split("=") for p in fe.split(";") if p)},
-                "warnings": [warn.strip()] if warn.strip() else [],
+                "fe_params": parse_fixef(fe),
+                "warnings": r_warnings(warn),
             }
     if errors:
         out["_errors"] = errors
     if proc.returncode != 0 or (not any(not k.startswith("_") for k in out) and not errors):
-        out["_error"] = f"Rscript failed (rc={proc.returncode}): {proc.stderr[-2000:]}"
+        out["_error"] = rscript_failed(proc)
     return out
-
-
-# ------------------------------------------------------------------------------------------------
-# machine info
-
-
-def machine_info() -> dict:
-    import jax
-    import numpy
-    import pandas
-
-    import jaxlmm
-
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        nproc = str(os.cpu_count())
-    try:
-        mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError):
-        mem_gib = None
-    source = {"jaxlmm_file": str(Path(jaxlmm.__file__).resolve().parent)}
-    try:
-        git = ["git", "-C", str(REPO_ROOT)]
-        source["repo_head"] = subprocess.run(
-            git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=30
-        ).stdout.strip()
-        if Path(source["jaxlmm_file"]).is_relative_to(REPO_ROOT):
-            dirty = subprocess.run(
-                git + ["status", "--porcelain", "--", "jaxlmm"], capture_output=True, text=True, timeout=30
-            ).stdout.split("\n")
-            source["jaxlmm_uncommitted"] = [ln[3:] for ln in dirty if ln.strip()]
-    except (OSError, subprocess.SubprocessError):
-        pass
-    thread_env = {
-        k: os.environ.get(k, "(unset)")
-        for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS", "JAX_PLATFORMS")
-    }
-    return {
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "platform": platform.platform(),
-        "nproc": nproc,
-        "cpu": cpu,
-        "mem_gib": mem_gib,
-        "python": platform.python_version(),
-        "jaxlmm": jaxlmm.__version__,
-        "source": source,
-        "jax": jax.__version__,
-        "jax_backend": jax.default_backend(),
-        "numpy": numpy.__version__,
-        "pandas": pandas.__version__,
-        "thread_env": thread_env,
-        "loadavg_start": list(os.getloadavg()),
-    }
 
 
 # ------------------------------------------------------------------------------------------------
 # reporting
 
 
-def fmt_t(s: float | None) -> str:
-    if s is None:
-        return "—"
-    if s < 1e-3:
-        return f"{s * 1e6:.0f} µs"
-    if s < 1:
-        return f"{s * 1e3:.1f} ms"
-    return f"{s:.2f} s"
+def machine_info() -> dict:
+    return _common.machine_info(source=True)
 
 
 def fmt_ratio(a: float | None, b: float | None) -> str:
-    if a is None or b is None or b == 0:
-        return "—"
-    x = a / b
-    return f"{x:.1f}×" if x >= 0.95 else (f"{x:.2f}×" if x >= 0.1 else f"{x:.2g}×")
-
-
-def fmt_mib(kib: float | None) -> str:
-    if kib is None or kib < 0:
-        return "—"
-    return f"{kib / 1024:.1f} MiB" if abs(kib) < 10 * 1024 else f"{kib / 1024:.0f} MiB"
-
-
-def _get(d: dict, *keys):
-    for k in keys:
-        if not isinstance(d, dict) or k not in d:
-            return None
-        d = d[k]
-    return d
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def text_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(out)
+    return _common.fmt_ratio(a, b, fine=True)
 
 
 def build_tables(results: dict) -> dict:
@@ -615,32 +424,17 @@ def write_markdown(results: dict, tables: dict, path: Path) -> None:
     lme4v = results.get("lme4_version") or {}
     src = m.get("source") or {}
     where = ""
-    if src.get("jaxlmm_file") and Path(src["jaxlmm_file"]).is_relative_to(REPO_ROOT):
-        where = (f", working tree at commit {src.get('repo_head', '?')}"
-                 + (f" **with uncommitted changes in {', '.join(src['jaxlmm_uncommitted'])}**"
-                    if src.get("jaxlmm_uncommitted") else ", no uncommitted changes in jaxlmm/"))
+    if in_repo(src):
+        where = f", working tree at commit {src.get('repo_head', '?')}" + uncommitted_text(src, " ")
     elif src.get("jaxlmm_file"):
         where = f", imported from `{src['jaxlmm_file']}`"
     lines = [
         "# jaxlmm crossed random-effects benchmark",
         "",
-        f"Date: {m['date']}  ",
-        f"Machine: {m['cpu']}, nproc = {m['nproc']}, {m['mem_gib']} GiB RAM, {m['platform']}  ",
-        f"Versions: python {m['python']}, jaxlmm {m['jaxlmm']}{where}, jax {m['jax']} ({m['jax_backend']}), "
-        f"numpy {m['numpy']}, pandas {m['pandas']}, "
-        f"lme4 {lme4v.get('lme4', '—')} ({lme4v.get('R', 'R not run')})  ",
-        f"R BLAS/LAPACK: {lme4v.get('blas', '—')}  ",
-        "Threads: " + ", ".join(f"{k}={v}" for k, v in m["thread_env"].items()) + " (defaults, not overridden)  ",
-        "Load average (1, 5, 15 min) at start: {} ; at end: {}  ".format(
-            ", ".join(f"{x:.2f}" for x in m["loadavg_start"]), ", ".join(f"{x:.2f}" for x in m.get("loadavg_end", []))
-        ),
+        *machine_lines(m, lme4v, where),
         f"Command: `{results['command']}`; repeats = {results['repeats']} "
         f"({results['large_repeats']} on insteval and star); total run time {results['total_s']:.0f} s",
-        "",
-        "## Time per REML fit",
-        "",
-        md_table(*tables["timing"]),
-        "",
+        *md_section("Time per REML fit", tables["timing"]),
         "- *1st fit*: a fresh Python process; the time of `MixedLM.from_formula(...).fit()` only (import and data "
         "loading excluded), i.e. formula, design, JIT compilation and one fit. *No cache*: `JAXLMM_NO_CACHE=1`; "
         "*warm cache*: `JAXLMM_CACHE_DIR` populated by an earlier process.",
@@ -651,18 +445,10 @@ def write_markdown(results: dict, tables: dict, path: Path) -> None:
         "(lme4's code loaded beforehand by a sleepstudy fit). *fevals*: `m@optinfo$feval`.",
         "- Ratios > 1 mean jaxlmm is faster. The warm ratio compares lme4's whole `lmer()` call with jaxlmm's fit "
         "alone; the 1st-fit ratio compares it with a cold jaxlmm process that compiles everything.",
-        "",
-        "## Log-likelihoods (REML)",
-        "",
-        md_table(*tables["llf"]),
-        "",
+        *md_section("Log-likelihoods (REML)", tables["llf"]),
         f"*jaxlmm − lme4*: jaxlmm's `llf` (warm fit) minus lme4's `logLik`; flagged when below −{LLF_TOL:g} (jaxlmm "
         "stopped at a lower optimum). Positive values mean jaxlmm found a higher REML log-likelihood.",
-        "",
-        "## jaxlmm memory (first-fit subprocesses)",
-        "",
-        md_table(*tables["mem"]),
-        "",
+        *md_section("jaxlmm memory (first-fit subprocesses)", tables["mem"]),
         "From /proc/self/status in the first-fit subprocess: *RSS before fit* is VmRSS after importing jaxlmm and "
         "loading the data; *peak RSS during 1st fit* is VmHWM after the fit, reset just before it by writing 5 to "
         "/proc/self/clear_refs, and *added by 1st fit* the difference (formula, design, compilation or cache "
@@ -672,10 +458,7 @@ def write_markdown(results: dict, tables: dict, path: Path) -> None:
         "so it is the child's own peak only when it is above *parent peak RSS at spawn*; the VmHWM columns are "
         "always the child's own.",
     ]
-    notes = results.get("notes") or []
-    if notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    path.write_text("\n".join(lines) + "\n")
+    write_report(path, lines, results.get("notes"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -701,8 +484,7 @@ def main(argv=None) -> int:
     first_small = 1 if args.quick else min(2, repeats)
 
     # This process's own warm timings do not need the persistent cache; keep it out of ~/.cache.
-    os.environ["JAXLMM_NO_CACHE"] = "1"
-    os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+    no_cache_here()
 
     notes: list[str] = []
     wanted = None
@@ -733,32 +515,14 @@ def main(argv=None) -> int:
             continue
         specs.append(spec)
 
-    results: dict = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else " ".join(argv),
-        "repeats": repeats,
-        "large_repeats": large_repeats,
-        "llf_tol": LLF_TOL,
-        "machine": machine_info(),
-        "models": {},
-        "notes": notes,
-    }
-    print(f"machine: {results['machine']['cpu']}, nproc={results['machine']['nproc']}, jax {results['machine']['jax']}")
+    results = new_results(argv, machine_info(), notes, repeats=repeats, large_repeats=large_repeats,
+                          llf_tol=LLF_TOL)
+    frames = load_frames(specs, load_frame, results["models"], lambda spec, df: {
+        "levels": {g: int(df[g].nunique()) for g in spec["groups"]},
+        "source": spec["source"],
+    })
 
-    frames = {}
-    for spec in specs:
-        df = load_frame(spec)
-        frames[spec["key"]] = df
-        results["models"][spec["key"]] = {
-            "formula": spec["formula"],
-            "nobs": len(df),
-            "levels": {g: int(df[g].nunique()) for g in spec["groups"]},
-            "source": spec["source"],
-        }
-
-    with tempfile.TemporaryDirectory(prefix="jaxlmm-bench-") as tmp:
-        tmp = Path(tmp)
-        cache_dir = tmp / "jax-cache"
-        cache_dir.mkdir()
+    with workdir_with_cache() as (tmp, cache_dir):
         for spec in specs:
             key, df = spec["key"], frames[spec["key"]]
             res = results["models"][key]
@@ -777,19 +541,9 @@ def main(argv=None) -> int:
                   f"  (populating run {fmt_t(populate['first_fit_s'])}; peak RSS "
                   f"{fmt_mib(max(c['peak_process_kib'] for c in warm))})", flush=True)
 
-            def summarise(runs):
-                best = dict(runs[-1])
-                best["first_fit_s"] = statistics.median(r["first_fit_s"] for r in runs)
-                best["first_fit_times"] = [r["first_fit_s"] for r in runs]
-                for k in ("peak_fit_kib", "peak_process_kib", "ru_maxrss_kib"):
-                    best[k] = max(r[k] for r in runs)
-                return best
-
             # (b) warm, in this process
             jw = bench_jaxlmm_warm(spec, df, n_warm)
-            jw["first_fit_nocache"] = summarise(cold)
-            jw["first_fit_cache_populate"] = populate
-            jw["first_fit_warmcache"] = summarise(warm)
+            attach_first_fits(jw, cold, populate, warm, ("peak_fit_kib", "peak_process_kib", "ru_maxrss_kib"))
             res["jaxlmm"] = jw
             print(f"  jaxlmm warm fit {fmt_t(jw['fit_s'])} (median of {len(jw['fit_times'])}; warm-up "
                   f"{fmt_t(jw['warmup_fit_s'])}, build {fmt_t(jw['build_s'])}), llf {jw['llf']:.8f}, "
@@ -798,16 +552,7 @@ def main(argv=None) -> int:
                 notes.append(f"{key}: jaxlmm warning: {w}")
             if not jw["converged"]:
                 notes.append(f"{key}: jaxlmm reports converged=False (grad norm {jw['grad_norm']:.2e}).")
-            missed = [c for c in warm if c["cache_entries_after"] > c["cache_entries_before"]]
-            if missed:
-                notes.append(f"{key}: the warm-cache first fit wrote "
-                             f"{missed[0]['cache_entries_after'] - missed[0]['cache_entries_before']} new entries to "
-                             "the compilation cache, i.e. it missed the cache.")
-            for c in cold + [populate] + warm:
-                if abs(c["llf"] - jw["llf"]) > 1e-6:
-                    notes.append(f"{key}: jaxlmm llf in a subprocess ({c['llf']:.8f}) differs from in-process "
-                                 f"({jw['llf']:.8f})")
-                    break
+            check_first_fits(key, warm, cold + [populate] + warm, jw["llf"], notes)
 
         # lme4, one R process for all models
         if specs and not args.no_r:
@@ -834,36 +579,8 @@ def main(argv=None) -> int:
         elif args.no_r:
             notes.append("lme4 skipped (--no-r).")
 
-    results["total_s"] = time.perf_counter() - t_start
-    results["machine"]["loadavg_end"] = list(os.getloadavg())
-    if max(results["machine"]["loadavg_start"][0], results["machine"]["loadavg_end"][0]) > 1.5:
-        notes.append(
-            "the machine was busy (1-min load average {:.1f} at start, {:.1f} at end, on {} cores): timings are "
-            "noisy, rerun on an idle machine for figures to quote.".format(
-                results["machine"]["loadavg_start"][0], results["machine"]["loadavg_end"][0], results["machine"]["nproc"]
-            )
-        )
-    tables = build_tables(results)
-    for key, r in results["models"].items():
-        for f in (r.get("llf_check") or {}).get("flags", []):
-            notes.append(f"{key}: log-likelihood check: {f}.")
-
-    print("\nTime per REML fit")
-    print(text_table(*tables["timing"]))
-    print("\nLog-likelihoods")
-    print(text_table(*tables["llf"]))
-    print("\njaxlmm memory (first-fit subprocesses)")
-    print(text_table(*tables["mem"]))
-    if notes:
-        print("\nNotes")
-        for n in notes:
-            print("  - " + n)
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_markdown(results, tables, args.out / "crossed.md")
-    (args.out / "crossed.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    print(f"\nwrote {args.out / 'crossed.md'} and {args.out / 'crossed.json'}  (total {results['total_s']:.0f} s)")
-    return 0
+    return finish_run(results, t_start, build_tables, write_markdown, args.out, "crossed",
+                      "jaxlmm memory (first-fit subprocesses)")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,11 @@ import numpy as np  # noqa: E402
 
 import jaxlmm  # noqa: E402
 
-BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, for _common however this is started
+
+import _common  # noqa: E402
+from _common import BENCH_DIR  # noqa: E402
+
 MODELS = [
     ("sleepstudy", "sleepstudy", "Reaction ~ Days + (Days | Subject)"),
     ("dietox", "dietox", "Weight ~ Time + (Time | Pig)"),
@@ -56,13 +60,7 @@ TARGET_RATIO = 2.0
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return _common.cpu_model(default=platform.processor() or "unknown")
 
 
 def load_average() -> list[float] | None:

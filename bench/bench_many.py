@@ -60,8 +60,12 @@ import time
 import warnings
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, for _common however this is started
+
+from _common import (  # noqa: E402
+    BENCH_DIR, cpu_model, in_repo, jaxlmm_source, nproc, reset_peak, rscript_failed, status_kib, thread_env,
+    uncommitted_text,
+)
 
 SLEEP_FORMULA = "Reaction ~ Days + (Days | Subject)"
 LLF_TOL = 1e-6  # |llf(jaxlmm) - logLik(lme4)| above this is flagged
@@ -197,30 +201,15 @@ def fmt_chunk(c: dict) -> str:
 
 
 def rss_mib(field: str = "VmHWM") -> float | None:
-    """VmRSS (resident now) or VmHWM (peak since the last `reset_peak_rss`) of this process, MiB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak_rss() -> bool:
-    """Linux: writing 5 to /proc/self/clear_refs resets VmHWM (the peak RSS) to the current RSS."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
+    """VmRSS (resident now) or VmHWM (peak since the last `reset_peak`) of this process, MiB."""
+    kib = status_kib(field)
+    return None if kib < 0 else kib / 1024
 
 
 def timed_with_peak(m, Y, label: str, **kw):
     """timed_fit_many plus the RSS before the call and the peak RSS during it (MiB)."""
     before = rss_mib("VmRSS")
-    reset = reset_peak_rss()
+    reset = reset_peak()
     rb, dt, w = timed_fit_many(m, Y, label, **kw)
     mem = {"rss_before_mib": before, "peak_rss_mib": rss_mib("VmHWM") if reset else None}
     return rb, dt, w, mem
@@ -350,7 +339,7 @@ def run_lme4(df, Y, formula: str, group: str, k: int, workdir: Path, tag: str, t
             res["self_refit_loglik_fixed"] = float(parts[3])
             res["refit_patched"] = parts[4].strip() == "TRUE"
     if proc.returncode != 0 or "elapsed_s" not in res:
-        res["error"] = f"Rscript failed (rc={proc.returncode}): {proc.stderr[-2000:]}"
+        res["error"] = rscript_failed(proc)
         return res
     ll = pd.read_csv(out_csv)
     res["loglik"] = ll["loglik"].astype(float).tolist()
@@ -438,29 +427,7 @@ def machine_info() -> dict:
 
     import jaxlmm
 
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        nproc = str(os.cpu_count())
-    source = {"jaxlmm_file": str(Path(jaxlmm.__file__).resolve().parent)}
-    try:
-        git = ["git", "-C", str(REPO_ROOT)]
-        source["repo_head"] = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True,
-                                             text=True, timeout=30).stdout.strip()
-        if Path(source["jaxlmm_file"]).is_relative_to(REPO_ROOT):
-            dirty = subprocess.run(git + ["status", "--porcelain", "--", "jaxlmm"], capture_output=True, text=True,
-                                   timeout=30).stdout.split("\n")
-            source["jaxlmm_uncommitted"] = [ln[3:] for ln in dirty if ln.strip()]
-    except (OSError, subprocess.SubprocessError):
-        pass
+    source = jaxlmm_source(jaxlmm)
     if os.environ.get("JAXLMM_BENCH_SOURCE"):
         source["note"] = os.environ["JAXLMM_BENCH_SOURCE"]
     try:
@@ -473,8 +440,8 @@ def machine_info() -> dict:
     return {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "platform": platform.platform(),
-        "nproc": nproc,
-        "cpu": cpu,
+        "nproc": nproc(),
+        "cpu": cpu_model(),
         "python": platform.python_version(),
         "jaxlmm": getattr(jaxlmm, "__version__", "?"),
         "jax": jax.__version__,
@@ -484,8 +451,7 @@ def machine_info() -> dict:
         "numpy": numpy.__version__,
         "statsmodels": statsmodels.__version__,
         "persistent_cache": "off (JAXLMM_NO_CACHE=1)" if os.environ.get("JAXLMM_NO_CACHE") else "on",
-        "thread_env": {k: os.environ.get(k, "(unset)")
-                       for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XLA_FLAGS", "JAX_PLATFORMS")},
+        "thread_env": thread_env(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XLA_FLAGS", "JAX_PLATFORMS")),
         "loadavg_start": list(os.getloadavg()),
         "fit_many_chunking": chunking,
         "source": source,
@@ -521,10 +487,8 @@ def write_markdown(res: dict, path: Path) -> None:
     L.append(f"| jax / jaxlib | {mi['jax']} / {mi['jaxlib']} (backend {mi['jax_backend']}, {mi['jax_devices']} device) |")
     src = mi.get("source") or {}
     where = ""
-    if src.get("jaxlmm_file") and Path(src["jaxlmm_file"]).is_relative_to(REPO_ROOT):
-        where = (f"from the working tree at commit {src.get('repo_head', '?')}"
-                 + (f", **with uncommitted changes in {', '.join(src['jaxlmm_uncommitted'])}**"
-                    if src.get("jaxlmm_uncommitted") else ", no uncommitted changes in jaxlmm/"))
+    if in_repo(src):
+        where = f"from the working tree at commit {src.get('repo_head', '?')}" + uncommitted_text(src, ", ")
     elif src.get("jaxlmm_file"):
         where = f"imported from `{src['jaxlmm_file']}` (repository HEAD: {src.get('repo_head', '?')})"
     if src.get("note"):
@@ -899,7 +863,7 @@ def main() -> int:
         rbw1, tfw, _, mem_fw = timed_with_peak(mw, Yw, "wide first")
         log(f"  first call {tfw:.2f}s -> {args.wide_k / tfw:.0f} models/s; peak RSS {fmt(mem_fw['peak_rss_mib'])} MiB")
         before_w = rss_mib("VmRSS")
-        reset_w = reset_peak_rss()
+        reset_w = reset_peak()
         rbw, tw_all, tww, www = warm_repeats(mw, Yw, "wide", args.warm_repeats)
         mem_ww = {"rss_before_mib": before_w, "peak_rss_mib": rss_mib("VmHWM") if reset_w else None}
         log(f"  warm runs {', '.join(f'{t:.2f}' for t in tw_all)} s; median {tww:.2f}s -> "
