@@ -147,13 +147,13 @@ def build_crossed_terms(lead_codes: np.ndarray, n_lead: int, codes: list[np.ndar
     if dense_coupling is None:
         dense_coupling = choose_dense_coupling(layout, n_pairs)
     layout = dataclasses.replace(layout, dense_coupling=bool(dense_coupling))
-    # pairs (e, f) of entries of one leading level with e ≤ f: entry e pairs with itself and the later ones
-    position = np.arange(len(keys)) - starts[entry_group]
-    later = counts[entry_group] - position
-    first = np.repeat(np.arange(len(keys)), later)
-    second = first + np.arange(len(first)) - np.repeat(np.cumsum(later) - later, later)
-    if layout.dense_coupling:  # not needed: L₂₁L₂₁ᵀ is one matrix product
+    if layout.dense_coupling:  # no pairs: L₂₁L₂₁ᵀ is one matrix product
         first = second = np.zeros(0, np.int64)
+    else:  # pairs (e, f) of entries of one leading level with e ≤ f: e with itself and the later ones
+        position = np.arange(len(keys)) - starts[entry_group]
+        later = counts[entry_group] - position
+        first = np.repeat(np.arange(len(keys)), later)
+        second = first + np.arange(len(first)) - np.repeat(np.cumsum(later) - later, later)
     i32 = lambda a: np.asarray(a, np.int32)  # noqa: E731
     return CrossedTerms(Z=Z, block=i32(block), row_entry=i32(row_entry.reshape(n, T)), entry_group=i32(entry_group),
                         entry_block=i32(entry_block), pair_first=i32(first), pair_second=i32(second), layout=layout)
@@ -162,9 +162,10 @@ def build_crossed_terms(lead_codes: np.ndarray, n_lead: int, codes: list[np.ndar
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class CrossedStats:
-    """Sufficient statistics of a crossed model: the leader's (`SufficientStats`), the cross-products
-    with the leader ``C`` (per entry, (E, q₁, w); with a dense coupling, all of Z₁ᵀZ₂ as (m, B, q₁, w)), the other terms' ``G`` = Z₂ᵀZ₂ (B, B, w, w), ``ZtX`` (B, w, p)
-    and ``Zty`` (B, w), and the integer pattern of `CrossedTerms`."""
+    """Sufficient statistics of a crossed model: the leader's (`SufficientStats`); the cross-products
+    with the leader ``C``, per entry (E, q₁, w), or with a dense coupling all of Z₁ᵀZ₂ (m, B, q₁, w);
+    the other terms' ``G`` = Z₂ᵀZ₂ (B, B, w, w), ``ZtX`` (B, w, p) and ``Zty`` (B, w); and the
+    integer pattern of `CrossedTerms`."""
 
     lead: NamedTuple
     C: jax.Array
