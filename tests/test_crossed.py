@@ -296,3 +296,18 @@ def test_lrtest_bootstrap_and_satterthwaite_on_crossed_slopes(psycholing):
     assert np.isfinite(boot.conf_int().values).all() and boot.replicates.shape == (16, 7)  # 2 fixed effects, 4 variance parameters, residual
     df = large.satterthwaite_df(np.eye(2))
     assert np.all((df > 1) & (df < large.nobs))
+
+
+def test_coupling_choice_and_its_memory_limit():
+    """Dense L₂₁ when its product is small or the pairs would cost more; a coupling beyond memory is refused."""
+    from jaxlmm._crossed import CrossedLayout, choose_dense_coupling
+
+    small = CrossedLayout((32,), ((2, 2),), 56, 2)  # psycholing: 112 × 64
+    assert choose_dense_coupling(small, n_pairs=30_000)
+    insteval = CrossedLayout((1128, 14), ((1, 1), (2, 1)), 2972, 1)
+    assert not choose_dense_coupling(insteval, n_pairs=1_800_000)
+    crowded = CrossedLayout((2000,), ((1, 1),), 100, 1)  # every leading level meets every level
+    assert choose_dense_coupling(crowded, n_pairs=100 * 2000 * 2001 // 2)
+    huge = CrossedLayout((9000,), ((1, 1),), 2_000_000, 1)
+    with pytest.raises(jaxlmm.ModelTooLargeError, match="coupling would need about .* GiB"):
+        choose_dense_coupling(huge, n_pairs=2_000_000 * 4_000)
