@@ -24,7 +24,7 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
-DEFAULT_INSTEVAL = REPO_ROOT.parent / "shared" / "reference" / "data" / "insteval.csv"
+DEFAULT_INSTEVAL = REPO_ROOT / "tests" / "data" / "insteval.csv.gz"  # lme4's InstEval, bundled with the tests
 
 # Load average (1 min) above which core.md / crossed.md carry a "machine was busy" note.
 BUSY_LOADAVG = 1.5

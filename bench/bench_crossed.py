@@ -10,7 +10,7 @@ Run from the repository root:
 Models (all REML):
 
 * ``insteval``: ``y ~ service + (1 | s) + (1 | d) + (1 | dept)``, 73,421 rows, read from
-  ``../shared/reference/data/insteval.csv`` (``--insteval``); s, d, dept and service are categorical.
+  ``tests/data/insteval.csv.gz`` (``--insteval``); s, d, dept and service are categorical.
 * ``star``: mlmRev's ``star``, ``math ~ gr + cltype + (1 | id) + (1 | tch) + (1 | sch)``, rows with a
   missing value in those columns dropped. Exported once from R to ``bench/.cache/star.csv``.
 * ``psycholing_max``: ``rt ~ c + (1 + c | subj) + (1 + c | item)`` on ``tests/data/psycholing.csv``.

@@ -22,7 +22,7 @@ fitit("pixel_reml", "pixel ~ day + I(day^2) + (day | Dog) + (1 | Side) + (1 | Si
 fitit("pixel_ml", "pixel ~ day + I(day^2) + (day | Dog) + (1 | Side) + (1 | Side:Dog)", px, FALSE)
 ss <- sleepstudy; ss$Dayf <- factor(ss$Days)
 fitit("sleep_crossed_reml", "Reaction ~ Days + (Days | Subject) + (1 | Dayf)", ss, TRUE)
-ie <- read.csv("../../../../shared/reference/data/insteval.csv"); for (c in c("s","d","dept","service")) ie[[c]] <- factor(ie[[c]])
+ie <- read.csv("../insteval.csv.gz"); for (c in c("s","d","dept","service")) ie[[c]] <- factor(ie[[c]])
 fitit("insteval_reml", "y ~ service + (1|s) + (1|d) + (1|dept)", ie, TRUE)
 fitit("insteval_ml", "y ~ service + (1|s) + (1|d) + (1|dept)", ie, FALSE)
 suppressMessages(library(lmerTest))
