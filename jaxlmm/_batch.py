@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ._config import float64
+from ._crossed import crossed_bytes
 from ._memory_maps import release_if_needed
 from ._design import Design
 from ._fit import FitArrays, fit_design
@@ -193,9 +194,8 @@ def _crossed_bytes(design: Design) -> int:
     gradient) and its entry pairs; 0 for one grouping factor."""
     if design.crossed is None:
         return 0
-    layout = design.crossed.layout
-    pairs = int(np.asarray(design.crossed.pair_first).shape[0]) + int(np.asarray(design.crossed.entry_group).shape[0])
-    return 8 * (6 * layout.dense_size**2 + 4 * pairs * layout.width**2)
+    terms = design.crossed
+    return crossed_bytes(terms.layout, terms.entry_group.shape[0], terms.pair_first.shape[0])
 
 
 # ---- results --------------------------------------------------------------------------------------

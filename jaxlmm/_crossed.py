@@ -64,6 +64,11 @@ class CrossedLayout:
     def term_of_block(self) -> np.ndarray:
         return np.repeat(np.arange(len(self.level_counts)), self.level_counts)
 
+    @property
+    def offsets(self) -> np.ndarray:
+        """The first global block id of each term."""
+        return np.concatenate([[0], np.cumsum(self.level_counts)[:-1]]).astype(np.int64)
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +91,12 @@ class CrossedTerms:
     pair_first: jax.Array
     pair_second: jax.Array
     layout: CrossedLayout = dataclasses.field(metadata=dict(static=True))
+
+
+def crossed_bytes(layout: CrossedLayout, n_entries: int, n_pairs: int) -> int:
+    """Working memory of one crossed model's evaluation: about six D × D arrays in a gradient, and
+    the entries' and pairs' blocks."""
+    return 8 * (6 * layout.dense_size**2 + 4 * (n_entries + n_pairs) * layout.width**2)
 
 
 def check_dense_size(layout: CrossedLayout, names: tuple[str, ...] = ()) -> None:
@@ -135,8 +146,7 @@ def build_crossed_terms(lead_codes: np.ndarray, n_lead: int, codes: list[np.ndar
     Z = np.zeros((n, T, w))
     for k, Zk in enumerate(Zs):
         Z[:, k, : Zk.shape[1]] = Zk
-    offsets = np.concatenate([[0], np.cumsum(level_counts)[:-1]]).astype(np.int64)
-    block = np.stack([np.asarray(c, np.int64) + offsets[k] for k, c in enumerate(codes)], axis=1)
+    block = np.stack([np.asarray(c, np.int64) + layout.offsets[k] for k, c in enumerate(codes)], axis=1)
     lead = np.asarray(lead_codes, np.int64)
     key = lead[:, None] * layout.n_blocks + block  # (n, T): sorted unique keys number the entries
     keys, row_entry = np.unique(key.ravel(), return_inverse=True)
@@ -254,18 +264,12 @@ def _blocks(lam: jax.Array, stats: CrossedStats) -> _Blocks:
     return _Blocks(L1, W1, V, M22 - (half + half.T), B2 - coupled.reshape(D, -1), lam1, lamB)
 
 
-
-
-
-def crossed_omega(lam: jax.Array, stats: CrossedStats):
-    """(Σ log|L₁g|² + log|L₂₂|², Ω): Ω = [[XᵀX, Xᵀy], [yᵀX, yᵀy]] − W₁ᵀW₁ − W₂ᵀW₂, whose Cholesky
-    factor holds A's and pwrss (see `_kernels.deviance_terms`)."""
+def crossed_reduction(lam: jax.Array, stats: CrossedStats):
+    """(Σ log|L₁g|² + log|L₂₂|², W₁ᵀW₁ + W₂ᵀW₂): what eliminating all random effects takes from
+    [[XᵀX, Xᵀy], [yᵀX, yᵀy]] (see `_kernels.deviance_terms`)."""
     blocks = _blocks(lam, stats)
     logdet22, quad = _linalg.logdet_and_quadratic(blocks.M22, blocks.B2)
-    top = jnp.concatenate([stats.XtX, stats.Xty[:, None]], axis=1)
-    bottom = jnp.concatenate([stats.Xty, stats.yty[None]])[None, :]
-    omega = jnp.concatenate([top, bottom], axis=0) - jnp.einsum("gqc,gqd->cd", blocks.W1, blocks.W1) - quad
-    return _linalg.logdet_from_cholesky(blocks.L1) + logdet22, omega
+    return _linalg.logdet_from_cholesky(blocks.L1) + logdet22, jnp.einsum("gqc,gqd->cd", blocks.W1, blocks.W1) + quad
 
 
 def crossed_modes(lam: jax.Array, stats: CrossedStats, beta: jax.Array, sigma2: jax.Array):
@@ -274,11 +278,9 @@ def crossed_modes(lam: jax.Array, stats: CrossedStats, beta: jax.Array, sigma2: 
     blocks = _blocks(lam, stats)
     m, q1 = blocks.W1.shape[0], blocks.W1.shape[1]
     B, w = stats.layout.n_blocks, stats.layout.width
-    L22 = _linalg.cholesky(blocks.M22)
-    L22_inv = _linalg._triangular_inverse(L22)
-    W2 = L22_inv @ blocks.B2
+    M22_inv, _ = _linalg.spd_inverse_and_logdet(blocks.M22)
     p = beta.shape[0]
-    u2 = L22_inv.T @ (W2[:, p] - W2[:, :p] @ beta)
+    u2 = M22_inv @ (blocks.B2[:, p] - blocks.B2[:, :p] @ beta)  # L₂₂⁻ᵀ (c₂ − C₂ β̂)
     u2_blocks = u2.reshape(B, w)
     if stats.layout.dense_coupling:
         coupled = (blocks.V @ u2).reshape(m, q1)
@@ -287,11 +289,11 @@ def crossed_modes(lam: jax.Array, stats: CrossedStats, beta: jax.Array, sigma2: 
                                       stats.entry_group, m)
     r1 = blocks.W1[:, :, p] - blocks.W1[:, :, :p] @ beta - coupled
     u1 = _linalg.solve_upper_transposed(blocks.L1, r1)
-    P = (L22_inv.T @ L22_inv).reshape(B, w, B, w)
+    P = M22_inv.reshape(B, w, B, w)
     cov_u2 = P[jnp.arange(B), :, jnp.arange(B), :]  # (B, w, w) diagonal blocks of M₂₂⁻¹
     if stats.layout.dense_coupling:
         L21t = blocks.V.reshape(m, q1, B * w)
-        inner = jnp.einsum("gia,ab,gjb->gij", L21t, P.reshape(B * w, B * w), L21t)
+        inner = jnp.einsum("gia,ab,gjb->gij", L21t, M22_inv, L21t)
     else:
         P_pairs = P[stats.entry_block[stats.pair_first], :, stats.entry_block[stats.pair_second], :]  # (P, w, w)
         products = jnp.einsum("pia,pab,pjb->pij", blocks.V[stats.pair_first], P_pairs, blocks.V[stats.pair_second])

@@ -255,13 +255,12 @@ def fit_design(
     pre, stats = design_stats(design)
     rows, cols = design.theta_positions
     dtype = jnp.result_type(design.y)
+    large_dense = design.crossed is not None and design.crossed.layout.dense_size >= LARGE_DENSE_SIZE
     if theta0 is None:
         theta0 = jnp.asarray(design.theta_start, dtype)
-        if design.crossed is not None and design.crossed.layout.dense_size >= LARGE_DENSE_SIZE:
-            objective = _Objective(design.lambda_index, reml)
-            theta0 = scaled_start(objective, stats, theta0, term_theta_groups(design))
-    if design.crossed is not None and design.crossed.layout.dense_size >= LARGE_DENSE_SIZE:
-        quasi_newton = True
+        if large_dense:
+            theta0 = scaled_start(_Objective(design.lambda_index, reml), stats, theta0, term_theta_groups(design))
+    quasi_newton = quasi_newton or large_dense
     fit = fit_stats(
         stats,
         design.lambda_index_array,

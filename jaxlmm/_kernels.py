@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _linalg
-from ._crossed import CrossedStats, crossed_modes, crossed_omega
+from ._crossed import CrossedStats, crossed_modes, crossed_reduction
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -120,19 +120,21 @@ def _omega(theta: jax.Array, stats, lambda_index: jax.Array):
 
     One augmented solve: with B_g = Λᵀ [Z_gᵀX, Z_gᵀy] and W_g = L_g⁻¹ B_g, Ω's Cholesky factor R has
     R[:p, :p] the factor of A and R[p, p]² = pwrss (the Schur complement of A). Crossed models
-    (`CrossedStats`) add the dense block of the other terms (`_crossed.crossed_omega`).
+    (`CrossedStats`) add the dense block of the other terms (`_crossed.crossed_reduction`).
     """
     lam = relative_factor(theta, lambda_index)
+    top = jnp.concatenate([stats.XtX, stats.Xty[:, None]], axis=1)
+    bottom = jnp.concatenate([stats.Xty, stats.yty[None]])[None, :]
+    gram = jnp.concatenate([top, bottom], axis=0)
     if isinstance(stats, CrossedStats):
-        return crossed_omega(lam, stats)
+        logdet_L, reduction = crossed_reduction(lam, stats)
+        return logdet_L, gram - reduction
     q = lam.shape[0]
     M = jnp.einsum("ji,gjk,kl->gil", lam, stats.ZtZ, lam) + jnp.eye(q, dtype=lam.dtype)
     L = _linalg.cholesky(M)
     B = jnp.einsum("ji,gjc->gic", lam, jnp.concatenate([stats.ZtX, stats.Zty[:, :, None]], axis=2))
     W = _linalg.solve_lower(L, B)
-    top = jnp.concatenate([stats.XtX, stats.Xty[:, None]], axis=1)
-    bottom = jnp.concatenate([stats.Xty, stats.yty[None]])[None, :]
-    return _linalg.logdet_from_cholesky(L), jnp.concatenate([top, bottom], axis=0) - jnp.einsum("gqc,gqd->cd", W, W)
+    return _linalg.logdet_from_cholesky(L), gram - jnp.einsum("gqc,gqd->cd", W, W)
 
 
 def _crossed_solution(theta: jax.Array, stats: CrossedStats, lambda_index: jax.Array) -> PenalisedSolution:

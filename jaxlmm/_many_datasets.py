@@ -11,7 +11,7 @@ import pandas as pd
 
 from ._batch import DatasetResults, _fit_designs, _run_batched, _safe_batch_size, _shard
 from ._config import float64
-from ._crossed import CrossedLayout, CrossedTerms, build_crossed_terms
+from ._crossed import CrossedLayout, CrossedTerms, build_crossed_terms, crossed_bytes
 from ._design import Design
 from ._fit import FitArrays
 from ._memory_maps import release_if_needed
@@ -89,7 +89,7 @@ def fit_datasets(
         layout = crossed[0][1] if crossed else None
         template = first.design
         q, p = len(first.exog_re_names), len(first.exog_names)
-        extra = 0 if layout is None else 8 * (6 * layout.dense_size**2 + 4 * (inputs[-1].shape[1] + inputs[-4].shape[1]))
+        extra = 0 if layout is None else crossed_bytes(layout, inputs[-4].shape[1], inputs[-1].shape[1])
         size = _safe_batch_size(n_rows, batch_size, q, p, len(members), extra)
 
         def run(chunk, t0, max_iter, quasi_newton, n_groups=n_groups, layout=layout):
@@ -174,9 +174,8 @@ def _rebuild(designs: list[Design], n_groups: int, counts: list[int], dense_coup
     for design in designs:
         terms = design.crossed
         own = terms.layout
-        offsets = np.concatenate([[0], np.cumsum(own.level_counts)[:-1]])
         block, Zc = np.asarray(terms.block), np.asarray(terms.Z)
-        codes = [block[:, k] - offsets[k] for k in range(block.shape[1])]
+        codes = [block[:, k] - own.offsets[k] for k in range(block.shape[1])]
         Zs = [Zc[:, k, :size] for k, (_, size) in enumerate(own.columns)]
         rebuilt.append(build_crossed_terms(np.asarray(design.group), n_groups, codes, counts, Zs, list(own.columns),
                                            own.lead_width, dense_coupling=dense_coupling))
@@ -185,5 +184,4 @@ def _rebuild(designs: list[Design], n_groups: int, counts: list[int], dense_coup
 
 def _own_blocks(own: CrossedLayout, padded: CrossedLayout) -> np.ndarray:
     """Positions, in a padded layout, of a data set's own blocks (term by term)."""
-    own_offsets = np.concatenate([[0], np.cumsum(padded.level_counts)[:-1]])
-    return np.concatenate([start + np.arange(count) for start, count in zip(own_offsets, own.level_counts)])
+    return np.concatenate([start + np.arange(count) for start, count in zip(padded.offsets, own.level_counts)])

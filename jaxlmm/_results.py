@@ -397,7 +397,7 @@ class MixedLMResults:
         factors = [(np.asarray(d.Z), np.asarray(d.group))]
         if d.crossed is not None:
             Zc, block = np.asarray(d.crossed.Z), np.asarray(d.crossed.block)
-            offsets = np.cumsum([0] + list(d.crossed.layout.level_counts))
+            offsets = d.crossed.layout.offsets
             for k, f in enumerate(self.model.factor_terms[1:]):
                 factors.append((Zc[:, k, : len(f.columns)], block[:, k] - offsets[k]))
         return pd.Series(self._linear_predictor(np.asarray(d.X), factors, True), index=self.model.row_index,
