@@ -10,18 +10,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _linalg
+from ._config import QUICK_COMPILE_OPTIONS
 from ._crossed import crossed_stats
 from ._design import Design
 from ._kernels import (
     conditional_modes,
     deviance_at_scale,
+    deviance_terms,
     penalised_solution,
     profiled_deviance,
     relative_factor,
     residual_dof,
     sufficient_stats,
 )
-from ._optimize import minimize_newton
+from ._optimize import minimize_newton, value_and_forward_grad
 
 
 class FitArrays(NamedTuple):
@@ -49,6 +51,10 @@ class FitArrays(NamedTuple):
     theta_at_bound: jax.Array
     ranef_other: jax.Array | None = None  # crossed models: the other terms' modes (blocks, width)
     ranef_other_cov: jax.Array | None = None  # and their conditional covariances (blocks, width, width)
+    # Inference, computed with the fit when asked for (`fit_design(..., inference=True)`):
+    params_cov: jax.Array | None = None  # covariance of (θ, σ²): the inverse observed information
+    varpar_cov: jax.Array | None = None  # covariance of varpar (delta method)
+    vcov_beta_jac: jax.Array | None = None  # (k + 1, p, p): derivative of vcov_beta in (θ, σ²)
 
 
 def _varpar(theta, sigma2, lambda_index, rows, cols):
@@ -57,9 +63,9 @@ def _varpar(theta, sigma2, lambda_index, rows, cols):
     return jnp.concatenate([cov[rows, cols], sigma2[None]])
 
 
-def canonical_theta(theta: jax.Array, lambda_index) -> jax.Array:
-    """Flip the sign of each column of Λ whose diagonal is negative (Λ Λᵀ is unchanged), so that
-    Λ's diagonal — the relative standard deviations — is non-negative, as lme4 reports θ."""
+def canonical_signs(theta: jax.Array, lambda_index) -> jax.Array:
+    """±1 per θ: −1 for the entries of each column of Λ whose diagonal is negative (flipping a
+    column leaves Λ Λᵀ unchanged)."""
     idx = np.asarray(lambda_index)
     diag = np.diagonal(idx)
     sign = jnp.ones_like(theta)
@@ -69,7 +75,13 @@ def canonical_theta(theta: jax.Array, lambda_index) -> jax.Array:
         col = np.unique(idx[j:, j][idx[j:, j] >= 0])
         s = jnp.where(theta[diag[j]] < 0, -1.0, 1.0)
         sign = sign.at[col].set(s)
-    return theta * sign
+    return sign
+
+
+def canonical_theta(theta: jax.Array, lambda_index) -> jax.Array:
+    """θ with the sign of each column of Λ whose diagonal is negative flipped, so that Λ's diagonal —
+    the relative standard deviations — is non-negative, as lme4 reports θ."""
+    return theta * canonical_signs(theta, lambda_index)
 
 
 class _Objective(NamedTuple):
@@ -87,14 +99,14 @@ def _argmin(objective, stats, theta0, snappable: tuple, gtol: float, max_iter, q
     opt = minimize_newton(lambda t: objective(t, stats), theta0, jnp.asarray(snappable), gtol=gtol, max_iter=max_iter,
                           quasi_newton=quasi_newton)
     report = jnp.stack([opt.projected_grad_norm, opt.iterations.astype(theta0.dtype), opt.converged.astype(theta0.dtype)])
-    return opt.x, report
+    return opt.x, report, opt.hess
 
 
 @_argmin.defjvp
 def _argmin_jvp(objective, snappable, gtol, quasi_newton, primals, tangents):
     stats, theta0, max_iter = primals
     stats_dot = tangents[0]
-    theta, report = _argmin(objective, stats, theta0, snappable, gtol, max_iter, quasi_newton)
+    theta, report, hess_at_end = _argmin(objective, stats, theta0, snappable, gtol, max_iter, quasi_newton)
     held = jnp.asarray(snappable) & (theta == 0)
     grad_theta = jax.grad(objective)
     hess = jax.jacfwd(grad_theta)(theta, stats)
@@ -102,7 +114,7 @@ def _argmin_jvp(objective, snappable, gtol, quasi_newton, primals, tangents):
     eye = jnp.eye(theta.shape[0], dtype=theta.dtype)
     system = jnp.where(held[:, None] | held[None, :], eye, hess)
     theta_dot = _linalg.solve(system, -jnp.where(held, 0.0, grad_dot))
-    return (theta, report), (theta_dot, jnp.zeros_like(report))
+    return (theta, report, hess_at_end), (theta_dot, jnp.zeros_like(report), jnp.zeros_like(hess_at_end))
 
 
 def solve_theta(objective, stats, theta0: jax.Array, snappable, gtol: float, max_iter=200, quasi_newton: bool = False):
@@ -114,34 +126,48 @@ def solve_theta(objective, stats, theta0: jax.Array, snappable, gtol: float, max
     transposition) — under jit and vmap. Entries snapped to exactly zero (a variance on the
     boundary) are held: their derivative is 0, and the others' are those of the fit restricted to
     the boundary (rather than NaN from a singular Hessian).
+
+    Returns θ̂, the optimiser's report (projected gradient norm, iterations, converged) and its last
+    Hessian (exact unless ``quasi_newton``; not differentiated).
     """
     snappable = tuple(bool(v) for v in np.asarray(snappable))
-    theta, report = _argmin(objective, stats, theta0, snappable, float(gtol), max_iter, bool(quasi_newton))
-    report = jax.lax.stop_gradient(report)
-    return theta, report[0], report[1].astype(jnp.int32), report[2] > 0.5
+    theta, report, hess = _argmin(objective, stats, theta0, snappable, float(gtol), max_iter, bool(quasi_newton))
+    report, hess = jax.lax.stop_gradient((report, hess))
+    return theta, report[0], report[1].astype(jnp.int32), report[2] > 0.5, hess
 
 
 def fit_stats(
     stats, lambda_index, theta0, snappable, rows, cols, reml: bool, gtol: float = 1e-6, max_iter: int = 200,
-    quasi_newton: bool = False,
+    quasi_newton: bool = False, inference: bool = False,
 ) -> FitArrays:
     """Fit from sufficient statistics (see `fit_arrays`).
 
     θ is optimised over all of Rᵏ — the deviance depends on Λ only through Λ Λᵀ, so no bounds are
     needed and a zero variance is an interior point, not a corner — then put in canonical form.
+    ``inference=True`` fills the inference fields, with β in the (preconditioned) space of ``stats``.
     """
     lambda_index_np = np.asarray(lambda_index)
     lambda_index = jnp.asarray(lambda_index)
     objective = _Objective(tuple(map(tuple, lambda_index_np.tolist())), reml)
-    theta_raw, grad_norm, iterations, converged = solve_theta(
+    theta_raw, grad_norm, iterations, converged, hess_raw = solve_theta(
         objective, stats, theta0, snappable, gtol, max_iter, quasi_newton
     )
-    theta = canonical_theta(theta_raw, lambda_index_np)
+    sign = canonical_signs(theta_raw, lambda_index_np)
+    theta = theta_raw * sign
     sol = penalised_solution(theta, stats, lambda_index)
     sigma2 = sol.pwrss / residual_dof(stats, reml)
     lam = relative_factor(theta, lambda_index)
     A_inv = _linalg.cho_solve(sol.A_chol, jnp.eye(sol.A_chol.shape[0], dtype=theta.dtype))
     ranef, ranef_cov, ranef_other, ranef_other_cov = conditional_modes(theta, sol, lambda_index, sigma2)
+    if inference:
+        if quasi_newton:  # the last Hessian is a BFGS approximation: take the exact one
+            info = information(stats, lambda_index, theta, sigma2, reml)
+        else:
+            # The deviance is unchanged by canonical_theta's sign flips; its Hessian in θ flips with them.
+            info = profiled_information(sign[:, None] * hess_raw * sign[None, :], theta, stats, lambda_index, reml)
+        params_cov, varpar_cov, vcov_jac = inference_arrays(info, stats, theta, sigma2, lambda_index, rows, cols)
+    else:
+        params_cov = varpar_cov = vcov_jac = None
 
     return FitArrays(
         theta=theta,
@@ -159,6 +185,9 @@ def fit_stats(
         theta_at_bound=jnp.asarray(snappable) & (theta == 0),
         ranef_other=ranef_other,
         ranef_other_cov=ranef_other_cov,
+        params_cov=params_cov,
+        varpar_cov=varpar_cov,
+        vcov_beta_jac=vcov_jac,
     )
 
 
@@ -211,6 +240,75 @@ def information(stats, lambda_index, theta: jax.Array, sigma2: jax.Array, reml: 
     return jax.hessian(neg_loglik)(jnp.concatenate([theta, sigma2[None]]))
 
 
+def profiled_information(hess: jax.Array, theta: jax.Array, stats, lambda_index, reml: bool) -> jax.Array:
+    """Observed information in (θ, σ²) at σ² = σ̂²(θ), from the Hessian H of the profiled deviance in θ.
+
+    With d(θ, σ²) = u(θ) + ν log σ² + P(θ)/σ² (−2 log-likelihood up to a constant; P the pwrss, ν
+    the residual degrees of freedom) and σ̂² = P/ν, the profiled deviance has H = u'' + ν (P''/P −
+    P'P'ᵀ/P²), so d's Hessian at σ̂² is [[H + ν P'P'ᵀ/P², −ν² P'/P²], [·, ν³/P²]]: only P' (forward
+    mode) is new. Equals `information` (tested).
+    """
+    dof = residual_dof(stats, reml)
+
+    def pwrss(t):
+        return deviance_terms(t, stats, lambda_index)[2]
+
+    P, dP = value_and_forward_grad(pwrss, theta)
+    r = dP / P
+    cross = -dof**2 * dP / P**2
+    top = jnp.concatenate([hess + dof * jnp.outer(r, r), cross[:, None]], axis=1)
+    bottom = jnp.concatenate([cross, (dof**3 / P**2)[None]])[None, :]
+    return 0.5 * jnp.concatenate([top, bottom], axis=0)
+
+
+def inference_arrays(info: jax.Array, stats, theta: jax.Array, sigma2: jax.Array, lambda_index, rows, cols
+                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(params_cov, varpar_cov, vcov_beta_jac) at (θ, σ²) given the observed information ``info``:
+    what standard errors of the variance parameters and Satterthwaite's degrees of freedom need
+    (`FitArrays`; β in the space of ``stats``).
+
+    params_cov is the inverse information; varpar_cov carries it to the data scale by the delta
+    method; vcov_beta_jac is the derivative of C(θ, σ²) = σ² (Xᵀ V⁻¹ X)⁻¹, the covariance of β̂ as a
+    function of the variance parameters (forward mode).
+    """
+    lambda_index = jnp.asarray(lambda_index)
+    params = jnp.concatenate([theta, sigma2[None]])
+    params_cov = _linalg.inverse(info)
+    jac = jax.jacfwd(lambda q: _varpar(q[:-1], q[-1], lambda_index, rows, cols))(params)
+    p = stats.XtX.shape[0]
+
+    def vcov(q):
+        sol = penalised_solution(q[:-1], stats, lambda_index)
+        return q[-1] * _linalg.cho_solve(sol.A_chol, jnp.eye(p, dtype=q.dtype))
+
+    vcov_jac = jnp.moveaxis(jax.jacfwd(vcov)(params), -1, 0)
+    return params_cov, jac @ params_cov @ jac.T, vcov_jac
+
+
+def _to_design_scale(fit: FitArrays, pre: Preconditioner, reml: bool) -> FitArrays:
+    """β and its covariance (and derivative) from the preconditioned space back to the design's X."""
+    fit = fit._replace(
+        beta=pre.b0 + pre.R_inv @ fit.beta,
+        vcov_beta=pre.R_inv @ fit.vcov_beta @ pre.R_inv.T,
+        llf=fit.llf - 0.5 * pre.logdet_gram if reml else fit.llf,
+    )
+    if fit.vcov_beta_jac is None:
+        return fit
+    return fit._replace(vcov_beta_jac=jnp.einsum("ij,qjk,lk->qil", pre.R_inv, fit.vcov_beta_jac, pre.R_inv))
+
+
+@partial(jax.jit, static_argnames=("reml",))
+def inference(design: Design, theta: jax.Array, sigma2: jax.Array, reml: bool = True):
+    """`inference_arrays` of a fitted design (for fits made without ``inference=True``, such as
+    the members of a batch): (params_cov, varpar_cov, vcov_beta_jac)."""
+    pre, stats = design_stats(design)
+    rows, cols = design.theta_positions
+    lambda_index = jnp.asarray(design.lambda_index_array)
+    info = information(stats, lambda_index, theta, sigma2, reml)
+    params_cov, varpar_cov, vcov_jac = inference_arrays(info, stats, theta, sigma2, lambda_index, rows, cols)
+    return params_cov, varpar_cov, jnp.einsum("ij,qjk,lk->qil", pre.R_inv, vcov_jac, pre.R_inv)
+
+
 # Crossed models whose dense block has at least LARGE_DENSE_SIZE rows, where each iteration costs
 # D × D factorisations: (1) start from one scale per term (the best of START_SCALES × Λ = I, term by
 # term; on InstEval exact Newton then takes 4 iterations instead of 18, which from Λ = I wander
@@ -245,12 +343,13 @@ def scaled_start(objective, stats, theta0: jax.Array, groups) -> jax.Array:
 
 def fit_design(
     design: Design, reml: bool = True, gtol: float = 1e-6, max_iter: int = 200, theta0: jax.Array | None = None,
-    quasi_newton: bool = False,
+    quasi_newton: bool = False, inference: bool = False,
 ) -> FitArrays:
     """`fit_arrays` without the jit (for composing inside other transformed functions).
 
     ``quasi_newton=True`` uses BFGS Hessian updates after an exact start (see `minimize_newton`):
-    cheaper iterations, the better choice for large vmapped batches.
+    cheaper iterations, the better choice for large vmapped batches. ``inference=True`` also fills
+    `FitArrays`' inference fields (`inference_arrays`), so that a summary compiles nothing more.
     """
     pre, stats = design_stats(design)
     rows, cols = design.theta_positions
@@ -272,15 +371,17 @@ def fit_design(
         gtol,
         max_iter,
         quasi_newton,
+        inference,
     )
-    return fit._replace(
-        beta=pre.b0 + pre.R_inv @ fit.beta,
-        vcov_beta=pre.R_inv @ fit.vcov_beta @ pre.R_inv.T,
-        llf=fit.llf - 0.5 * pre.logdet_gram if reml else fit.llf,
-    )
+    return _to_design_scale(fit, pre, reml)
 
 
 _fit_design_jit = jax.jit(fit_design, static_argnums=(1, 2, 3))
+
+# One interactive fit with its inference (`MixedLM.fit`): quick-compile options, on a design padded
+# to its shape bucket by the caller.
+fit_with_inference = jax.jit(partial(fit_design, inference=True), static_argnums=(1, 2, 3),
+                             compiler_options=QUICK_COMPILE_OPTIONS)
 
 
 def fit_arrays(design: Design, reml: bool = True, *, gtol: float = 1e-6, max_iter: int = 200) -> FitArrays:
@@ -324,45 +425,3 @@ def deviance(design: Design, theta: jax.Array, reml: bool = True) -> jax.Array:
     lambda_index = jnp.asarray(design.lambda_index_array)
     dev = profiled_deviance(jnp.asarray(theta), stats, lambda_index, reml)
     return dev + pre.logdet_gram if reml else dev
-
-
-@partial(jax.jit, static_argnames=("reml",))
-def varpar_cov(design: Design, theta: jax.Array, sigma2: jax.Array, reml: bool = True) -> jax.Array:
-    """Covariance of the data-scale variance parameters (``FitArrays.varpar``): inverse observed
-    information of the (RE)ML log-likelihood in (θ, σ²) from the autodiff Hessian, carried to the
-    data scale by the delta method."""
-    _, stats = design_stats(design)
-    lambda_index = jnp.asarray(design.lambda_index_array)
-    rows, cols = design.theta_positions
-    params = jnp.concatenate([theta, sigma2[None]])
-    info = information(stats, lambda_index, theta, sigma2, reml)
-    jac = jax.jacobian(lambda p: _varpar(p[:-1], p[-1], lambda_index, rows, cols))(params)
-    return jac @ _linalg.solve(info, jac.T)
-
-
-@partial(jax.jit, static_argnames=("reml",))
-def satterthwaite_df(design: Design, theta: jax.Array, sigma2: jax.Array, L: jax.Array, reml: bool = True) -> jax.Array:
-    """Satterthwaite degrees of freedom of the contrasts ``L @ β`` (one per row of ``L``).
-
-    ν = 2 (lᵀ C l)² / (∇ᵀ A ∇), where C(θ, σ²) = σ² (Xᵀ V⁻¹ X)⁻¹ is the covariance of β̂ as a
-    function of the variance parameters, ∇ its gradient for the contrast (autodiff) and A the
-    covariance of (θ, σ²): the inverse Hessian of the negative (RE)ML log-likelihood — the
-    construction lmerTest uses.
-    """
-    pre, stats = design_stats(design)
-    lambda_index = jnp.asarray(design.lambda_index_array)
-    p = pre.R.shape[0]
-
-    def vcov(params):
-        sol = penalised_solution(params[:-1], stats, lambda_index)
-        A_inv = _linalg.cho_solve(sol.A_chol, jnp.eye(p, dtype=theta.dtype))
-        return params[-1] * pre.R_inv @ A_inv @ pre.R_inv.T
-
-    params = jnp.concatenate([theta, sigma2[None]])
-    A = _linalg.inverse(information(stats, lambda_index, theta, sigma2, reml))
-
-    def one(l):
-        var, grad = jax.value_and_grad(lambda q: l @ vcov(q) @ l)(params)
-        return 2.0 * var**2 / (grad @ A @ grad)
-
-    return jax.vmap(one)(L)

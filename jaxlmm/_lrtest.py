@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from jax.scipy.special import gammaincc
+from scipy.special import gammaincc
 
-from ._config import float64
 from .errors import DataError
 
 if TYPE_CHECKING:
@@ -18,11 +17,10 @@ if TYPE_CHECKING:
 
 
 def chi2_sf(x: float, df: float) -> float:
-    """Upper tail of the χ² distribution (no SciPy needed)."""
+    """Upper tail of the χ² distribution."""
     if df <= 0:
         return float(x <= 0)
-    with float64():
-        return float(gammaincc(df / 2.0, max(float(x), 0.0) / 2.0))
+    return float(gammaincc(df / 2.0, max(float(x), 0.0) / 2.0))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,6 +41,16 @@ def bfgs_update(H: jax.Array, step: jax.Array, grad_change: jax.Array) -> jax.Ar
     return jnp.where(usable, updated, H)
 
 
+FORWARD_HESSIAN_MAX = 6
+
+
+def value_and_forward_grad(fun: Callable[[jax.Array], jax.Array], x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(f(x), ∇f(x)) by forward mode: one JVP per coordinate direction, vmapped."""
+    eye = jnp.eye(x.shape[0], dtype=x.dtype)
+    f, g = jax.vmap(lambda v: jax.jvp(fun, (x,), (v,)))(eye)
+    return f[0], g
+
+
 class NewtonResult(NamedTuple):
     x: jax.Array
     fun: jax.Array
@@ -78,6 +88,7 @@ def minimize_newton(
     snap_tol: float = 1e-4,
     quasi_newton: bool = False,
     exact_steps: int = 1,
+    forward_hessian: bool | None = None,
 ) -> NewtonResult:
     """Minimise ``fun`` from ``x0``; ``snappable`` (bool per entry) marks entries that may snap to 0.
 
@@ -88,16 +99,26 @@ def minimize_newton(
     loop then evaluates only f and ∇f and updates the Hessian by BFGS. Its body costs about a fifth
     of an exact one, for a few more iterations — the better trade under `vmap`, where every member
     pays for the body until the last one stops. The stopping rules are the same.
+
+    ``forward_hessian`` (default: for up to ``FORWARD_HESSIAN_MAX`` variables) takes the Hessian
+    by forward-over-forward differentiation instead of forward-over-reverse: for a few variables
+    it traces and compiles in about half the time (sleepstudy: 0.17 s against 0.30 s to compile).
     """
+    if forward_hessian is None:
+        forward_hessian = x0.shape[0] <= FORWARD_HESSIAN_MAX
     value_grad = jax.value_and_grad(fun)
 
     def grad_with_aux(x):
         f, g = value_grad(x)
         return g, (f, g)
 
+    def forward_grad_with_aux(x):
+        f, g = value_and_forward_grad(fun, x)
+        return g, (f, g)
+
     def evaluate_exact(x, state: _State):
-        """f, ∇f and ∇²f from one forward-over-reverse pass (f is traced once)."""
-        H, (f, g) = jax.jacfwd(grad_with_aux, has_aux=True)(x)
+        """f, ∇f and ∇²f from one forward-over-reverse (or forward-over-forward) pass."""
+        H, (f, g) = jax.jacfwd(forward_grad_with_aux if forward_hessian else grad_with_aux, has_aux=True)(x)
         return f, g, H
 
     def evaluate_bfgs(x, state: _State):

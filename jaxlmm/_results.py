@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from jax.scipy.special import ndtr
+from scipy.special import ndtr
 
 from . import plot
 from ._config import float64
 from ._contrasts import contrast_table, parse_contrasts
-from ._fit import satterthwaite_df, varpar_cov
+from ._fit import inference
 from ._lrtest import chi2_sf, lrtest
 from ._memory_maps import release_if_needed
 from ._profile import Profiler
@@ -35,9 +35,8 @@ SINGULAR_TOL = 1e-4
 
 
 def _norm_sf(z: np.ndarray) -> np.ndarray:
-    """Upper tail of the standard normal, accurate far into the tail (float64 ndtr)."""
-    with float64():
-        return np.asarray(ndtr(-np.asarray(z, dtype=float)))
+    """Upper tail of the standard normal, accurate far into the tail."""
+    return np.asarray(ndtr(-np.asarray(z, dtype=float)))
 
 
 def _norm_ppf(p: float) -> float:
@@ -284,12 +283,20 @@ class MixedLMResults:
         return pd.Series(np.asarray(self._arrays.varpar), index=self.varpar_names, name="Estimate")
 
     @cached_property
+    def _inference(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(params_cov, varpar_cov, vcov_beta_jac): from the fit when it computed them (single fits),
+        else computed now (members of a batch)."""
+        a = self._arrays
+        if a.params_cov is not None:
+            return np.asarray(a.params_cov), np.asarray(a.varpar_cov), np.asarray(a.vcov_beta_jac)
+        with float64():
+            out = inference(self.model.design, a.theta, a.sigma2, self.reml)
+        return tuple(np.asarray(v) for v in out)
+
+    @cached_property
     def cov_vcomp(self) -> pd.DataFrame:
         """Covariance of `vcomp` from the inverse autodiff Hessian (delta method to the data scale)."""
-
-        with float64():
-            cov = np.asarray(varpar_cov(self.model.design, self._arrays.theta, self._arrays.sigma2, self.reml))
-        return pd.DataFrame(cov, index=self.varpar_names, columns=self.varpar_names)
+        return pd.DataFrame(self._inference[1], index=self.varpar_names, columns=self.varpar_names)
 
     @property
     def bse_re(self) -> pd.Series:
@@ -443,13 +450,17 @@ class MixedLMResults:
         return pd.Series(self._linear_predictor(X, [(Z, codes)], include_re), index=index, name="predicted")
 
     def satterthwaite_df(self, L) -> np.ndarray:
-        """Satterthwaite degrees of freedom for the rows of the contrast matrix ``L`` (lmerTest's)."""
+        """Satterthwaite degrees of freedom for the rows of the contrast matrix ``L`` (lmerTest's).
 
-        with float64():
-            return np.asarray(
-                satterthwaite_df(self.model.design, self._arrays.theta, self._arrays.sigma2,
-                                 np.asarray(L, dtype=float), self.reml)
-            )
+        ν = 2 (lᵀ C l)² / (∇ᵀ A ∇) per row l, where C(θ, σ²) is the covariance of β̂ as a function of
+        the variance parameters, ∇ the derivative of lᵀ C l in (θ, σ²) and A the covariance of
+        (θ, σ²) (the inverse observed information): lmerTest's construction.
+        """
+        L = np.atleast_2d(np.asarray(L, dtype=float))
+        params_cov, _, vcov_jac = self._inference
+        variance = np.einsum("ij,jk,ik->i", L, np.asarray(self._arrays.vcov_beta), L)
+        grad = np.einsum("ij,qjk,ik->iq", L, vcov_jac, L)
+        return 2.0 * variance**2 / np.einsum("iq,qr,ir->i", grad, params_cov, grad)
 
     def t_test(self, hypotheses, ddf: str = "satterthwaite", adjust: str | None = None) -> pd.DataFrame:
         """Tests of linear contrasts of the fixed effects, one row per hypothesis.
