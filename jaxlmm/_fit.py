@@ -15,15 +15,14 @@ from ._crossed import crossed_stats
 from ._design import Design
 from ._kernels import (
     conditional_modes,
-    deviance_at_scale,
-    deviance_terms,
+    reduced_gram,
     penalised_solution,
     profiled_deviance,
     relative_factor,
     residual_dof,
     sufficient_stats,
 )
-from ._optimize import minimize_newton, value_and_forward_grad
+from ._optimize import minimize_newton
 
 
 class FitArrays(NamedTuple):
@@ -161,11 +160,11 @@ def fit_stats(
     ranef, ranef_cov, ranef_other, ranef_other_cov = conditional_modes(theta, sol, lambda_index, sigma2)
     if inference:
         if quasi_newton:  # the last Hessian is a BFGS approximation: take the exact one
-            info = information(stats, lambda_index, theta, sigma2, reml)
+            hess = jax.hessian(objective)(theta, stats)
         else:
             # The deviance is unchanged by canonical_theta's sign flips; its Hessian in θ flips with them.
-            info = profiled_information(sign[:, None] * hess_raw * sign[None, :], theta, stats, lambda_index, reml)
-        params_cov, varpar_cov, vcov_jac = inference_arrays(info, stats, theta, sigma2, lambda_index, rows, cols)
+            hess = sign[:, None] * hess_raw * sign[None, :]
+        params_cov, varpar_cov, vcov_jac = inference_arrays(hess, stats, theta, sigma2, lambda_index, rows, cols, reml)
     else:
         params_cov = varpar_cov = vcov_jac = None
 
@@ -231,57 +230,43 @@ def design_stats(design: Design):
     return pre, stats
 
 
-def information(stats, lambda_index, theta: jax.Array, sigma2: jax.Array, reml: bool) -> jax.Array:
-    """Observed information in (θ, σ²): the autodiff Hessian of the negative (RE)ML log-likelihood."""
+def inference_arrays(hess: jax.Array, stats, theta: jax.Array, sigma2: jax.Array, lambda_index, rows, cols,
+                     reml: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(params_cov, varpar_cov, vcov_beta_jac) at θ̂ and σ̂², from ``hess``, the Hessian of the
+    profiled deviance in θ: what standard errors of the variance parameters and Satterthwaite's
+    degrees of freedom need (`FitArrays`; β in the space of ``stats``).
 
-    def neg_loglik(params):
-        return 0.5 * deviance_at_scale(params[:-1], params[-1], stats, lambda_index, reml)
+    Both come from Ω = [[A, r], [rᵀ, ·]] (`reduced_gram`) and its derivative in θ, one forward-mode
+    pass; with P = Ω_yy − rᵀA⁻¹r the pwrss and ν the residual degrees of freedom:
 
-    return jax.hessian(neg_loglik)(jnp.concatenate([theta, sigma2[None]]))
+    * params_cov, the inverse observed information in (θ, σ²). With d(θ, σ²) = u(θ) + ν log σ² +
+      P(θ)/σ² (−2 log-likelihood up to a constant) and σ̂² = P/ν, the profiled deviance has
+      H = u'' + ν (P''/P − P'P'ᵀ/P²), so d's Hessian is [[H + ν P'P'ᵀ/P², −ν² P'/P²], [·, ν³/P²]];
+      P' = dΩ_yy − 2 dr·β̂ + β̂ᵀ dA β̂. varpar_cov carries it to the data scale (delta method).
+    * vcov_beta_jac, the derivative of C(θ, σ²) = σ² A⁻¹: −σ² A⁻¹ dA A⁻¹ per θ, and A⁻¹ for σ².
 
-
-def profiled_information(hess: jax.Array, theta: jax.Array, stats, lambda_index, reml: bool) -> jax.Array:
-    """Observed information in (θ, σ²) at σ² = σ̂²(θ), from the Hessian H of the profiled deviance in θ.
-
-    With d(θ, σ²) = u(θ) + ν log σ² + P(θ)/σ² (−2 log-likelihood up to a constant; P the pwrss, ν
-    the residual degrees of freedom) and σ̂² = P/ν, the profiled deviance has H = u'' + ν (P''/P −
-    P'P'ᵀ/P²), so d's Hessian at σ̂² is [[H + ν P'P'ᵀ/P², −ν² P'/P²], [·, ν³/P²]]: only P' (forward
-    mode) is new. Equals `information` (tested).
+    Tested against jax.hessian of the deviance at scale and jax.jacfwd of C.
     """
+    lambda_index = jnp.asarray(lambda_index)
+    p = stats.XtX.shape[0]
+    eye = jnp.eye(theta.shape[0], dtype=theta.dtype)
+    omega, d_omega = jax.vmap(lambda v: jax.jvp(lambda t: reduced_gram(t, stats, lambda_index)[1], (theta,), (v,)))(eye)
+    omega = omega[0]
+    A_chol = _linalg.cholesky(omega[:p, :p])
+    A_inv = _linalg.cho_solve(A_chol, jnp.eye(p, dtype=theta.dtype))
+    beta = A_inv @ omega[:p, p]
+    P = omega[p, p] - omega[:p, p] @ beta
+    dA = d_omega[:, :p, :p]
+    dP = d_omega[:, p, p] - 2.0 * d_omega[:, p, :p] @ beta + jnp.einsum("i,kij,j->k", beta, dA, beta)
     dof = residual_dof(stats, reml)
-
-    def pwrss(t):
-        return deviance_terms(t, stats, lambda_index)[2]
-
-    P, dP = value_and_forward_grad(pwrss, theta)
     r = dP / P
     cross = -dof**2 * dP / P**2
     top = jnp.concatenate([hess + dof * jnp.outer(r, r), cross[:, None]], axis=1)
     bottom = jnp.concatenate([cross, (dof**3 / P**2)[None]])[None, :]
-    return 0.5 * jnp.concatenate([top, bottom], axis=0)
-
-
-def inference_arrays(info: jax.Array, stats, theta: jax.Array, sigma2: jax.Array, lambda_index, rows, cols
-                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(params_cov, varpar_cov, vcov_beta_jac) at (θ, σ²) given the observed information ``info``:
-    what standard errors of the variance parameters and Satterthwaite's degrees of freedom need
-    (`FitArrays`; β in the space of ``stats``).
-
-    params_cov is the inverse information; varpar_cov carries it to the data scale by the delta
-    method; vcov_beta_jac is the derivative of C(θ, σ²) = σ² (Xᵀ V⁻¹ X)⁻¹, the covariance of β̂ as a
-    function of the variance parameters (forward mode).
-    """
-    lambda_index = jnp.asarray(lambda_index)
+    params_cov = _linalg.inverse(0.5 * jnp.concatenate([top, bottom], axis=0))
     params = jnp.concatenate([theta, sigma2[None]])
-    params_cov = _linalg.inverse(info)
     jac = jax.jacfwd(lambda q: _varpar(q[:-1], q[-1], lambda_index, rows, cols))(params)
-    p = stats.XtX.shape[0]
-
-    def vcov(q):
-        sol = penalised_solution(q[:-1], stats, lambda_index)
-        return q[-1] * _linalg.cho_solve(sol.A_chol, jnp.eye(p, dtype=q.dtype))
-
-    vcov_jac = jnp.moveaxis(jax.jacfwd(vcov)(params), -1, 0)
+    vcov_jac = jnp.concatenate([-sigma2 * jnp.einsum("ij,kjl,lm->kim", A_inv, dA, A_inv), A_inv[None]], axis=0)
     return params_cov, jac @ params_cov @ jac.T, vcov_jac
 
 
@@ -304,8 +289,8 @@ def inference(design: Design, theta: jax.Array, sigma2: jax.Array, reml: bool = 
     pre, stats = design_stats(design)
     rows, cols = design.theta_positions
     lambda_index = jnp.asarray(design.lambda_index_array)
-    info = information(stats, lambda_index, theta, sigma2, reml)
-    params_cov, varpar_cov, vcov_jac = inference_arrays(info, stats, theta, sigma2, lambda_index, rows, cols)
+    hess = jax.hessian(profiled_deviance)(theta, stats, lambda_index, reml)
+    params_cov, varpar_cov, vcov_jac = inference_arrays(hess, stats, theta, sigma2, lambda_index, rows, cols, reml)
     return params_cov, varpar_cov, jnp.einsum("ij,qjk,lk->qil", pre.R_inv, vcov_jac, pre.R_inv)
 
 

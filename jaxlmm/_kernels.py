@@ -114,7 +114,7 @@ def penalised_solution(theta: jax.Array, stats: SufficientStats, lambda_index: j
     )
 
 
-def _omega(theta: jax.Array, stats, lambda_index: jax.Array):
+def reduced_gram(theta: jax.Array, stats, lambda_index: jax.Array):
     """(Σ log|L|², Ω) at θ: the log-determinant of the random-effects block of the factor, and
     Ω = [[XᵀX, Xᵀy], [yᵀX, yᵀy]] − Wᵀ W, the fixed-effects block left after eliminating the random effects.
 
@@ -140,7 +140,7 @@ def _omega(theta: jax.Array, stats, lambda_index: jax.Array):
 def _crossed_solution(theta: jax.Array, stats: CrossedStats, lambda_index: jax.Array) -> PenalisedSolution:
     """β̂, pwrss and the log-determinants of a crossed model from Ω's factor; ``L``/``cu``/``CX``
     are left empty (`conditional_modes` recomputes the blocks from ``stats``)."""
-    logdet_L, omega = _omega(theta, stats, lambda_index)
+    logdet_L, omega = reduced_gram(theta, stats, lambda_index)
     R = _linalg.cholesky(omega)
     p = stats.XtX.shape[0]
     A_chol = R[:p, :p]
@@ -152,7 +152,7 @@ def _crossed_solution(theta: jax.Array, stats: CrossedStats, lambda_index: jax.A
 
 def deviance_terms(theta: jax.Array, stats, lambda_index: jax.Array):
     """(Σ log|L|², log|A|, pwrss) at θ — the lean path used by the optimiser."""
-    logdet_L, omega = _omega(theta, stats, lambda_index)
+    logdet_L, omega = reduced_gram(theta, stats, lambda_index)
     R = _linalg.cholesky(omega)
     p = stats.XtX.shape[0]
     diag = jnp.diagonal(R)
