@@ -99,7 +99,8 @@ def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: 
     others start from the median θ of the converged fits so far (members of a batch usually have
     similar variance parameters). The members not converged by then are pooled and continue from
     where they stopped with exact Newton, in small chunks with a doubled cap, and so on: the slow
-    few never hold up a full chunk. Compiled: quasi-Newton at ``batch_size``, exact at a small size.
+    few never hold up a full chunk. Compiled: quasi-Newton at ``batch_size``, and exact at a small
+    size only when some members are left.
     """
     k = theta0.shape[0]
     small = min(32, _pad_batch(batch_size))
@@ -125,7 +126,8 @@ def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: 
             step = batch_size if first_round else small
             chunks = [pending[lo : lo + step] for lo in range(0, pending.size, step)]
             quasi = QUASI_NEWTON and first_round
-            sizes = [_pad_batch(batch_size) if first_round and rows.size > small else small for rows in chunks]
+            # A first round's short last chunk is padded to the full size: one compiled program, not two.
+            sizes = [_pad_batch(batch_size) if first_round and pending.size > small else small for rows in chunks]
             # The first chunk runs alone: its median θ warm-starts all the others.
             first = fit_chunk(chunks[0], sizes[0], cap, quasi)
             if first_round and first.converged.any():

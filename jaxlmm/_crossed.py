@@ -193,6 +193,7 @@ class CrossedStats:
     Xty = property(lambda self: self.lead.Xty)
     yty = property(lambda self: self.lead.yty)
     nobs = property(lambda self: self.lead.nobs)
+    n_fixed = property(lambda self: self.lead.n_fixed)
 
 
 def crossed_stats(lead, y: jax.Array, X: jax.Array, Z1: jax.Array, group: jax.Array, mask: jax.Array,

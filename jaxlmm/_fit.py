@@ -84,13 +84,14 @@ def canonical_theta(theta: jax.Array, lambda_index) -> jax.Array:
 
 
 class _Objective(NamedTuple):
-    """The profiled deviance as a hashable callable f(θ, stats) (a static argument of `_argmin`)."""
+    """The profiled deviance as a hashable callable f(θ, data) (a static argument of `_argmin`), with
+    data = (stats, reml): REML as an array (1.0: REML, 0.0: ML), so one program serves both."""
 
     lambda_index: tuple  # nested tuple, as `Design.lambda_index`
-    reml: bool
 
-    def __call__(self, theta, stats):
-        return profiled_deviance(theta, stats, jnp.asarray(self.lambda_index), self.reml)
+    def __call__(self, theta, data):
+        stats, reml = data
+        return profiled_deviance(theta, stats, jnp.asarray(self.lambda_index), reml)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(0, 3, 4, 6))
@@ -136,7 +137,7 @@ def solve_theta(objective, stats, theta0: jax.Array, snappable, gtol: float, max
 
 
 def fit_stats(
-    stats, lambda_index, theta0, snappable, rows, cols, reml: bool, gtol: float = 1e-6, max_iter: int = 200,
+    stats, lambda_index, theta0, snappable, rows, cols, reml, gtol: float = 1e-6, max_iter: int = 200,
     quasi_newton: bool = False, inference: bool = False,
 ) -> FitArrays:
     """Fit from sufficient statistics (see `fit_arrays`).
@@ -147,9 +148,11 @@ def fit_stats(
     """
     lambda_index_np = np.asarray(lambda_index)
     lambda_index = jnp.asarray(lambda_index)
-    objective = _Objective(tuple(map(tuple, lambda_index_np.tolist())), reml)
+    objective = _Objective(tuple(map(tuple, lambda_index_np.tolist())))
+    reml = jnp.asarray(reml, theta0.dtype)
+    data = (stats, reml)
     theta_raw, grad_norm, iterations, converged, hess_raw = solve_theta(
-        objective, stats, theta0, snappable, gtol, max_iter, quasi_newton
+        objective, data, theta0, snappable, gtol, max_iter, quasi_newton
     )
     sign = canonical_signs(theta_raw, lambda_index_np)
     theta = theta_raw * sign
@@ -160,7 +163,7 @@ def fit_stats(
     ranef, ranef_cov, ranef_other, ranef_other_cov = conditional_modes(theta, sol, lambda_index, sigma2)
     if inference:
         if quasi_newton:  # the last Hessian is a BFGS approximation: take the exact one
-            hess = jax.hessian(objective)(theta, stats)
+            hess = jax.hessian(objective)(theta, data)
         else:
             # The deviance is unchanged by canonical_theta's sign flips; its Hessian in θ flips with them.
             hess = sign[:, None] * hess_raw * sign[None, :]
@@ -173,7 +176,7 @@ def fit_stats(
         beta=sol.beta,
         sigma2=sigma2,
         cov_re=sigma2 * lam @ lam.T,
-        llf=-0.5 * objective(theta, stats),
+        llf=-0.5 * objective(theta, data),
         vcov_beta=sigma2 * A_inv,
         varpar=_varpar(theta, sigma2, lambda_index, rows, cols),
         ranef=ranef,
@@ -214,17 +217,30 @@ def precondition(y: jax.Array, X: jax.Array, mask: jax.Array) -> Preconditioner:
     yᵀy (e.g. time in days, 150–260), so the deviance and its derivatives keep their digits.
     """
     root_w = jnp.sqrt(mask)
-    R = _linalg.orthonormalize(X * root_w[:, None])
+    Xw = X * root_w[:, None]
+    R = _linalg.orthonormalize(Xw, absent_columns(Xw))
     R_inv = _linalg.solve_upper_transposed(R.T, jnp.eye(R.shape[0], dtype=R.dtype))
     X_tilde = X @ R_inv
     b0 = R_inv @ (X_tilde.T @ (mask * y))
     return Preconditioner(R, R_inv, b0, X_tilde, y - X @ b0)
 
 
+def absent_columns(X: jax.Array) -> jax.Array:
+    """1.0 for each all-zero column of X (weighted): a shape bucket's padding (`_buckets`)."""
+    return (jnp.sum(X * X, axis=0) == 0).astype(X.dtype)
+
+
 def design_stats(design: Design):
-    """Precondition the design and reduce it to sufficient statistics: (preconditioner, stats)."""
+    """Precondition the design and reduce it to sufficient statistics: (preconditioner, stats).
+
+    An all-zero column of X (a shape bucket's padding) is left out: XᵀX gets 1 on its diagonal, so
+    its coefficient is 0 with no effect on the rest, and it does not count in the REML degrees of
+    freedom.
+    """
     pre = precondition(design.y, design.X, design.mask)
+    absent = absent_columns(pre.X * jnp.sqrt(design.mask)[:, None])
     stats = sufficient_stats(pre.y, pre.X, design.Z, design.group, design.mask, design.n_groups)
+    stats = stats._replace(XtX=stats.XtX + jnp.diag(absent), n_fixed=pre.X.shape[1] - jnp.sum(absent))
     if design.crossed is not None:
         stats = crossed_stats(stats, pre.y, pre.X, design.Z, design.group, design.mask, design.crossed)
     return pre, stats
@@ -270,12 +286,12 @@ def inference_arrays(hess: jax.Array, stats, theta: jax.Array, sigma2: jax.Array
     return params_cov, jac @ params_cov @ jac.T, vcov_jac
 
 
-def _to_design_scale(fit: FitArrays, pre: Preconditioner, reml: bool) -> FitArrays:
+def _to_design_scale(fit: FitArrays, pre: Preconditioner, reml) -> FitArrays:
     """β and its covariance (and derivative) from the preconditioned space back to the design's X."""
     fit = fit._replace(
         beta=pre.b0 + pre.R_inv @ fit.beta,
         vcov_beta=pre.R_inv @ fit.vcov_beta @ pre.R_inv.T,
-        llf=fit.llf - 0.5 * pre.logdet_gram if reml else fit.llf,
+        llf=fit.llf - 0.5 * jnp.asarray(reml, pre.R.dtype) * pre.logdet_gram,
     )
     if fit.vcov_beta_jac is None:
         return fit
@@ -343,7 +359,8 @@ def fit_design(
     if theta0 is None:
         theta0 = jnp.asarray(design.theta_start, dtype)
         if large_dense:
-            theta0 = scaled_start(_Objective(design.lambda_index, reml), stats, theta0, term_theta_groups(design))
+            theta0 = scaled_start(_Objective(design.lambda_index), (stats, jnp.asarray(reml, dtype)), theta0,
+                                  term_theta_groups(design))
     quasi_newton = quasi_newton or large_dense
     fit = fit_stats(
         stats,
@@ -364,8 +381,9 @@ def fit_design(
 _fit_design_jit = jax.jit(fit_design, static_argnums=(1, 2, 3))
 
 # One interactive fit with its inference (`MixedLM.fit`): quick-compile options, on a design padded
-# to its shape bucket by the caller.
-fit_with_inference = jax.jit(partial(fit_design, inference=True), static_argnums=(1, 2, 3),
+# to its shape bucket by the caller, and REML as data (1.0 or 0.0), so that a REML fit and the ML
+# refit behind a profile or a likelihood-ratio test share one program.
+fit_with_inference = jax.jit(partial(fit_design, inference=True), static_argnums=(2, 3),
                              compiler_options=QUICK_COMPILE_OPTIONS)
 
 

@@ -42,6 +42,7 @@ class SufficientStats(NamedTuple):
     Xty: jax.Array  # (p,)
     yty: jax.Array  # ()
     nobs: jax.Array  # () number of observations with weight (mask) 1
+    n_fixed: jax.Array | int  # () fixed-effect columns in use (padding columns excluded; see design_stats)
 
 
 class PenalisedSolution(NamedTuple):
@@ -85,6 +86,7 @@ def sufficient_stats(
         Xty=Xw.T @ y,
         yty=jnp.sum(w * y * y),
         nobs=jnp.sum(w),
+        n_fixed=X.shape[1],
     )
 
 
@@ -159,28 +161,38 @@ def deviance_terms(theta: jax.Array, stats, lambda_index: jax.Array):
     return logdet_L, 2.0 * jnp.sum(jnp.log(diag[:p])), diag[p] ** 2
 
 
-def residual_dof(stats: SufficientStats, reml: bool) -> jax.Array:
-    """n − p under REML, n under ML."""
-    p = stats.XtX.shape[0]
-    return stats.nobs - p if reml else stats.nobs
+def residual_dof(stats: SufficientStats, reml) -> jax.Array:
+    """n − p under REML, n under ML. ``reml`` is a bool, or an array (1.0: REML, 0.0: ML) so that one
+    compiled program serves both."""
+    p = stats.n_fixed
+    if isinstance(reml, bool):
+        return stats.nobs - p if reml else stats.nobs
+    return stats.nobs - p * reml
 
 
-def profiled_deviance(theta: jax.Array, stats: SufficientStats, lambda_index: jax.Array, reml: bool) -> jax.Array:
-    """−2 × (REML or ML) log-likelihood with β and σ² profiled out: the objective minimised over θ."""
+def _add_reml_term(dev: jax.Array, logdet_A: jax.Array, reml) -> jax.Array:
+    if isinstance(reml, bool):
+        return dev + logdet_A if reml else dev
+    return dev + reml * logdet_A
+
+
+def profiled_deviance(theta: jax.Array, stats: SufficientStats, lambda_index: jax.Array, reml) -> jax.Array:
+    """−2 × (REML or ML) log-likelihood with β and σ² profiled out: the objective minimised over θ
+    (``reml`` as in `residual_dof`)."""
     logdet_L, logdet_A, pwrss = deviance_terms(theta, stats, lambda_index)
     dof = residual_dof(stats, reml)
     dev = logdet_L + dof * (1.0 + LOG_2PI + jnp.log(pwrss / dof))
-    return dev + logdet_A if reml else dev
+    return _add_reml_term(dev, logdet_A, reml)
 
 
 def deviance_at_scale(
-    theta: jax.Array, sigma2: jax.Array, stats: SufficientStats, lambda_index: jax.Array, reml: bool
+    theta: jax.Array, sigma2: jax.Array, stats: SufficientStats, lambda_index: jax.Array, reml
 ) -> jax.Array:
     """−2 × log-likelihood at θ and a given σ² (β profiled): equals the profiled deviance at σ̂²."""
     logdet_L, logdet_A, pwrss = deviance_terms(theta, stats, lambda_index)
     dof = residual_dof(stats, reml)
     dev = logdet_L + dof * (LOG_2PI + jnp.log(sigma2)) + pwrss / sigma2
-    return dev + logdet_A if reml else dev
+    return _add_reml_term(dev, logdet_A, reml)
 
 
 def conditional_modes(theta: jax.Array, sol: PenalisedSolution, lambda_index: jax.Array, sigma2: jax.Array):

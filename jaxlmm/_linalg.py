@@ -244,9 +244,10 @@ def inverse(A: jax.Array) -> jax.Array:
     return solve(A, jnp.eye(A.shape[-1], dtype=A.dtype))
 
 
-def orthonormalize(X: jax.Array) -> jax.Array:
+def orthonormalize(X: jax.Array, absent: jax.Array | None = None) -> jax.Array:
     """Upper-triangular ``R`` (p, p) with ``X R⁻¹`` orthonormal, for ``X`` (n, p) of full column rank:
     shifted Cholesky-QR in three passes after scaling the columns to unit length (no LAPACK QR).
+    Columns flagged ``absent`` (1.0; all zero: padding) get R's identity row and column.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -265,6 +266,8 @@ def orthonormalize(X: jax.Array) -> jax.Array:
     shift = 11.0 * (n * p + p * (p + 1)) * eps * p  # ‖Q‖₂² ≤ p after scaling
     for k in range(3):
         G = Q.T @ Q
+        if absent is not None:
+            G = G + jnp.diag(absent)
         if k == 0:
             G = G + shift * jnp.eye(p, dtype=X.dtype)
         Lk = cholesky(G)  # G = Lk Lkᵀ, so Q = (Q Lk⁻ᵀ) Lkᵀ

@@ -18,7 +18,7 @@ from ._memory_maps import release_if_needed
 from ._batch import fit_many
 from ._crossed import CrossedTerms, build_crossed_terms
 from ._design import Design, make_design
-from ._buckets import pad_design
+from ._buckets import pad_design, unpad_fit
 from ._fit import fit_with_inference
 from ._results import MixedLMResults
 from .errors import (
@@ -595,10 +595,8 @@ class MixedLM:
         warn = check_flag(warn, "warn")
         release_if_needed()
         with float64():
-            arrays = fit_with_inference(pad_design(self.design), bool(reml), float(gtol), 200)
-            arrays = jax.tree.map(np.asarray, arrays)
-        m = self.design.n_groups
-        arrays = arrays._replace(ranef=arrays.ranef[:m], ranef_cov=arrays.ranef_cov[:m])
+            arrays = fit_with_inference(pad_design(self.design), np.float64(bool(reml)), float(gtol), 200)
+            arrays = unpad_fit(jax.tree.map(np.asarray, arrays), self.design)
         result = MixedLMResults(self, arrays, bool(reml))
         if warn:
             result._warn()

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _linalg
-from ._config import float64
+from ._config import QUICK_COMPILE_OPTIONS, float64
 from ._design import theta_on_diagonal, theta_positions
 from ._fit import design_stats
 from ._kernels import LOG_2PI, deviance_at_scale, penalised_solution, relative_factor, residual_dof
@@ -169,7 +169,7 @@ def _fixed_point(stats, pre_b0, pre_R_inv, which, value, theta0, *, lambda_index
     return PointSolution(opt.fun, slope, params, theta, opt.converged)
 
 
-@partial(jax.jit, static_argnames=("lambda_index", "fixed", "gtol", "max_iter"))
+@partial(jax.jit, static_argnames=("lambda_index", "fixed", "gtol", "max_iter"), compiler_options=QUICK_COMPILE_OPTIONS)
 def solve_points(stats, pre_b0, pre_R_inv, which, values, starts, *, lambda_index: tuple, fixed: bool,
                  gtol: float = 1e-8, max_iter: int = 100) -> PointSolution:
     """Constrained minimisations, vmapped over (``which``, ``values``, ``starts``) rows."""
@@ -178,13 +178,28 @@ def solve_points(stats, pre_b0, pre_R_inv, which, values, starts, *, lambda_inde
     return jax.vmap(one, in_axes=(None, None, None, 0, 0, 0))(stats, pre_b0, pre_R_inv, which, values, starts)
 
 
-@partial(jax.jit, static_argnames=("lambda_index",))
-def _ml_point(theta, sigma, stats, *, lambda_index: tuple):
-    """ψ̂ at the ML fit, the Hessian of the ML deviance in ψ there, and the optimiser's variables."""
+@partial(jax.jit, static_argnames=("lambda_index",), compiler_options=QUICK_COMPILE_OPTIONS)
+def _ml_point(theta, sigma, varpar_cov, *, lambda_index: tuple):
+    """ψ̂ at the ML fit, the standard errors of ψ̂ (the delta method from the covariance of the
+    variance parameters `varpar`), and the optimiser's variables."""
     idx = np.asarray(lambda_index)
     psi = theta_to_sdcor(theta, sigma, idx)
-    hess = jax.hessian(ml_deviance_sdcor)(psi, stats, idx)
-    return psi, hess, nuisance_start(psi, parameter_kinds(idx), BOUNDARY_START * sigma)
+    rows, cols = theta_positions(idx)
+
+    def sdcor_of_varpar(varpar):  # ψ as a function of (Var, Cov ..., σ²)
+        var = {int(r): varpar[k] for k, (r, c) in enumerate(zip(rows, cols)) if r == c}
+        out = [jnp.sqrt(var[int(r)]) if r == c else varpar[k] / jnp.sqrt(var[int(r)] * var[int(c)])
+               for k, (r, c) in enumerate(zip(rows, cols))]
+        return jnp.stack(out + [jnp.sqrt(varpar[-1])])
+
+    cov_re = sigma**2 * relative_factor(theta, jnp.asarray(idx)) @ relative_factor(theta, jnp.asarray(idx)).T
+    varpar = jnp.concatenate([cov_re[rows, cols], (sigma**2)[None]])
+    jac = jax.jacfwd(sdcor_of_varpar)(varpar)
+    se = jnp.sqrt(jnp.abs(jnp.diagonal(jac @ varpar_cov @ jac.T)))
+    return psi, se, nuisance_start(psi, parameter_kinds(idx), BOUNDARY_START * sigma)
+
+
+_design_stats = jax.jit(design_stats, compiler_options=QUICK_COMPILE_OPTIONS)
 
 
 def _bucket(n: int) -> int:
@@ -213,11 +228,12 @@ class Profiler:
         self.kinds = parameter_kinds(idx)
         self.n_var = self.kinds.shape[0]
         with float64():
-            pre, stats = jax.jit(design_stats)(design)
+            pre, stats = _design_stats(design)
             self._stats, self._b0, self._R_inv = stats, pre.b0, pre.R_inv
             theta_hat = jnp.asarray(ml.theta)
-            psi_hat, hess, u_hat = _ml_point(theta_hat, jnp.sqrt(ml.scale), stats, lambda_index=self.lambda_index)
-            psi_hat, hess, self._u_hat = np.asarray(psi_hat), np.asarray(hess), np.asarray(u_hat)
+            psi_hat, se_var, u_hat = _ml_point(theta_hat, jnp.sqrt(ml.scale), ml.cov_vcomp.to_numpy(),
+                                               lambda_index=self.lambda_index)
+            psi_hat, se_var, self._u_hat = np.asarray(psi_hat), np.asarray(se_var), np.asarray(u_hat)
         self.estimate = np.concatenate([psi_hat, ml.fe_params.to_numpy()])
         self.base = -2.0 * ml.llf
         self._theta_hat = np.where(theta_on_diagonal(idx), np.maximum(np.asarray(theta_hat), BOUNDARY_START),
@@ -227,10 +243,8 @@ class Profiler:
             kind = "SD" if name.startswith("Var(") else "Corr"
             var_names.append(kind + name[name.index("("):])
         self.names = var_names + ["sigma"] + list(model.exog_names)
-        # Scale for first guesses of the end points: curvature of the deviance in each parameter.
-        with np.errstate(all="ignore"):
-            cov = np.linalg.pinv(hess) * 2.0
-            se_var = np.sqrt(np.abs(np.diag(cov)))
+        # Scale for first guesses of the end points: standard errors (a parameter on the boundary has
+        # none: a tenth of its size is used).
         se_fe = ml.bse_fe.to_numpy()
         self.scale = np.concatenate([se_var, se_fe])
         bad = ~np.isfinite(self.scale) | (self.scale <= 0)
