@@ -43,13 +43,14 @@ def test_quasi_newton_reaches_the_exact_newton_optimum_on_lmm_deviances():
     fit = model.fit()
     rng = np.random.default_rng(3)
     Y = np.asarray(model.design.y)[None, :] + rng.normal(0.0, 25.0, (16, model.nobs))
-    objective = _Objective(tuple(map(tuple, model.design.lambda_index_array.tolist())), True)
+    objective = _Objective(tuple(map(tuple, model.design.lambda_index_array.tolist())))
     snappable = jnp.asarray(np.isfinite(model.design.theta_lower))
     with float64():
         stats = jax.vmap(lambda y: design_stats(model.design.replace(y=y))[1])(jnp.asarray(Y))
 
         def solve(s, quasi):
-            return minimize_newton(lambda t: objective(t, s), jnp.asarray(fit.theta), snappable, quasi_newton=quasi)
+            return minimize_newton(lambda t: objective(t, (s, 1.0)), jnp.asarray(fit.theta), snappable,
+                                   quasi_newton=quasi)
 
         exact = jax.jit(jax.vmap(lambda s: solve(s, False)))(stats)
         quasi = jax.jit(jax.vmap(lambda s: solve(s, True)))(stats)
