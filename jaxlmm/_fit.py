@@ -51,8 +51,8 @@ class FitArrays(NamedTuple):
     ranef_other: jax.Array | None = None  # crossed models: the other terms' modes (blocks, width)
     ranef_other_cov: jax.Array | None = None  # and their conditional covariances (blocks, width, width)
     # Inference, computed with the fit when asked for (`fit_design(..., inference=True)`):
-    params_cov: jax.Array | None = None  # covariance of (θ, σ²): the inverse observed information
-    varpar_cov: jax.Array | None = None  # covariance of varpar (delta method)
+    information: jax.Array | None = None  # observed information in (θ, σ²) (its inverse: their covariance)
+    varpar_jac: jax.Array | None = None  # derivative of varpar in (θ, σ²) (for the delta method)
     vcov_beta_jac: jax.Array | None = None  # (k + 1, p, p): derivative of vcov_beta in (θ, σ²)
 
 
@@ -167,9 +167,9 @@ def fit_stats(
         else:
             # The deviance is unchanged by canonical_theta's sign flips; its Hessian in θ flips with them.
             hess = sign[:, None] * hess_raw * sign[None, :]
-        params_cov, varpar_cov, vcov_jac = inference_arrays(hess, stats, theta, sigma2, lambda_index, rows, cols, reml)
+        info, varpar_jac, vcov_jac = inference_arrays(hess, stats, theta, sigma2, lambda_index, rows, cols, reml)
     else:
-        params_cov = varpar_cov = vcov_jac = None
+        info = varpar_jac = vcov_jac = None
 
     return FitArrays(
         theta=theta,
@@ -187,8 +187,8 @@ def fit_stats(
         theta_at_bound=jnp.asarray(snappable) & (theta == 0),
         ranef_other=ranef_other,
         ranef_other_cov=ranef_other_cov,
-        params_cov=params_cov,
-        varpar_cov=varpar_cov,
+        information=info,
+        varpar_jac=varpar_jac,
         vcov_beta_jac=vcov_jac,
     )
 
@@ -248,17 +248,18 @@ def design_stats(design: Design):
 
 def inference_arrays(hess: jax.Array, stats, theta: jax.Array, sigma2: jax.Array, lambda_index, rows, cols,
                      reml: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(params_cov, varpar_cov, vcov_beta_jac) at θ̂ and σ̂², from ``hess``, the Hessian of the
+    """(information, varpar_jac, vcov_beta_jac) at θ̂ and σ̂², from ``hess``, the Hessian of the
     profiled deviance in θ: what standard errors of the variance parameters and Satterthwaite's
-    degrees of freedom need (`FitArrays`; β in the space of ``stats``).
+    degrees of freedom need (`FitArrays`; β in the space of ``stats``). The small inverse of the
+    information is left to NumPy (the results layer): in the program, it was a tenth of its size.
 
     Both come from Ω = [[A, r], [rᵀ, ·]] (`reduced_gram`) and its derivative in θ, one forward-mode
     pass; with P = Ω_yy − rᵀA⁻¹r the pwrss and ν the residual degrees of freedom:
 
-    * params_cov, the inverse observed information in (θ, σ²). With d(θ, σ²) = u(θ) + ν log σ² +
+    * the observed information in (θ, σ²). With d(θ, σ²) = u(θ) + ν log σ² +
       P(θ)/σ² (−2 log-likelihood up to a constant) and σ̂² = P/ν, the profiled deviance has
       H = u'' + ν (P''/P − P'P'ᵀ/P²), so d's Hessian is [[H + ν P'P'ᵀ/P², −ν² P'/P²], [·, ν³/P²]];
-      P' = dΩ_yy − 2 dr·β̂ + β̂ᵀ dA β̂. varpar_cov carries it to the data scale (delta method).
+      P' = dΩ_yy − 2 dr·β̂ + β̂ᵀ dA β̂. varpar_jac carries its inverse to the data scale (delta method).
     * vcov_beta_jac, the derivative of C(θ, σ²) = σ² A⁻¹: −σ² A⁻¹ dA A⁻¹ per θ, and A⁻¹ for σ².
 
     Tested against jax.hessian of the deviance at scale and jax.jacfwd of C.
@@ -279,11 +280,11 @@ def inference_arrays(hess: jax.Array, stats, theta: jax.Array, sigma2: jax.Array
     cross = -dof**2 * dP / P**2
     top = jnp.concatenate([hess + dof * jnp.outer(r, r), cross[:, None]], axis=1)
     bottom = jnp.concatenate([cross, (dof**3 / P**2)[None]])[None, :]
-    params_cov = _linalg.inverse(0.5 * jnp.concatenate([top, bottom], axis=0))
+    info = 0.5 * jnp.concatenate([top, bottom], axis=0)
     params = jnp.concatenate([theta, sigma2[None]])
     jac = jax.jacfwd(lambda q: _varpar(q[:-1], q[-1], lambda_index, rows, cols))(params)
     vcov_jac = jnp.concatenate([-sigma2 * jnp.einsum("ij,kjl,lm->kim", A_inv, dA, A_inv), A_inv[None]], axis=0)
-    return params_cov, jac @ params_cov @ jac.T, vcov_jac
+    return info, jac, vcov_jac
 
 
 def _to_design_scale(fit: FitArrays, pre: Preconditioner, reml) -> FitArrays:
@@ -301,13 +302,13 @@ def _to_design_scale(fit: FitArrays, pre: Preconditioner, reml) -> FitArrays:
 @partial(jax.jit, static_argnames=("reml",))
 def inference(design: Design, theta: jax.Array, sigma2: jax.Array, reml: bool = True):
     """`inference_arrays` of a fitted design (for fits made without ``inference=True``, such as
-    the members of a batch): (params_cov, varpar_cov, vcov_beta_jac)."""
+    the members of a batch): (information, varpar_jac, vcov_beta_jac)."""
     pre, stats = design_stats(design)
     rows, cols = design.theta_positions
     lambda_index = jnp.asarray(design.lambda_index_array)
     hess = jax.hessian(profiled_deviance)(theta, stats, lambda_index, reml)
-    params_cov, varpar_cov, vcov_jac = inference_arrays(hess, stats, theta, sigma2, lambda_index, rows, cols, reml)
-    return params_cov, varpar_cov, jnp.einsum("ij,qjk,lk->qil", pre.R_inv, vcov_jac, pre.R_inv)
+    info, varpar_jac, vcov_jac = inference_arrays(hess, stats, theta, sigma2, lambda_index, rows, cols, reml)
+    return info, varpar_jac, jnp.einsum("ij,qjk,lk->qil", pre.R_inv, vcov_jac, pre.R_inv)
 
 
 # Crossed models whose dense block has at least LARGE_DENSE_SIZE rows, where each iteration costs

@@ -39,6 +39,17 @@ def _norm_sf(z: np.ndarray) -> np.ndarray:
     return np.asarray(ndtr(-np.asarray(z, dtype=float)))
 
 
+def inference_covariances(information, varpar_jac, vcov_beta_jac) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(params_cov, varpar_cov, vcov_beta_jac): the covariance of (θ, σ²), the inverse information
+    (NaN where it is singular), and that of the variance parameters by the delta method."""
+    information, varpar_jac = np.asarray(information, float), np.asarray(varpar_jac, float)
+    try:
+        params_cov = np.linalg.inv(information)
+    except np.linalg.LinAlgError:
+        params_cov = np.full_like(information, np.nan)
+    return params_cov, varpar_jac @ params_cov @ varpar_jac.T, np.asarray(vcov_beta_jac, float)
+
+
 def _norm_ppf(p: float) -> float:
     return NormalDist().inv_cdf(p)
 
@@ -284,14 +295,14 @@ class MixedLMResults:
 
     @cached_property
     def _inference(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(params_cov, varpar_cov, vcov_beta_jac): from the fit when it computed them (single fits),
-        else computed now (members of a batch)."""
+        """(params_cov, varpar_cov, vcov_beta_jac): from the fit's inference arrays when it computed
+        them (single fits), else from `inference` now (members of a batch)."""
         a = self._arrays
-        if a.params_cov is not None:
-            return np.asarray(a.params_cov), np.asarray(a.varpar_cov), np.asarray(a.vcov_beta_jac)
+        if a.information is not None:
+            return inference_covariances(a.information, a.varpar_jac, a.vcov_beta_jac)
         with float64():
             out = inference(self.model.design, a.theta, a.sigma2, self.reml)
-        return tuple(np.asarray(v) for v in out)
+        return inference_covariances(*out)
 
     @cached_property
     def cov_vcomp(self) -> pd.DataFrame:
