@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _linalg
-from ._config import QUICK_COMPILE_OPTIONS
 from ._crossed import crossed_stats
 from ._design import Design
 from ._kernels import (
@@ -23,6 +22,7 @@ from ._kernels import (
     sufficient_stats,
 )
 from ._optimize import minimize_newton
+from ._program_cache import call_quick
 
 
 class FitArrays(NamedTuple):
@@ -381,11 +381,19 @@ def fit_design(
 
 _fit_design_jit = jax.jit(fit_design, static_argnums=(1, 2, 3))
 
-# One interactive fit with its inference (`MixedLM.fit`): quick-compile options, on a design padded
-# to its shape bucket by the caller, and REML as data (1.0 or 0.0), so that a REML fit and the ML
-# refit behind a profile or a likelihood-ratio test share one program.
-fit_with_inference = jax.jit(partial(fit_design, inference=True), static_argnums=(2, 3),
-                             compiler_options=QUICK_COMPILE_OPTIONS)
+
+def fit_quick(design: Design, reml: bool, gtol: float = 1e-6, max_iter: int = 200) -> FitArrays:
+    """One fit with its inference, as `MixedLM.fit` runs it on a design padded to its shape bucket:
+    compiled with quick options, kept on disk across processes (`_program_cache.call_quick`), and with
+    REML as data (1.0 or 0.0), so that a REML fit and the ML refit behind a profile or a
+    likelihood-ratio test share one program."""
+
+    def run(design, reml_weight):
+        fit = fit_design(design, reml_weight, gtol, max_iter, inference=True)
+        return {name: value for name, value in fit._asdict().items() if value is not None}
+
+    out = call_quick("fit_design", run, (design, np.float64(bool(reml))), static=(float(gtol), int(max_iter)))
+    return FitArrays(**out)
 
 
 def fit_arrays(design: Design, reml: bool = True, *, gtol: float = 1e-6, max_iter: int = 200) -> FitArrays:

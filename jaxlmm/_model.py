@@ -19,7 +19,7 @@ from ._batch import fit_many
 from ._crossed import CrossedTerms, build_crossed_terms
 from ._design import Design, make_design
 from ._buckets import pad_design, unpad_fit
-from ._fit import fit_with_inference
+from ._fit import fit_quick
 from ._results import MixedLMResults
 from .errors import (
     DataError,
@@ -595,7 +595,7 @@ class MixedLM:
         warn = check_flag(warn, "warn")
         release_if_needed()
         with float64():
-            arrays = fit_with_inference(pad_design(self.design), np.float64(bool(reml)), float(gtol), 200)
+            arrays = fit_quick(pad_design(self.design), bool(reml), float(gtol))
             arrays = unpad_fit(jax.tree.map(np.asarray, arrays), self.design)
         result = MixedLMResults(self, arrays, bool(reml))
         if warn:

@@ -1,0 +1,95 @@
+"""Traced programs kept on disk beside JAX's persistent compilation cache, so that a new process skips
+tracing as well as compiling.
+
+JAX's persistent cache stores compiled executables, but its key is a hash of the lowered program:
+every process still traces and lowers a fit (0.5 s of a 0.7 s warm-cache first fit on 2 CPU cores)
+before it can look the executable up. Here the traced and lowered program is saved once with
+`jax.export` (serialised StableHLO), under a key made of everything it depends on: the program's
+name and static arguments, the argument shapes and dtypes and their pytree structure, the compile
+options, the JAX version and a fingerprint of jaxlmm's own source files (so an edit of the code
+invalidates every entry). A later process deserialises it, and the compiled executable comes from
+JAX's persistent cache.
+
+Used only where the persistent cache is on (``JAXLMM_NO_CACHE`` unset); any failure to read or
+write falls back to tracing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jaxlib
+import numpy as np
+
+from ._config import QUICK_COMPILE_OPTIONS
+
+_loaded: dict[str, Callable] = {}
+
+
+@lru_cache(maxsize=1)
+def _source_fingerprint() -> str:
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _folder() -> Path | None:
+    base = jax.config.jax_compilation_cache_dir
+    if os.environ.get("JAXLMM_NO_CACHE") or not base:
+        return None
+    return Path(base) / "jaxlmm-programs"
+
+
+def _key(name: str, static: tuple, leaves: list, treedef) -> str:
+    parts = [name, repr(static), repr(treedef), jax.__version__, jaxlib.__version__, jax.default_backend(),
+             str(jax.config.jax_enable_x64), _source_fingerprint(), repr(sorted(QUICK_COMPILE_OPTIONS.items()))]
+    parts += [f"{np.shape(a)}:{np.asarray(a).dtype}" for a in leaves]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+def call_quick(name: str, fn: Callable, args: tuple, static: tuple = ()) -> dict:
+    """``fn(*args)`` compiled with `QUICK_COMPILE_OPTIONS`; ``fn`` returns a dict of arrays and its
+    result depends on ``args`` (a pytree) and on ``static`` only. With the persistent cache on, the
+    traced program is saved on first use and loaded by later processes (see the module docstring).
+    """
+    leaves, treedef = jax.tree.flatten(args)
+    folder = _folder()
+    key = _key(name, static, leaves, treedef)
+    program = _loaded.get(key)
+    if program is None:
+        program = _load_or_export(folder, key, lambda *flat: fn(*jax.tree.unflatten(treedef, flat)), leaves)
+        _loaded[key] = program
+    return program(*leaves)
+
+
+def _load_or_export(folder: Path | None, key: str, flat_fn: Callable, leaves: list) -> Callable:
+    jitted = jax.jit(flat_fn, compiler_options=QUICK_COMPILE_OPTIONS)
+    if folder is None:
+        return jitted
+    path = folder / f"{key}.exported"
+    try:
+        if path.exists():
+            exported = jax.export.deserialize(bytearray(path.read_bytes()))
+        else:
+            exported = jax.export.export(jitted, disabled_checks=_unchecked_custom_calls())(*leaves)
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(exported.serialize())
+            tmp.replace(path)
+    except Exception:  # unreadable entry, serialisation unavailable: trace as usual
+        return jitted
+    return jax.jit(exported.call, compiler_options=QUICK_COMPILE_OPTIONS)
+
+
+def _unchecked_custom_calls() -> list:
+    """LAPACK calls jaxlmm makes that `jax.export` does not list as stable (the program is only ever
+    loaded by the same jaxlib: its version is in the key)."""
+    return [jax.export.DisabledSafetyCheck.custom_call(t) for t in ("lapack_dtrtri_ffi", "lapack_strtri_ffi")]

@@ -1,0 +1,47 @@
+"""Traced programs saved on disk (`_program_cache`): written once, loaded with the same result, keyed on
+what they depend on, and a damaged entry falls back to tracing."""
+
+import numpy as np
+import pytest
+
+import jaxlmm
+from jaxlmm import _program_cache
+
+
+@pytest.fixture
+def program_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(_program_cache, "_folder", lambda: tmp_path)
+    monkeypatch.setattr(_program_cache, "_loaded", {})
+    return tmp_path
+
+
+def _fit(formula="Reaction ~ Days + (Days | Subject)", reml=True):
+    return jaxlmm.MixedLM.from_formula(formula, jaxlmm.datasets.load("sleepstudy")).fit(reml=reml)
+
+
+def test_a_saved_program_is_loaded_and_gives_the_same_fit(program_folder):
+    first = _fit()
+    entries = list(program_folder.glob("*.exported"))
+    assert len(entries) == 1
+    _program_cache._loaded.clear()  # as a new process: the program comes from the file
+    again = _fit()
+    assert list(program_folder.glob("*.exported")) == entries
+    assert again.llf == first.llf
+    np.testing.assert_array_equal(again.fe_params, first.fe_params)
+    np.testing.assert_array_equal(again.cov_vcomp, first.cov_vcomp)
+
+
+def test_the_key_separates_structures_but_not_reml(program_folder):
+    _fit()
+    _fit(reml=False)  # REML is data: the same program
+    assert len(list(program_folder.glob("*.exported"))) == 1
+    _fit("Reaction ~ Days + (Days || Subject)")
+    assert len(list(program_folder.glob("*.exported"))) == 2
+
+
+def test_a_damaged_entry_falls_back_to_tracing(program_folder):
+    first = _fit()
+    (entry,) = program_folder.glob("*.exported")
+    entry.write_bytes(b"not a program")
+    _program_cache._loaded.clear()
+    assert _fit().llf == pytest.approx(first.llf, abs=1e-10)
