@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pandas as pd
 
-from ._batch import DatasetResults, _fit_designs, _run_batched, _safe_batch_size, _shard
+from ._batch import DatasetResults, _fit_designs, _run_batched, _safe_batch_size, _shard, quick_batch
 from ._config import float64
 from ._crossed import CrossedLayout, CrossedTerms, build_crossed_terms, crossed_bytes
 from ._design import Design
@@ -92,13 +92,15 @@ def fit_datasets(
         extra = 0 if layout is None else crossed_bytes(layout, inputs[-4].shape[1], inputs[-1].shape[1])
         size = _safe_batch_size(n_rows, batch_size, q, p, len(members), extra)
 
-        def run(chunk, t0, max_iter, quasi_newton, n_groups=n_groups, layout=layout):
+        program = _fit_designs[quick_batch(len(members), n_rows)]
+
+        def run(chunk, t0, max_iter, quasi_newton, n_groups=n_groups, layout=layout, program=program):
             with float64():
                 arrays = _shard(list(chunk) + [t0])
                 y, X, Z, g, mask, tb = arrays[:5] + arrays[-1:]
                 terms = None if layout is None else CrossedTerms(*arrays[5:12], layout=layout)
                 design = Design(y, X, Z, g, mask, n_groups, template.lambda_index, terms)
-                return _fit_designs(design, tb, bool(reml), float(gtol), np.int32(max_iter), quasi_newton)
+                return program(design, tb, bool(reml), float(gtol), np.int32(max_iter), quasi_newton)
 
         theta0 = np.tile(template.theta_start, (len(members), 1))
         with float64():
