@@ -16,6 +16,9 @@ Jobs (each a fresh ``python`` process, and a fresh ``Rscript`` process for lme4)
   list), without the cache.
 * ``bucket``: after a first sleepstudy fit, the fit of a second model of the same shape bucket
   (orthodont ``distance ~ age + (age|Subject)``, and sleepstudy with 7 rows dropped).
+* ``many``: ``fit_many`` on 4,000 simulated sleepstudy responses, first and second call in one
+  process, no cache; lme4: ``refit`` over 200 of the same responses, timed and scaled to 4,000
+  (labelled as such).
 * ``profile``: the first profile intervals (``conf_int(method="profile")``; lme4:
   ``confint(m, method = "profile")``) of Penicillin and sleepstudy, in a fresh process, no cache.
 
@@ -87,6 +90,17 @@ elif job["job"] == "bucket":
         jaxlmm.MixedLM.from_formula(formula, df).fit()
         second[label] = time.perf_counter() - t0
     out.update(second=second)
+elif job["job"] == "many":
+    import numpy as np
+    df = load("sleepstudy")
+    m = jaxlmm.MixedLM.from_formula("Reaction ~ Days + (Days | Subject)", df)
+    Y = np.loadtxt(job["responses"], delimiter=",")
+    calls = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        m.fit_many(Y, progress=False)
+        calls.append(time.perf_counter() - t0)
+    out.update(calls=calls, n_models=Y.shape[1])
 elif job["job"] == "profile":
     times = {}
     for name, formula in [("penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)"),
@@ -127,6 +141,12 @@ if (job == "first") {
     fits <- c(fits, t1 - t0); sums <- c(sums, t2 - t1)
   }
   out$fit_times <- fits; out$summary_times <- sums
+} else if (job == "many") {
+  df <- load("sleepstudy")
+  Y <- as.matrix(read.csv(args[3], header = FALSE))
+  m <- lmer(Reaction ~ Days + (Days | Subject), df)
+  n <- 200
+  t0 <- now(); for (i in seq_len(n)) suppressMessages(refit(m, Y[, i])); out$per_model_s <- (now() - t0) / n
 } else if (job == "profile") {
   times <- list()
   for (spec in list(c("penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)"),
@@ -169,7 +189,7 @@ def median_of(runs: list[dict], key) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--jobs", default="first,session,bucket,profile")
+    ap.add_argument("--jobs", default="first,session,bucket,many,profile")
     ap.add_argument("--no-r", action="store_true")
     ap.add_argument("--out", default=str(_common.BENCH_DIR / "results"))
     args = ap.parse_args(argv)
@@ -224,6 +244,22 @@ def main(argv=None) -> int:
             results["bucket"] = runs
             for label in runs[0]["second"]:
                 add(f"second model of a bucket: {label}", median_of(runs, lambda r: r["second"][label]), None, "<= 0.02 s")
+        if "many" in jobs:
+            import numpy as np
+
+            df = _common.read_source({"dataset": "sleepstudy"})
+            rng = np.random.default_rng(0)
+            Y = df["Reaction"].to_numpy()[:, None] + rng.normal(0.0, 30.0, (len(df), 4000))
+            responses = Path(tmp) / "responses.csv"
+            np.savetxt(responses, Y, delimiter=",")
+            runs = [py_job({"job": "many", "responses": str(responses)}, None) for _ in range(args.repeats)]
+            rr = [r_job("many", datadir, [str(responses)]) for _ in range(min(args.repeats, 1))] if have_r else []
+            results["many"] = {"jaxlmm": runs, "lme4": rr}
+            lme4_4000 = 4000 * median_of(rr, lambda r: r["per_model_s"]) if rr else None
+            add("fit_many, 4,000 sleepstudy responses: first call (lme4: refit x 200, scaled)",
+                median_of(runs, lambda r: r["calls"][0]), lme4_4000, "")
+            add("fit_many, 4,000 sleepstudy responses: second call", median_of(runs, lambda r: r["calls"][1]),
+                lme4_4000, "")
         if "profile" in jobs:
             runs = [py_job({"job": "profile"}, None) for _ in range(args.repeats)]
             rr = [r_job("profile", datadir) for _ in range(args.repeats)] if have_r else []
