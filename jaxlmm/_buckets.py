@@ -11,6 +11,8 @@ the fit: a padded group's block is ΛᵀZᵀZΛ + I = I, so its log-determinant 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ._design import Design
@@ -19,6 +21,7 @@ from ._fit import FitArrays
 ROW_FLOOR = 1024
 GROUP_FLOOR = 128
 FIXED_FLOOR = 4
+STRUCTURE_MAX = 4  # random-effects columns padded to 2 or 4 (beyond: the model's own Λ)
 
 
 def bucket_size(n: int, floor: int) -> int:
@@ -34,35 +37,83 @@ def bucket_size(n: int, floor: int) -> int:
     return 3 * power // 4 if 3 * power // 4 >= n else power
 
 
-def pad_design(design: Design) -> Design:
-    """``design`` with rows, groups and fixed-effect columns padded to their bucket sizes (one
-    grouping factor only; crossed designs are returned unchanged). `unpad_fit` undoes it on a fit."""
+def unstructured_template(q: int) -> tuple:
+    """Λ's θ-index pattern of an unstructured q × q covariance: the lower triangle numbered column by
+    column (lme4's order)."""
+    idx = -np.ones((q, q), int)
+    k = 0
+    for c in range(q):
+        for r in range(c, q):
+            idx[r, c] = k
+            k += 1
+    return tuple(tuple(int(v) for v in row) for row in idx)
+
+
+class Bucket(NamedTuple):
+    """A design padded to its bucket: ``design`` (padded), ``free`` (per θ of the padded design's Λ
+    template: whether the model has it; the others are held at 0), ``theta_map`` (the padded index
+    of each of the model's θ)."""
+
+    design: Design
+    free: np.ndarray
+    theta_map: np.ndarray
+
+
+def to_bucket(design: Design) -> Bucket:
+    """``design`` padded to its shape bucket (see the module docstring): rows, groups and
+    fixed-effect columns; and, for one grouping factor with untied θ and up to `STRUCTURE_MAX`
+    random effects, the random-effects columns and Λ: up to 2 or 4 columns, with an unstructured Λ
+    template whose θ the model lacks are held at 0 — so `(1|g)`, `(x|g)` and `(x||g)` share one
+    program. Crossed designs are returned unchanged. `from_bucket` undoes it on a fit."""
+    n_theta = design.n_theta
     if design.crossed is not None:
-        return design
+        return Bucket(design, np.ones(n_theta, bool), np.arange(n_theta))
     (n, p), m = design.X.shape, design.n_groups
     n_pad, m_pad, p_pad = bucket_size(n, ROW_FLOOR) - n, bucket_size(m, GROUP_FLOOR), bucket_size(p, FIXED_FLOOR) - p
+    idx = design.lambda_index_array
+    q = idx.shape[0]
+    used = idx[idx >= 0]
+    lambda_index, theta_map, Z = design.lambda_index, np.arange(n_theta), np.asarray(design.Z)
+    if q <= STRUCTURE_MAX and len(np.unique(used)) == len(used):
+        size = 2 if q <= 2 else STRUCTURE_MAX
+        lambda_index = unstructured_template(size)
+        template = np.asarray(lambda_index)
+        rows, cols = np.nonzero(idx >= 0)
+        theta_map = np.empty(n_theta, int)
+        theta_map[idx[rows, cols]] = template[rows, cols]
+        Z = np.concatenate([Z, np.zeros((n, size - q), Z.dtype)], axis=1)
+    free = np.zeros(int(np.max(np.asarray(lambda_index))) + 1, bool)
+    free[theta_map] = True
 
-    def rows(a):
+    def pad_rows(a):
         a = np.asarray(a)
         return np.concatenate([a, np.zeros((n_pad,) + a.shape[1:], a.dtype)])
 
     X = np.asarray(design.X)
-    return Design(
-        y=rows(design.y),
-        X=rows(np.concatenate([X, np.zeros((n, p_pad), X.dtype)], axis=1)),
-        Z=rows(design.Z),
-        group=rows(design.group),
-        mask=rows(design.mask),
+    padded = Design(
+        y=pad_rows(design.y),
+        X=pad_rows(np.concatenate([X, np.zeros((n, p_pad), X.dtype)], axis=1)),
+        Z=pad_rows(Z),
+        group=pad_rows(design.group),
+        mask=pad_rows(design.mask),
         n_groups=m_pad,
-        lambda_index=design.lambda_index,
+        lambda_index=lambda_index,
     )
+    return Bucket(padded, free, theta_map)
 
 
-def unpad_fit(fit: FitArrays, design: Design) -> FitArrays:
-    """A fit of ``pad_design(design)`` cut back to ``design``'s groups and fixed effects."""
-    m, p = design.n_groups, design.X.shape[1]
-    fit = fit._replace(ranef=fit.ranef[:m], ranef_cov=fit.ranef_cov[:m], beta=fit.beta[:p],
-                       vcov_beta=fit.vcov_beta[:p, :p])
-    if fit.vcov_beta_jac is not None:
-        fit = fit._replace(vcov_beta_jac=fit.vcov_beta_jac[:, :p, :p])
+def from_bucket(fit: FitArrays, bucket: Bucket, design: Design) -> FitArrays:
+    """A fit of ``bucket.design`` (NumPy arrays) cut back to ``design``: its groups, fixed effects,
+    random effects and θ."""
+    m, p, q = design.n_groups, design.X.shape[1], design.Z.shape[1]
+    k = bucket.theta_map
+    varpar = np.append(k, fit.varpar.shape[0] - 1)  # the model's θ, then σ²
+    fit = fit._replace(
+        theta=fit.theta[k], cov_re=fit.cov_re[:q, :q], varpar=fit.varpar[varpar], theta_at_bound=fit.theta_at_bound[k],
+        ranef=fit.ranef[:m, :q], ranef_cov=fit.ranef_cov[:m, :q, :q], beta=fit.beta[:p], vcov_beta=fit.vcov_beta[:p, :p],
+    )
+    if fit.information is not None:
+        fit = fit._replace(information=fit.information[np.ix_(varpar, varpar)],
+                           varpar_jac=fit.varpar_jac[np.ix_(varpar, varpar)],
+                           vcov_beta_jac=fit.vcov_beta_jac[varpar][:, :p, :p])
     return fit

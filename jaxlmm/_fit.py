@@ -85,12 +85,17 @@ def canonical_theta(theta: jax.Array, lambda_index) -> jax.Array:
 
 class _Objective(NamedTuple):
     """The profiled deviance as a hashable callable f(θ, data) (a static argument of `_argmin`), with
-    data = (stats, reml): REML as an array (1.0: REML, 0.0: ML), so one program serves both."""
+    data = (stats, reml, free): REML as an array (1.0: REML, 0.0: ML), so one program serves both;
+    ``free`` (None, or bool per θ) holds the other θ at 0 — the deviance does not see them, so their
+    gradient and Hessian rows are 0 and Newton leaves them where they start (a shape bucket's Λ
+    template, `_buckets.to_bucket`)."""
 
     lambda_index: tuple  # nested tuple, as `Design.lambda_index`
 
     def __call__(self, theta, data):
-        stats, reml = data
+        stats, reml, free = data
+        if free is not None:
+            theta = jnp.where(free, theta, 0.0)
         return profiled_deviance(theta, stats, jnp.asarray(self.lambda_index), reml)
 
 
@@ -138,7 +143,7 @@ def solve_theta(objective, stats, theta0: jax.Array, snappable, gtol: float, max
 
 def fit_stats(
     stats, lambda_index, theta0, snappable, rows, cols, reml, gtol: float = 1e-6, max_iter: int = 200,
-    quasi_newton: bool = False, inference: bool = False,
+    quasi_newton: bool = False, inference: bool = False, free: jax.Array | None = None,
 ) -> FitArrays:
     """Fit from sufficient statistics (see `fit_arrays`).
 
@@ -150,10 +155,12 @@ def fit_stats(
     lambda_index = jnp.asarray(lambda_index)
     objective = _Objective(tuple(map(tuple, lambda_index_np.tolist())))
     reml = jnp.asarray(reml, theta0.dtype)
-    data = (stats, reml)
+    data = (stats, reml, free)
     theta_raw, grad_norm, iterations, converged, hess_raw = solve_theta(
         objective, data, theta0, snappable, gtol, max_iter, quasi_newton
     )
+    if free is not None:
+        theta_raw = jnp.where(free, theta_raw, 0.0)
     sign = canonical_signs(theta_raw, lambda_index_np)
     theta = theta_raw * sign
     sol = penalised_solution(theta, stats, lambda_index)
@@ -345,13 +352,14 @@ def scaled_start(objective, stats, theta0: jax.Array, groups) -> jax.Array:
 
 def fit_design(
     design: Design, reml: bool = True, gtol: float = 1e-6, max_iter: int = 200, theta0: jax.Array | None = None,
-    quasi_newton: bool = False, inference: bool = False,
+    quasi_newton: bool = False, inference: bool = False, free: jax.Array | None = None,
 ) -> FitArrays:
     """`fit_arrays` without the jit (for composing inside other transformed functions).
 
     ``quasi_newton=True`` uses BFGS Hessian updates after an exact start (see `minimize_newton`):
     cheaper iterations, the better choice for large vmapped batches. ``inference=True`` also fills
     `FitArrays`' inference fields (`inference_arrays`), so that a summary compiles nothing more.
+    ``free`` (bool per θ) holds the other θ at 0 (a shape bucket's template; not for differentiation).
     """
     pre, stats = design_stats(design)
     rows, cols = design.theta_positions
@@ -359,8 +367,10 @@ def fit_design(
     large_dense = design.crossed is not None and design.crossed.layout.dense_size >= LARGE_DENSE_SIZE
     if theta0 is None:
         theta0 = jnp.asarray(design.theta_start, dtype)
+        if free is not None:
+            theta0 = jnp.where(free, theta0, 0.0)
         if large_dense:
-            theta0 = scaled_start(_Objective(design.lambda_index), (stats, jnp.asarray(reml, dtype)), theta0,
+            theta0 = scaled_start(_Objective(design.lambda_index), (stats, jnp.asarray(reml, dtype), free), theta0,
                                   term_theta_groups(design))
     quasi_newton = quasi_newton or large_dense
     fit = fit_stats(
@@ -375,6 +385,7 @@ def fit_design(
         max_iter,
         quasi_newton,
         inference,
+        free,
     )
     return _to_design_scale(fit, pre, reml)
 
@@ -382,17 +393,18 @@ def fit_design(
 _fit_design_jit = jax.jit(fit_design, static_argnums=(1, 2, 3))
 
 
-def fit_quick(design: Design, reml: bool, gtol: float = 1e-6, max_iter: int = 200) -> FitArrays:
-    """One fit with its inference, as `MixedLM.fit` runs it on a design padded to its shape bucket:
-    compiled with quick options, kept on disk across processes (`_program_cache.call_quick`), and with
-    REML as data (1.0 or 0.0), so that a REML fit and the ML refit behind a profile or a
-    likelihood-ratio test share one program."""
+def fit_quick(design: Design, reml: bool, free: np.ndarray, gtol: float = 1e-6, max_iter: int = 200) -> FitArrays:
+    """One fit with its inference, as `MixedLM.fit` runs it on a design padded to its shape bucket
+    (``free``: see `fit_design`): compiled with quick options, kept on disk across processes
+    (`_program_cache.call_quick`), and with REML as data (1.0 or 0.0), so that a REML fit and the ML
+    refit behind a profile or a likelihood-ratio test share one program."""
 
-    def run(design, reml_weight):
-        fit = fit_design(design, reml_weight, gtol, max_iter, inference=True)
+    def run(design, reml_weight, free):
+        fit = fit_design(design, reml_weight, gtol, max_iter, inference=True, free=free)
         return {name: value for name, value in fit._asdict().items() if value is not None}
 
-    out = call_quick("fit_design", run, (design, np.float64(bool(reml))), static=(float(gtol), int(max_iter)))
+    out = call_quick("fit_design", run, (design, np.float64(bool(reml)), np.asarray(free, bool)),
+                     static=(float(gtol), int(max_iter)))
     return FitArrays(**out)
 
 

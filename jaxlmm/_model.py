@@ -18,7 +18,7 @@ from ._memory_maps import release_if_needed
 from ._batch import fit_many
 from ._crossed import CrossedTerms, build_crossed_terms
 from ._design import Design, make_design
-from ._buckets import pad_design, unpad_fit
+from ._buckets import from_bucket, to_bucket
 from ._fit import fit_quick
 from ._results import MixedLMResults
 from .errors import (
@@ -595,8 +595,9 @@ class MixedLM:
         warn = check_flag(warn, "warn")
         release_if_needed()
         with float64():
-            arrays = fit_quick(pad_design(self.design), bool(reml), float(gtol))
-            arrays = unpad_fit(jax.tree.map(np.asarray, arrays), self.design)
+            bucket = to_bucket(self.design)
+            arrays = fit_quick(bucket.design, bool(reml), bucket.free, float(gtol))
+            arrays = from_bucket(jax.tree.map(np.asarray, arrays), bucket, self.design)
         result = MixedLMResults(self, arrays, bool(reml))
         if warn:
             result._warn()

@@ -25,7 +25,7 @@ def test_near_the_limit_the_next_fit_clears_compiled_programs(monkeypatch):
     assert len(_program_cache._loaded) > 0
     # Pretend the process is near the limit: any count is above a fraction of 0.
     monkeypatch.setattr(_memory_maps, "LIMIT_FRACTION", 0.0)
-    other = jaxlmm.MixedLM.from_formula("Reaction ~ Days + (Days || Subject)", jaxlmm.datasets.load("sleepstudy"))
+    other = jaxlmm.MixedLM.from_formula("strength ~ 1 + (1 | batch/cask)", jaxlmm.datasets.load("pastes"))
     other.fit()  # another shape bucket: compiles a new program, and the listener marks the process
     assert _memory_maps._state["near_limit"]
     cleared = []

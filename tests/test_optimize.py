@@ -49,7 +49,7 @@ def test_quasi_newton_reaches_the_exact_newton_optimum_on_lmm_deviances():
         stats = jax.vmap(lambda y: design_stats(model.design.replace(y=y))[1])(jnp.asarray(Y))
 
         def solve(s, quasi):
-            return minimize_newton(lambda t: objective(t, (s, 1.0)), jnp.asarray(fit.theta), snappable,
+            return minimize_newton(lambda t: objective(t, (s, 1.0, None)), jnp.asarray(fit.theta), snappable,
                                    quasi_newton=quasi)
 
         exact = jax.jit(jax.vmap(lambda s: solve(s, False)))(stats)

@@ -15,8 +15,8 @@ def program_folder(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _fit(formula="Reaction ~ Days + (Days | Subject)", reml=True):
-    return jaxlmm.MixedLM.from_formula(formula, jaxlmm.datasets.load("sleepstudy")).fit(reml=reml)
+def _fit(formula="Reaction ~ Days + (Days | Subject)", reml=True, data="sleepstudy"):
+    return jaxlmm.MixedLM.from_formula(formula, jaxlmm.datasets.load(data)).fit(reml=reml)
 
 
 def test_a_saved_program_is_loaded_and_gives_the_same_fit(program_folder):
@@ -31,11 +31,12 @@ def test_a_saved_program_is_loaded_and_gives_the_same_fit(program_folder):
     np.testing.assert_array_equal(again.cov_vcomp, first.cov_vcomp)
 
 
-def test_the_key_separates_structures_but_not_reml(program_folder):
+def test_the_key_separates_buckets_but_not_reml_or_structures_of_one_bucket(program_folder):
     _fit()
     _fit(reml=False)  # REML is data: the same program
+    _fit("Reaction ~ Days + (Days || Subject)")  # the same Λ template, a θ held at 0
     assert len(list(program_folder.glob("*.exported"))) == 1
-    _fit("Reaction ~ Days + (Days || Subject)")
+    _fit("strength ~ 1 + (1 | batch/cask)", data="pastes")  # tied θ: its own Λ
     assert len(list(program_folder.glob("*.exported"))) == 2
 
 
