@@ -106,11 +106,13 @@ def from_bucket(fit: FitArrays, bucket: Bucket, design: Design) -> FitArrays:
     """A fit of ``bucket.design`` (NumPy arrays) cut back to ``design``: its groups, fixed effects,
     random effects and θ."""
     m, p, q = design.n_groups, design.X.shape[1], design.Z.shape[1]
+    size = design.lambda_index_array.shape[0]  # Λ's size: q, or all terms of a crossed model
     k = bucket.theta_map
     varpar = np.append(k, fit.varpar.shape[0] - 1)  # the model's θ, then σ²
     fit = fit._replace(
-        theta=fit.theta[k], cov_re=fit.cov_re[:q, :q], varpar=fit.varpar[varpar], theta_at_bound=fit.theta_at_bound[k],
-        ranef=fit.ranef[:m, :q], ranef_cov=fit.ranef_cov[:m, :q, :q], beta=fit.beta[:p], vcov_beta=fit.vcov_beta[:p, :p],
+        theta=fit.theta[k], cov_re=fit.cov_re[:size, :size], varpar=fit.varpar[varpar],
+        theta_at_bound=fit.theta_at_bound[k], ranef=fit.ranef[:m, :q], ranef_cov=fit.ranef_cov[:m, :q, :q],
+        beta=fit.beta[:p], vcov_beta=fit.vcov_beta[:p, :p],
     )
     if fit.information is not None:
         fit = fit._replace(information=fit.information[np.ix_(varpar, varpar)],

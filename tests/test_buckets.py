@@ -104,3 +104,14 @@ def test_models_of_one_bucket_share_one_compiled_program():
     assert len(_program_cache._loaded) == programs
     assert all(r.converged for r in (r1, r2, r3, r4, r5)) and r2.nobs == 173 and len(r3.fe_params) == 3
     assert r4.cov_re.shape == (1, 1) and len(r5.vcomp) == 3
+
+
+def test_crossed_designs_pass_through_the_bucket_unchanged():
+    m = jaxlmm.MixedLM.from_formula("diameter ~ 1 + (1 | plate) + (1 | sample)", jaxlmm.datasets.load("penicillin"))
+    assert to_bucket(m.design).design is m.design
+    r = m.fit()
+    with jaxlmm.float64():
+        a = jax.tree.map(np.asarray, fit_arrays(m.design))
+    assert r.cov_re.shape == (2, 2)
+    np.testing.assert_allclose(r.vcomp.to_numpy(), a.varpar, rtol=1e-7)
+    np.testing.assert_allclose(r.llf, a.llf, rtol=1e-10)
