@@ -19,9 +19,10 @@ from ._batch import fit_many
 from ._crossed import CrossedTerms, build_crossed_terms
 from ._design import Design, make_design
 from ._buckets import from_bucket, to_bucket
-from ._fit import fit_quick
+from ._fit import fit_quick, term_theta_groups
 from ._results import MixedLMResults
 from .errors import (
+    IgnoredOptionWarning,
     DataError,
     FormulaError,
     IdentifiabilityError,
@@ -344,16 +345,16 @@ class MixedLM:
             # variance components are given (re_formula="1" adds it).
             expr = (re_formula or ("0" if vc_terms else "1")).strip()
             expr = _formula.translate_powers(expr[1:].strip() if expr.startswith("~") else expr)
-            group_name = groups if isinstance(groups, str) else None
-            if group_name is None:
-                raise FormulaError("with a formula, groups= must be the name of a column of data.")
+            data, group_name = _groups_column(groups, data)
             terms = [_formula.RandomTerm(expr, group_name, True)]
             one_group_crossed = _one_group_crossed_terms(vc_terms, group_name, expr, data)
             if one_group_crossed:
                 terms, vc_terms = one_group_crossed, []
         if not terms:
             raise FormulaError(
-                f"formula {formula!r} has no random effects: add a term such as '(1 | group)', or pass groups=."
+                f"formula {formula!r} has no random effects: add a term such as '(1 | group)', or pass groups=. "
+                "A model without random effects is an ordinary least-squares fit: statsmodels.formula.api.ols("
+                f"{formula!r}, data).fit() (or numpy.linalg.lstsq on the design matrix)."
             )
         expanded = []
         for t in terms:
@@ -580,8 +581,32 @@ class MixedLM:
     def ngroups(self) -> int:
         return self.design.n_groups
 
-    def fit(self, reml: bool = True, *, gtol: float = 1e-6, warn: bool = True):
+    @property
+    def k_fe(self) -> int:
+        """Number of fixed effects (statsmodels' name)."""
+        return len(self.exog_names)
+
+    @property
+    def k_re(self) -> int:
+        """Number of random effects per group of the grouping factor (statsmodels' name)."""
+        return len(self.exog_re_names)
+
+    @property
+    def k_vc(self) -> int:
+        """Number of variance parameters beyond the grouping factor's covariance, statsmodels' variance
+        components: one per nested component, and the θ of the other factors' terms in a crossed model."""
+        if self.design.crossed is not None:
+            return self.design.n_theta - len(term_theta_groups(self.design)[0])
+        return sum(1 for block in self.blocks if block.tied)
+
+    def fit(self, reml: bool = True, *, gtol: float = 1e-6, warn: bool = True, method=None, free=None,
+            **statsmodels_options):
         """Fit by REML (default) or ML (``reml=False``) and return a `MixedLMResults`.
+
+        statsmodels' options are accepted where they mean something: ``method`` (jaxlmm always uses
+        Newton's method with exact autodiff derivatives), ``maxiter``, ``full_output``, ``niter_sa``
+        and ``do_cg`` are ignored with an `IgnoredOptionWarning`; ``free`` (a covariance pattern with
+        zeros) is written in the formula instead: ``(x || g)`` for uncorrelated random effects.
 
         Examples:
             >>> import jaxlmm
@@ -593,6 +618,7 @@ class MixedLM:
         reml = check_reml(reml)
         gtol = check_positive(gtol, "gtol")
         warn = check_flag(warn, "warn")
+        _check_statsmodels_fit_options(method, free, statsmodels_options)
         release_if_needed()
         with float64():
             bucket = to_bucket(self.design)
@@ -625,6 +651,52 @@ class MixedLM:
         Zs = [_encode_with(s, data) for s, _ in self.spec.random_specs]
         g = _group_values(self.spec.group_expr, data)
         return X, np.concatenate(Zs, axis=1), g
+
+
+STATSMODELS_IGNORED_FIT_OPTIONS = ("maxiter", "full_output", "niter_sa", "do_cg", "start_params", "fe_pen",
+                                   "cov_pen")
+
+
+def _check_statsmodels_fit_options(method, free, options: dict) -> None:
+    """statsmodels' `MixedLM.fit` keywords: warn about those with no meaning here, refuse the rest."""
+    if free is not None:
+        raise DataError(
+            "free= (statsmodels' MixedLMParams pattern) is written in the formula in jaxlmm: '(x || g)' for "
+            "uncorrelated random effects, '(1 | g) + (0 + x | g)' for separate terms, re_formula='~x' with "
+            "groups= for a correlated block."
+        )
+    unknown = sorted(set(options) - set(STATSMODELS_IGNORED_FIT_OPTIONS))
+    if unknown:
+        raise DataError(f"fit() got unknown options {unknown}; it takes reml=, gtol= and warn= (and ignores "
+                        f"statsmodels' {', '.join(('method',) + STATSMODELS_IGNORED_FIT_OPTIONS)}).")
+    ignored = (["method"] if method is not None else []) + sorted(options)
+    if ignored:
+        warnings.warn(
+            f"{', '.join(ignored)} ignored: jaxlmm always fits by Newton's method with exact autodiff gradients and "
+            "Hessians, from lme4's start, to its own convergence criterion (gtol=).",
+            IgnoredOptionWarning,
+            stacklevel=3,
+        )
+
+
+def _groups_column(groups, data: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """(data, name of the grouping column) for ``groups=``: a column name, or statsmodels' array or
+    Series with one label per row (added to a copy of ``data``; the caller's frame is not changed)."""
+    if isinstance(groups, str):  # checked with the other columns the model uses
+        return data, groups
+    values = groups.to_numpy() if isinstance(groups, pd.Series) else np.asarray(groups)
+    if values.ndim != 1 or len(values) != len(data):
+        raise DataError(f"groups= must be a column name or one label per row of data ({len(data)} rows); got shape "
+                        f"{np.shape(values)}.")
+    name = groups.name if isinstance(groups, pd.Series) and isinstance(groups.name, str) else "groups"
+    if name in data.columns:
+        existing = data[name].to_numpy()
+        if len(existing) == len(values) and (existing == values).all():
+            return data, name
+        name = f"{name}_groups"
+    out = data.copy()
+    out[name] = values
+    return out, name
 
 
 def _crossed_factor_terms(terms, data: pd.DataFrame, formula: str, labels: dict):

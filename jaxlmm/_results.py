@@ -91,6 +91,26 @@ class MixedLMResults:
         return int(self._arrays.iterations)
 
     @property
+    def k_fe(self) -> int:
+        """Number of fixed effects (statsmodels' name)."""
+        return self.model.k_fe
+
+    @property
+    def k_re(self) -> int:
+        """Number of random effects per group of the grouping factor (statsmodels' name)."""
+        return self.model.k_re
+
+    @property
+    def k_vc(self) -> int:
+        """Number of variance components (statsmodels' name; see `MixedLM.k_vc`)."""
+        return self.model.k_vc
+
+    @property
+    def df_resid(self) -> int:
+        """Residual degrees of freedom as statsmodels reports them: observations minus fixed effects."""
+        return self.nobs - self.k_fe
+
+    @property
     def nobs(self) -> int:
         return self.model.nobs
 
@@ -518,6 +538,9 @@ class MixedLMResults:
         """
         names = self.model.exog_names
         cols = [n for n in names if n.startswith(term + "[")]
+        if not cols and '"' in term:  # the term as the formula wrote it; formulaic names it with single quotes
+            term = term.replace('"', "'")
+            cols = [n for n in names if n.startswith(term + "[")]
         if not cols:
             raise DataError(f"no fixed-effect coefficients for {term!r}; coefficients are: {', '.join(names)}.")
         level = {c: c[len(term) + 1 : -1].removeprefix("T.") for c in cols}

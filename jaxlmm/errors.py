@@ -51,6 +51,10 @@ class ConvergenceWarning(UserWarning):
     """The optimiser stopped before meeting its convergence criterion."""
 
 
+class IgnoredOptionWarning(UserWarning):
+    """An option of statsmodels' API that has no meaning in jaxlmm was given and is ignored."""
+
+
 def check_probability(value, name: str) -> None:
     """Raise `DataError` unless ``value`` is a number strictly between 0 and 1 (alpha, level)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < value < 1.0:
