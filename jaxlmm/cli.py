@@ -1,8 +1,10 @@
-"""Command line: ``jaxlmm fit data.csv "y ~ x + (x | g)" [--ml]`` and ``jaxlmm example [name]``."""
+"""Command line: ``jaxlmm fit data.csv "y ~ x + (x | g)" [--ml]``, ``jaxlmm example [name]`` and
+``jaxlmm fit-many data.csv "~ x + (x | g)" --out results.csv`` (one model per response column)."""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import warnings
 
@@ -10,7 +12,7 @@ import pandas as pd
 
 from . import datasets
 from ._model import MixedLM
-from .errors import JaxlmmError
+from .errors import FormulaError, JaxlmmError
 
 EXAMPLES = {
     "sleepstudy": "Reaction ~ Days + (Days | Subject)",
@@ -29,6 +31,43 @@ def _fit_and_print(data: pd.DataFrame, formula: str, reml: bool, missing: str) -
     return 0
 
 
+def _read_table(path: str) -> pd.DataFrame:
+    if path.endswith(".parquet"):
+        return pd.read_parquet(path)  # needs pyarrow or fastparquet
+    return pd.read_csv(path)
+
+
+def _fit_many_to_file(data: pd.DataFrame, rhs: str, responses: list[str] | None, out: str, reml: bool) -> int:
+    """Fit ``<response> <rhs>`` to every response column; write one tidy row per response and term."""
+    rhs = rhs.strip()
+    if not rhs.startswith("~"):
+        raise FormulaError(f"fit-many takes the formula's right-hand side, starting with '~' (e.g. '~ x + (x | g)'); "
+                           f"got {rhs!r}.")
+    if responses is None:
+        used = {c for c in data.columns if re.search(rf"\b{re.escape(str(c))}\b", rhs)}
+        responses = [c for c in data.columns if c not in used and pd.api.types.is_numeric_dtype(data[c])]
+    missing = [c for c in responses if c not in data.columns]
+    if missing or not responses:
+        raise FormulaError(f"response columns {missing or responses} are not in the data; columns are {list(data.columns)}.")
+    model = MixedLM.from_formula(f"{responses[0]} {rhs}", data)
+    batch = model.fit_many(data[responses], reml=reml, progress=False)
+    table = batch.to_frame()
+    per_model = pd.DataFrame({"response": batch.names, "llf": batch.llf.to_numpy(), "scale": batch.scale.to_numpy(),
+                              "converged": batch.converged.to_numpy()})
+    variances = batch.vcomp.reset_index(names="response").melt(id_vars="response", var_name="term",
+                                                                value_name="estimate")
+    variances["kind"] = "variance"
+    table["kind"] = "fixed"
+    tidy = pd.concat([table, variances], ignore_index=True).merge(per_model.drop(columns="converged"), on="response")
+    tidy = tidy.sort_values(["response", "kind"], kind="stable")
+    if out.endswith(".parquet"):
+        tidy.to_parquet(out, index=False)
+    else:
+        tidy.to_csv(out, index=False)
+    print(f"fitted {len(responses)} models ({int(per_model.converged.sum())} converged); wrote {len(tidy)} rows to {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jaxlmm", description="Fit linear mixed models with JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -37,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("formula", help='model formula, e.g. "Reaction ~ Days + (Days | Subject)"')
     fit.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")
     fit.add_argument("--drop-missing", action="store_true", help="drop rows with NaN in used columns")
+    many = sub.add_parser("fit-many", help="fit one model per response column and write a tidy results file")
+    many.add_argument("table", help="CSV or Parquet file: the design's columns and the response columns")
+    many.add_argument("rhs", help='right-hand side of the formula, e.g. "~ Days + (Days | Subject)"')
+    many.add_argument("--responses", help="comma-separated response columns (default: every numeric column "
+                                          "the formula does not use)")
+    many.add_argument("--out", required=True, help="results file (.csv or .parquet): one row per response and term")
+    many.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")
     ex = sub.add_parser("example", help="fit a bundled example and print the summary")
     ex.add_argument("name", nargs="?", default="sleepstudy", choices=sorted(EXAMPLES))
     ex.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")
@@ -44,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "example":
             return _fit_and_print(datasets.load(args.name), EXAMPLES[args.name], not args.ml, "raise")
+        if args.command == "fit-many":
+            try:
+                data = _read_table(args.table)
+            except (OSError, ImportError, pd.errors.ParserError, UnicodeDecodeError) as err:
+                print(f"error: cannot read {args.table!r}: {err}", file=sys.stderr)
+                return 2
+            responses = [c.strip() for c in args.responses.split(",")] if args.responses else None
+            return _fit_many_to_file(data, args.rhs, responses, args.out, not args.ml)
         try:
             data = pd.read_csv(args.csv)
         except (OSError, pd.errors.ParserError, UnicodeDecodeError) as err:

@@ -1,6 +1,7 @@
 """The console script: summaries on stdout, clear errors on stderr with exit status 2."""
 
 import pandas as pd
+import pytest
 
 from jaxlmm.cli import main
 
@@ -45,3 +46,27 @@ def test_fit_reports_missing_values_with_cli_flag(tmp_path, capsys):
 def test_unreadable_csv(tmp_path, capsys):
     assert main(["fit", str(tmp_path / "nope.csv"), "y ~ 1 + (1 | g)"]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_fit_many_writes_one_tidy_row_per_response_and_term(tmp_path, capsys):
+    import numpy as np
+
+    import jaxlmm
+
+    df = jaxlmm.datasets.load("sleepstudy")
+    rng = np.random.default_rng(1)
+    df["noisy"] = df.Reaction + rng.normal(0.0, 20.0, len(df))
+    path, out = tmp_path / "d.csv", tmp_path / "r.csv"
+    df.to_csv(path, index=False)
+    assert main(["fit-many", str(path), "~ Days + (Days | Subject)", "--out", str(out)]) == 0
+    assert "fitted 2 models (2 converged)" in capsys.readouterr().out
+    tidy = pd.read_csv(out)
+    assert set(tidy.response) == {"Reaction", "noisy"}
+    for response in ("Reaction", "noisy"):
+        alone = jaxlmm.MixedLM.from_formula(f"{response} ~ Days + (Days | Subject)", df).fit()
+        rows = tidy[tidy.response == response].set_index("term")
+        assert rows.llf.iloc[0] == pytest.approx(alone.llf, abs=1e-6)
+        np.testing.assert_allclose(rows.loc[["Intercept", "Days"], "estimate"], alone.fe_params, rtol=1e-6)
+        np.testing.assert_allclose(rows.loc[alone.vcomp.index, "estimate"], alone.vcomp, rtol=1e-5)
+    assert main(["fit-many", str(path), "Days + (1 | Subject)", "--out", str(out)]) == 2
+    assert "right-hand side" in capsys.readouterr().err
