@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import numpy as np
 import pandas as pd
 
@@ -85,8 +86,9 @@ def quick_batch(n_models: int, n_rows: int) -> bool:
 
 
 def _shard(arrays: list[np.ndarray]) -> list:
-    """Put arrays on the devices, split along the leading (model) axis when there are several."""
-    devices = jax.devices()
+    """Put arrays on this process's devices, split along the leading (model) axis when there are
+    several (across processes, `_run_across_processes` splits the models first)."""
+    devices = jax.local_devices()
     if len(devices) == 1:
         return [jnp.asarray(a) for a in arrays]
     mesh = jax.sharding.Mesh(np.asarray(devices), ("models",))
@@ -99,7 +101,7 @@ def _shard(arrays: list[np.ndarray]) -> list:
 
 def _pad_batch(size: int) -> int:
     """Batch sizes used: multiples of the device count, powers of two up to 1024, then multiples of 1024."""
-    ndev = jax.device_count()
+    ndev = jax.local_device_count()
     size = max(size, 1)
     padded = 1 << (size - 1).bit_length() if size <= 1024 else 1024 * math.ceil(size / 1024)
     return ndev * math.ceil(padded / ndev)
@@ -169,11 +171,32 @@ def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: 
     return out
 
 
+def _run_across_processes(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: int, progress: bool,
+                          desc: str) -> FitArrays:
+    """`_run_batched` on all models, or, under multi-controller JAX (`jax.distributed.initialize`
+    called: several processes), on this process's share of them — contiguous blocks of models, one
+    per process — with the results gathered on every process in the caller's order by JAX's
+    collectives (`multihost_utils.process_allgather`)."""
+    n_proc = jax.process_count()
+    if n_proc == 1:
+        return _run_batched(run, inputs, theta0, batch_size, progress, desc)
+    shares = np.array_split(np.arange(theta0.shape[0]), n_proc)
+    mine = shares[jax.process_index()]
+    rows = mine if mine.size else np.arange(1)  # an empty share still fits one member, for the shapes
+    local = _run_batched(run, [x[rows] for x in inputs], theta0[rows], batch_size,
+                         progress and jax.process_index() == 0, desc)
+    width = max(max(s.size for s in shares), 1)
+    padded = jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[-1:], width - a.shape[0], axis=0)]), local)
+    gathered = multihost_utils.process_allgather(padded, tiled=False)  # (processes, width, ...)
+    return jax.tree.map(lambda a: np.concatenate([np.asarray(a)[i, : s.size] for i, s in enumerate(shares)]),
+                        gathered)
+
+
 def _concurrent_chunks() -> int:
     """Chunks run at once. On one CPU device, XLA runs a vmapped while-loop on about one core, so
     chunks run in parallel threads, one per core (1.8x on 2 cores). Accelerators and sharded runs
     already use the whole machine for one chunk. ``JAXLMM_CHUNK_THREADS=n`` overrides the count."""
-    if jax.default_backend() != "cpu" or jax.device_count() > 1:
+    if jax.default_backend() != "cpu" or jax.local_device_count() > 1:
         return 1
     requested = os.environ.get("JAXLMM_CHUNK_THREADS", "").strip()
     if requested:
@@ -467,7 +490,7 @@ def fit_many(
             return program(model.design, Yb, Mb, tb, bool(reml), float(gtol), np.int32(max_iter), quasi_newton)
 
     with float64():
-        arrays = _run_batched(run, [Yc.T.copy(), M.T.copy()], theta0, batch_size, progress, "fitting")
+        arrays = _run_across_processes(run, [Yc.T.copy(), M.T.copy()], theta0, batch_size, progress, "fitting")
     problems = _response_problems(values, M, np.asarray(model.design.group), model.ngroups, p, q)
     bad = problems != ""
     if bad.any():

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pandas as pd
 
-from ._batch import DatasetResults, _fit_designs, _run_batched, _safe_batch_size, _shard, quick_batch
+from ._batch import DatasetResults, _fit_designs, _run_across_processes, _safe_batch_size, _shard, quick_batch
 from ._config import float64
 from ._crossed import CrossedLayout, CrossedTerms, build_crossed_terms, crossed_bytes
 from ._design import Design
@@ -104,7 +104,7 @@ def fit_datasets(
 
         theta0 = np.tile(template.theta_start, (len(members), 1))
         with float64():
-            out = _run_batched(run, inputs, theta0, size, progress, f"fitting {len(members)} data sets")
+            out = _run_across_processes(run, inputs, theta0, size, progress, f"fitting {len(members)} data sets")
         for j, i in enumerate(members):
             results[i] = jax.tree.map(lambda a: a[j], out)
             if layout is not None:  # the other terms' modes back in the data set's own block order
