@@ -8,6 +8,7 @@ import re
 import sys
 import warnings
 
+import jax
 import pandas as pd
 
 from . import datasets
@@ -60,6 +61,9 @@ def _fit_many_to_file(data: pd.DataFrame, rhs: str, responses: list[str] | None,
     table["kind"] = "fixed"
     tidy = pd.concat([table, variances], ignore_index=True).merge(per_model.drop(columns="converged"), on="response")
     tidy = tidy.sort_values(["response", "kind"], kind="stable")
+    if jax.process_index() != 0:  # every process holds all results; process 0 writes them
+        print(f"process {jax.process_index()}: fitted its share of {len(responses)} models")
+        return 0
     if out.endswith(".parquet"):
         tidy.to_parquet(out, index=False)
     else:
@@ -83,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
                                           "the formula does not use)")
     many.add_argument("--out", required=True, help="results file (.csv or .parquet): one row per response and term")
     many.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")
+    many.add_argument("--distributed", action="store_true",
+                      help="run as one of several processes (jax.distributed.initialize: arguments from SLURM, "
+                           "Open MPI or Kubernetes, or the three options below); process 0 writes --out")
+    many.add_argument("--coordinator", help="host:port of process 0, for --distributed without a cluster manager")
+    many.add_argument("--num-processes", type=int)
+    many.add_argument("--process-id", type=int)
     ex = sub.add_parser("example", help="fit a bundled example and print the summary")
     ex.add_argument("name", nargs="?", default="sleepstudy", choices=sorted(EXAMPLES))
     ex.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")
@@ -91,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "example":
             return _fit_and_print(datasets.load(args.name), EXAMPLES[args.name], not args.ml, "raise")
         if args.command == "fit-many":
+            if args.distributed or args.coordinator:
+                jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
             try:
                 data = _read_table(args.table)
             except (OSError, ImportError, pd.errors.ParserError, UnicodeDecodeError) as err:

@@ -98,3 +98,59 @@ def test_an_unreachable_coordinator_is_a_clear_error_within_the_timeout():
                           env={"PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"})
     assert proc.returncode != 0 and time.perf_counter() - started < 60
     assert "DEADLINE_EXCEEDED" in proc.stderr or "timed out" in proc.stderr.lower() or "unavailable" in proc.stderr.lower()
+
+
+def test_a_process_that_dies_stops_the_others_with_a_clear_message():
+    """Process 1 exits before fitting; process 0, waiting in the gather, is stopped by JAX's coordination
+    service once the heartbeat timeout passes, with a message saying that another task died."""
+    port = _free_port()
+    script = r"""
+import os, sys, warnings
+import jax
+pid = int(sys.argv[1])
+jax.distributed.initialize(coordinator_address="localhost:%d", num_processes=2, process_id=pid,
+                           initialization_timeout=60, heartbeat_timeout_seconds=5)
+if pid == 1:
+    os._exit(0)
+warnings.simplefilter("ignore")
+import numpy as np, jaxlmm
+m = jaxlmm.MixedLM.from_formula("Reaction ~ Days + (Days | Subject)", jaxlmm.datasets.load("sleepstudy"))
+m.fit_many(np.tile(m.design.y[:, None], (1, 4)), progress=False)
+""" % port
+    env = {"JAXLMM_NO_CACHE": "1", "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"}
+    started = time.perf_counter()
+    survivor = subprocess.Popen([sys.executable, "-c", script, "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env, cwd=str(ROOT))
+    subprocess.run([sys.executable, "-c", script, "1"], env=env, cwd=str(ROOT), timeout=120, capture_output=True)
+    _, err = survivor.communicate(timeout=180)
+    assert survivor.returncode != 0 and time.perf_counter() - started < 150
+    assert "another task died" in err or "stopped sending heartbeats" in err
+
+
+def test_the_command_line_runs_the_same_under_two_processes(tmp_path):
+    df = jaxlmm.datasets.load("sleepstudy")
+    Y = responses()[:, :5]
+    for i in range(Y.shape[1]):
+        df[f"y{i}"] = Y[:, i]
+    data = tmp_path / "d.csv"
+    df.drop(columns="Reaction").to_csv(data, index=False)
+    cli = "import sys; from jaxlmm.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = {"JAXLMM_NO_CACHE": "1", "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"}
+    args = ["fit-many", str(data), "~ Days + (Days | Subject)"]
+    one = subprocess.run([sys.executable, "-c", cli, *args, "--out", str(tmp_path / "one.csv")], env=env, cwd=str(ROOT),
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", cli, *args, "--out", str(tmp_path / "two.csv"),
+                               "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)],
+                              env=env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    import pandas as pd
+
+    a, b = pd.read_csv(tmp_path / "one.csv"), pd.read_csv(tmp_path / "two.csv")
+    assert list(a.columns) == list(b.columns) and len(a) == len(b) == 5 * 6
+    np.testing.assert_allclose(b.estimate, a.estimate, rtol=1e-8)
+    np.testing.assert_allclose(b.llf, a.llf, atol=1e-8)
