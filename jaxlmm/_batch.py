@@ -85,10 +85,25 @@ def quick_batch(n_models: int, n_rows: int) -> bool:
     return n_models * n_rows <= QUICK_BATCH_MAX_ROW_MODELS
 
 
-def _shard(arrays: list[np.ndarray]) -> list:
-    """Put arrays on this process's devices, split along the leading (model) axis when there are
-    several (across processes, `_run_across_processes` splits the models first)."""
-    devices = jax.local_devices()
+def local_devices(mesh=None) -> tuple:
+    """The devices this process fits on: its devices in ``mesh`` (a `jax.sharding.Mesh`), or all its
+    local devices."""
+    if mesh is None:
+        return tuple(jax.local_devices())
+    if not isinstance(mesh, jax.sharding.Mesh):
+        raise DataError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}.")
+    mine = tuple(d for d in mesh.devices.flat if d.process_index == jax.process_index())
+    if not mine:
+        raise DataError(f"the mesh holds no device of this process (process {jax.process_index()}): every process "
+                        "that calls fit_many needs at least one of its devices in the mesh.")
+    return mine
+
+
+def _shard(arrays: list[np.ndarray], devices: tuple | None = None) -> list:
+    """Put arrays on this process's ``devices`` (default: all local ones), split along the leading
+    (model) axis when there are several (across processes, `_run_across_processes` splits the
+    models first)."""
+    devices = tuple(jax.local_devices()) if devices is None else devices
     if len(devices) == 1:
         return [jnp.asarray(a) for a in arrays]
     mesh = jax.sharding.Mesh(np.asarray(devices), ("models",))
@@ -99,15 +114,16 @@ def _shard(arrays: list[np.ndarray]) -> list:
     return out
 
 
-def _pad_batch(size: int) -> int:
+def _pad_batch(size: int, ndev: int | None = None) -> int:
     """Batch sizes used: multiples of the device count, powers of two up to 1024, then multiples of 1024."""
-    ndev = jax.local_device_count()
+    ndev = jax.local_device_count() if ndev is None else ndev
     size = max(size, 1)
     padded = 1 << (size - 1).bit_length() if size <= 1024 else 1024 * math.ceil(size / 1024)
     return ndev * math.ceil(padded / ndev)
 
 
-def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: int, progress: bool, desc: str):
+def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: int, progress: bool, desc: str,
+                 n_devices: int | None = None):
     """Fit ``len(theta0)`` models; ``run(inputs_chunk, theta0_chunk, max_iter)`` fits one chunk.
 
     Stage 1 fits every member in chunks of ``batch_size`` with a small iteration cap, by the
@@ -120,7 +136,7 @@ def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: 
     size only when some members are left.
     """
     k = theta0.shape[0]
-    small = min(32, _pad_batch(batch_size))
+    small = min(32, _pad_batch(batch_size, n_devices))
     bar = None
     if progress and k > batch_size:
         from tqdm.auto import tqdm
@@ -136,7 +152,7 @@ def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: 
         part = run([x[idx] for x in inputs], start_theta[idx], cap, quasi)
         return jax.tree.map(lambda a: np.asarray(a)[: rows.size], part)
 
-    workers = _concurrent_chunks()
+    workers = _concurrent_chunks(n_devices)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         while pending.size:
             first_round = total == 0
@@ -144,7 +160,7 @@ def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: 
             chunks = [pending[lo : lo + step] for lo in range(0, pending.size, step)]
             quasi = QUASI_NEWTON and first_round
             # A first round's short last chunk is padded to the full size: one compiled program, not two.
-            sizes = [_pad_batch(batch_size) if first_round and pending.size > small else small for rows in chunks]
+            sizes = [_pad_batch(batch_size, n_devices) if first_round and pending.size > small else small for rows in chunks]
             # The first chunk runs alone: its median θ warm-starts all the others.
             first = fit_chunk(chunks[0], sizes[0], cap, quasi)
             if first_round and first.converged.any():
@@ -172,19 +188,19 @@ def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: 
 
 
 def _run_across_processes(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: int, progress: bool,
-                          desc: str) -> FitArrays:
+                          desc: str, n_devices: int | None = None) -> FitArrays:
     """`_run_batched` on all models, or, under multi-controller JAX (`jax.distributed.initialize`
     called: several processes), on this process's share of them — contiguous blocks of models, one
     per process — with the results gathered on every process in the caller's order by JAX's
     collectives (`multihost_utils.process_allgather`)."""
     n_proc = jax.process_count()
     if n_proc == 1:
-        return _run_batched(run, inputs, theta0, batch_size, progress, desc)
+        return _run_batched(run, inputs, theta0, batch_size, progress, desc, n_devices)
     shares = np.array_split(np.arange(theta0.shape[0]), n_proc)
     mine = shares[jax.process_index()]
     rows = mine if mine.size else np.arange(1)  # an empty share still fits one member, for the shapes
     local = _run_batched(run, [x[rows] for x in inputs], theta0[rows], batch_size,
-                         progress and jax.process_index() == 0, desc)
+                         progress and jax.process_index() == 0, desc, n_devices)
     width = max(max(s.size for s in shares), 1)
     padded = jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[-1:], width - a.shape[0], axis=0)]), local)
     gathered = multihost_utils.process_allgather(padded, tiled=False)  # (processes, width, ...)
@@ -192,11 +208,11 @@ def _run_across_processes(run, inputs: list[np.ndarray], theta0: np.ndarray, bat
                         gathered)
 
 
-def _concurrent_chunks() -> int:
+def _concurrent_chunks(n_devices: int | None = None) -> int:
     """Chunks run at once. On one CPU device, XLA runs a vmapped while-loop on about one core, so
     chunks run in parallel threads, one per core (1.8x on 2 cores). Accelerators and sharded runs
     already use the whole machine for one chunk. ``JAXLMM_CHUNK_THREADS=n`` overrides the count."""
-    if jax.default_backend() != "cpu" or jax.local_device_count() > 1:
+    if jax.default_backend() != "cpu" or (jax.local_device_count() if n_devices is None else n_devices) > 1:
         return 1
     requested = os.environ.get("JAXLMM_CHUNK_THREADS", "").strip()
     if requested:
@@ -447,7 +463,8 @@ class DatasetResults(_ManyResults):
 
 # ---- drivers --------------------------------------------------------------------------------------
 def fit_many(
-    model, Y: Any, reml: bool = True, *, batch_size: int | None = None, progress: bool = True, gtol: float = 1e-6
+    model, Y: Any, reml: bool = True, *, batch_size: int | None = None, progress: bool = True, gtol: float = 1e-6,
+    mesh=None,
 ) -> BatchResults:
     """Fit ``model``'s design to every column of ``Y`` (see `MixedLM.fit_many`)."""
     reml = check_reml(reml)
@@ -483,14 +500,16 @@ def fit_many(
     batch_size = _safe_batch_size(n, batch_size, q, p, k, _crossed_bytes(model.design))
     theta0 = np.tile(model.design.theta_start, (k, 1))
     program = _fit_responses[quick_batch(k, n)]
+    devices = local_devices(mesh)
 
     def run(inputs, t0, max_iter, quasi_newton):
         with float64():
-            Yb, Mb, tb = _shard([inputs[0], inputs[1], t0])
+            Yb, Mb, tb = _shard([inputs[0], inputs[1], t0], devices)
             return program(model.design, Yb, Mb, tb, bool(reml), float(gtol), np.int32(max_iter), quasi_newton)
 
     with float64():
-        arrays = _run_across_processes(run, [Yc.T.copy(), M.T.copy()], theta0, batch_size, progress, "fitting")
+        arrays = _run_across_processes(run, [Yc.T.copy(), M.T.copy()], theta0, batch_size, progress, "fitting",
+                                       len(devices))
     problems = _response_problems(values, M, np.asarray(model.design.group), model.ngroups, p, q)
     bad = problems != ""
     if bad.any():

@@ -9,7 +9,15 @@ import jax
 import numpy as np
 import pandas as pd
 
-from ._batch import DatasetResults, _fit_designs, _run_across_processes, _safe_batch_size, _shard, quick_batch
+from ._batch import (
+    DatasetResults,
+    _fit_designs,
+    _run_across_processes,
+    _safe_batch_size,
+    _shard,
+    local_devices,
+    quick_batch,
+)
 from ._config import float64
 from ._crossed import CrossedLayout, CrossedTerms, build_crossed_terms, crossed_bytes
 from ._design import Design
@@ -34,12 +42,14 @@ def fit_datasets(
     batch_size: int | None = None,
     progress: bool = True,
     gtol: float = 1e-6,
+    mesh=None,
 ) -> DatasetResults:
     """Fit the same formula to many data sets at once (vmapped, padded to shape buckets).
 
     Data sets may differ in rows, numbers of groups and group sizes. Returns a `DatasetResults`:
     tables with one row per data set, and ``rl[i]`` the full results of data set i — the same fit
-    as ``MixedLM.from_formula(formula, datasets[i]).fit()``.
+    as ``MixedLM.from_formula(formula, datasets[i]).fit()``. ``mesh`` and several processes: as in
+    `MixedLM.fit_many`.
 
     Examples:
         >>> import jaxlmm
@@ -73,6 +83,7 @@ def fit_datasets(
                 "categorical levels the same in every data set (pd.Categorical with fixed categories)."
             )
     k = len(models)
+    devices = local_devices(mesh)
     buckets: dict[tuple, list[int]] = {}
     for i, m in enumerate(models):
         key = (_bucket(m.nobs, 16), _bucket(m.ngroups, 2)) + _crossed_bucket(m.design)
@@ -96,7 +107,7 @@ def fit_datasets(
 
         def run(chunk, t0, max_iter, quasi_newton, n_groups=n_groups, layout=layout, program=program):
             with float64():
-                arrays = _shard(list(chunk) + [t0])
+                arrays = _shard(list(chunk) + [t0], devices)
                 y, X, Z, g, mask, tb = arrays[:5] + arrays[-1:]
                 terms = None if layout is None else CrossedTerms(*arrays[5:12], layout=layout)
                 design = Design(y, X, Z, g, mask, n_groups, template.lambda_index, terms)
@@ -104,7 +115,8 @@ def fit_datasets(
 
         theta0 = np.tile(template.theta_start, (len(members), 1))
         with float64():
-            out = _run_across_processes(run, inputs, theta0, size, progress, f"fitting {len(members)} data sets")
+            out = _run_across_processes(run, inputs, theta0, size, progress, f"fitting {len(members)} data sets",
+                                        len(devices))
         for j, i in enumerate(members):
             results[i] = jax.tree.map(lambda a: a[j], out)
             if layout is not None:  # the other terms' modes back in the data set's own block order

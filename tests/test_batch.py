@@ -165,6 +165,9 @@ def test_sharded_over_two_devices_equals_one_device(model):
         "Y = np.asarray(json.loads(sys.stdin.read()))\n"
         "m = jaxlmm.MixedLM.from_formula('Reaction ~ Days + (Days | Subject)', jaxlmm.datasets.load('sleepstudy'))\n"
         "rb = m.fit_many(Y, progress=False)\n"
+        "mesh = jax.sharding.Mesh(np.asarray(jax.devices()[1:]), ('models',))\n"
+        "one_device = m.fit_many(Y, progress=False, mesh=mesh)\n"
+        "assert np.allclose(one_device.llf, rb.llf, atol=1e-8)\n"
         "print(json.dumps(rb.llf.tolist()))\n"
     )
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
@@ -172,3 +175,8 @@ def test_sharded_over_two_devices_equals_one_device(model):
                          text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     np.testing.assert_allclose(json.loads(out.stdout.strip().splitlines()[-1]), one.llf.values, atol=1e-8)
+
+
+def test_a_mesh_must_be_a_mesh(model):
+    with pytest.raises(jaxlmm.DataError, match="jax.sharding.Mesh"):
+        model.fit_many(simulate(model, 2, seed=1), progress=False, mesh="cpu")
