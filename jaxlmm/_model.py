@@ -8,7 +8,6 @@ import re
 import warnings
 from typing import Any, Sequence
 
-import jax
 import numpy as np
 import pandas as pd
 
@@ -18,8 +17,8 @@ from ._memory_maps import release_if_needed
 from ._batch import fit_many
 from ._crossed import CrossedTerms, build_crossed_terms
 from ._design import Design, make_design
-from ._buckets import from_bucket, to_bucket
-from ._fit import fit_quick, term_theta_groups
+from ._fit import term_theta_groups
+from ._single_fit import fit_single
 from ._results import MixedLMResults
 from .errors import (
     IgnoredOptionWarning,
@@ -624,9 +623,7 @@ class MixedLM:
         _check_statsmodels_fit_options(method, free, statsmodels_options)
         release_if_needed()
         with float64():
-            bucket = to_bucket(self.design)
-            arrays = fit_quick(bucket.design, bool(reml), bucket.free, float(gtol))
-            arrays = from_bucket(jax.tree.map(np.asarray, arrays), bucket, self.design)
+            arrays = fit_single(self.design, bool(reml), float(gtol))
         result = MixedLMResults(self, arrays, bool(reml))
         if warn:
             result._warn()

@@ -115,3 +115,20 @@ def test_crossed_designs_pass_through_the_bucket_unchanged():
     assert r.cov_re.shape == (2, 2)
     np.testing.assert_allclose(r.vcomp.to_numpy(), a.varpar, rtol=1e-7)
     np.testing.assert_allclose(r.llf, a.llf, rtol=1e-10)
+
+
+def test_a_shape_fitted_again_and_again_gets_its_own_optimised_program_with_the_same_fit():
+    from jaxlmm import _single_fit
+
+    model = jaxlmm.MixedLM.from_formula("Reaction ~ Days + (Days || Subject)", jaxlmm.datasets.load("sleepstudy"))
+    key = _single_fit._shape_key(model.design, 1e-6)
+    _single_fit._fits_of_shape.pop(key, None)
+    quick = [model.fit(reml=reml) for reml in (True, False)]  # the bucket's quick program
+    compiled = _single_fit._optimised._cache_size()
+    optimised = [model.fit(reml=reml) for reml in (True, False)]  # then the shape's own program
+    assert _single_fit._fits_of_shape[key] == 4 and _single_fit._optimised._cache_size() == compiled + 1
+    for a, b in zip(quick, optimised):
+        assert b.llf == pytest.approx(a.llf, abs=1e-9)
+        np.testing.assert_allclose(b.fe_params, a.fe_params, rtol=1e-8)
+        np.testing.assert_allclose(b.cov_vcomp, a.cov_vcomp, rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(b.random_effects), np.asarray(a.random_effects), rtol=1e-6, atol=1e-9)

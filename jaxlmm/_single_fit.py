@@ -1,0 +1,43 @@
+"""One fit as `MixedLM.fit` runs it: tiered compilation.
+
+The first fits of a design shape run the quickly compiled program of its shape bucket
+(`_buckets.to_bucket`, `_fit.fit_quick`): about a second to compile on 2 CPU cores, shared by every
+model of the bucket, a few milliseconds a fit. A shape fitted more than `OPTIMISE_AFTER` times is
+being refitted in a loop (simulations, a warm benchmark, a hand-written bootstrap): it then gets its
+own program, unpadded and compiled with XLA's optimisations (a few seconds once, then a sleepstudy
+fit with its inference in well under a millisecond: the warm speed of `fit_arrays`). Both programs
+compute the same fit (`tests/test_buckets.py`).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import numpy as np
+
+from ._buckets import from_bucket, to_bucket
+from ._design import Design
+from ._fit import FitArrays, fit_design, fit_quick
+
+OPTIMISE_AFTER = 2
+_fits_of_shape: dict[tuple, int] = {}
+_optimised = jax.jit(partial(fit_design, inference=True), static_argnums=(2, 3))
+
+
+def _shape_key(design: Design, gtol: float) -> tuple:
+    leaves, treedef = jax.tree.flatten(design)
+    return (repr(treedef), tuple(np.shape(a) for a in leaves), float(gtol))
+
+
+def fit_single(design: Design, reml: bool, gtol: float = 1e-6) -> FitArrays:
+    """Fit ``design`` with its inference (NumPy arrays): the bucket's quick program for the first
+    `OPTIMISE_AFTER` fits of this shape, then the shape's own optimised program."""
+    key = _shape_key(design, gtol)
+    count = _fits_of_shape.get(key, 0)
+    _fits_of_shape[key] = count + 1
+    if count >= OPTIMISE_AFTER:
+        return jax.tree.map(np.asarray, _optimised(design, np.float64(bool(reml)), float(gtol), 200))
+    bucket = to_bucket(design)
+    arrays = fit_quick(bucket.design, bool(reml), bucket.free, float(gtol))
+    return from_bucket(jax.tree.map(np.asarray, arrays), bucket, design)
