@@ -92,7 +92,10 @@ def test_inference_of_a_fit_equals_autodiff(name, formula, reml):
         np.testing.assert_allclose(alt, want, rtol=1e-5, atol=1e-8 * np.abs(want).max(), err_msg=label)
 
 
-def test_models_of_one_bucket_share_one_compiled_program():
+def test_models_of_one_bucket_share_one_compiled_program(monkeypatch):
+    from jaxlmm import _single_fit
+
+    monkeypatch.setattr(_single_fit, "_fits_of_shape", {})  # first fits of each shape: the bucket's program
     load = jaxlmm.datasets.load
     jaxlmm.MixedLM.from_formula("Reaction ~ Days + (Days | Subject)", load("sleepstudy")).fit()
     programs = len(_program_cache._loaded)
