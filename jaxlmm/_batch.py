@@ -464,9 +464,10 @@ class DatasetResults(_ManyResults):
 # ---- drivers --------------------------------------------------------------------------------------
 def fit_many(
     model, Y: Any, reml: bool = True, *, batch_size: int | None = None, progress: bool = True, gtol: float = 1e-6,
-    mesh=None,
-) -> BatchResults:
+    mesh=None, results_on="all",
+) -> BatchResults | None:
     """Fit ``model``'s design to every column of ``Y`` (see `MixedLM.fit_many`)."""
+    check_results_on(results_on)
     reml = check_reml(reml)
     gtol = check_positive(gtol, "gtol")
     release_if_needed()
@@ -523,9 +524,22 @@ def fit_many(
             converged=np.where(bad, False, arrays.converged),
             theta_at_bound=np.where(bad[:, None], False, arrays.theta_at_bound),
         )
+    if not keeps_results(results_on):
+        return None
     result = BatchResults(model, values, M, names, arrays, reml, problems)
     result._warn()
     return result
+
+
+def check_results_on(results_on) -> None:
+    if not (results_on == "all" or (isinstance(results_on, (int, np.integer)) and not isinstance(results_on, bool)
+                                    and 0 <= results_on < jax.process_count())):
+        raise DataError(f"results_on must be 'all' or a process index below {jax.process_count()}, got {results_on!r}.")
+
+
+def keeps_results(results_on) -> bool:
+    """Whether this process returns the results (``results_on``: 'all' or one process index)."""
+    return results_on == "all" or jax.process_index() == int(results_on)
 
 
 def _response_problems(Y: np.ndarray, M: np.ndarray, group: np.ndarray, n_groups: int, p: int, q: int) -> np.ndarray:

@@ -15,6 +15,8 @@ from ._batch import (
     _run_across_processes,
     _safe_batch_size,
     _shard,
+    check_results_on,
+    keeps_results,
     local_devices,
     quick_batch,
 )
@@ -43,13 +45,14 @@ def fit_datasets(
     progress: bool = True,
     gtol: float = 1e-6,
     mesh=None,
-) -> DatasetResults:
+    results_on="all",
+) -> DatasetResults | None:
     """Fit the same formula to many data sets at once (vmapped, padded to shape buckets).
 
     Data sets may differ in rows, numbers of groups and group sizes. Returns a `DatasetResults`:
     tables with one row per data set, and ``rl[i]`` the full results of data set i — the same fit
     as ``MixedLM.from_formula(formula, datasets[i]).fit()``. ``mesh`` and several processes: as in
-    `MixedLM.fit_many`.
+    `MixedLM.fit_many`; ``results_on`` too.
 
     Examples:
         >>> import jaxlmm
@@ -59,6 +62,7 @@ def fit_datasets(
         >>> rl.fe_params.shape, bool(rl.converged.all())
         ((2, 2), True)
     """
+    check_results_on(results_on)
     reml = check_reml(reml)
     gtol = check_positive(gtol, "gtol")
     release_if_needed()
@@ -138,6 +142,8 @@ def fit_datasets(
         else:
             fields.append(np.stack(values))
     names = pd.Index(range(k))
+    if not keeps_results(results_on):
+        return None
     result = DatasetResults(models, names, FitArrays(*fields), reml)
     result._warn()
     return result

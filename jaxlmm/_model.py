@@ -558,14 +558,15 @@ class MixedLM:
         return clone
 
     def fit_many(self, Y: Any, reml: bool = True, *, batch_size: int | None = None, progress: bool = True,
-                 gtol: float = 1e-6, mesh=None):
+                 gtol: float = 1e-6, mesh=None, results_on="all"):
         """Fit this design to many responses at once: ``Y`` is (nobs, k) or a DataFrame of k columns.
 
         Model i is the same fit as fitting response i alone; a NaN in response i drops that row from
         model i only. Work is vmapped, split in chunks of ``batch_size`` (automatic by default), and
         sharded over this process's devices (those in ``mesh``, a `jax.sharding.Mesh`, when given).
         Under multi-controller JAX (`jax.distributed.initialize` in several processes), each process
-        fits a share of the models and every process gets all results (`docs/distributed.md`).
+        fits a share of the models and every process gets all results (`docs/distributed.md`), or
+        only process ``results_on`` does (the others return None; the transfer is the same gather).
         Returns a `BatchResults`.
 
         Examples:
@@ -577,7 +578,8 @@ class MixedLM:
             >>> rb.fe_params.round(3).values.tolist()
             [[251.405, 10.467], [503.81, 20.935]]
         """
-        return fit_many(self, Y, reml, batch_size=batch_size, progress=progress, gtol=gtol, mesh=mesh)
+        return fit_many(self, Y, reml, batch_size=batch_size, progress=progress, gtol=gtol, mesh=mesh,
+                        results_on=results_on)
 
     @property
     def ngroups(self) -> int:

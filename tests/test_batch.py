@@ -177,6 +177,9 @@ def test_sharded_over_two_devices_equals_one_device(model):
     np.testing.assert_allclose(json.loads(out.stdout.strip().splitlines()[-1]), one.llf.values, atol=1e-8)
 
 
-def test_a_mesh_must_be_a_mesh(model):
+def test_a_mesh_must_be_a_mesh_and_results_on_a_process(model):
     with pytest.raises(jaxlmm.DataError, match="jax.sharding.Mesh"):
         model.fit_many(simulate(model, 2, seed=1), progress=False, mesh="cpu")
+    with pytest.raises(jaxlmm.DataError, match="results_on"):
+        model.fit_many(simulate(model, 2, seed=1), progress=False, results_on=1)
+    assert model.fit_many(simulate(model, 2, seed=1), progress=False, results_on=0) is not None

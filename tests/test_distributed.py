@@ -29,8 +29,10 @@ from test_distributed import responses, datasets
 m = jaxlmm.MixedLM.from_formula("Reaction ~ Days + (Days | Subject)", jaxlmm.datasets.load("sleepstudy"))
 many = m.fit_many(responses(), progress=False)
 sets = jaxlmm.fit_datasets("Reaction ~ Days + (Days | Subject)", datasets(), progress=False)
+on_first = m.fit_many(responses(), progress=False, results_on=0)
 json.dump({"processes": jax.process_count(), "llf": many.llf.tolist(), "beta": many.fe_params.values.tolist(),
-           "problems": many.problems.tolist(), "sets_llf": sets.llf.tolist()}, open(out, "w"))
+           "problems": many.problems.tolist(), "sets_llf": sets.llf.tolist(),
+           "on_first": None if on_first is None else on_first.llf.tolist()}, open(out, "w"))
 """
 
 
@@ -82,8 +84,12 @@ def single_process():
 @pytest.mark.parametrize("n_processes", [2, 3])
 def test_every_process_gets_the_single_process_results(n_processes, tmp_path, single_process):
     many, sets = single_process
-    for got in _run_processes(n_processes, tmp_path):
+    for i, got in enumerate(_run_processes(n_processes, tmp_path)):
         assert got["processes"] == n_processes
+        if i == 0:
+            np.testing.assert_allclose(got["on_first"], many.llf.to_numpy(), atol=1e-8, equal_nan=True)
+        else:
+            assert got["on_first"] is None
         np.testing.assert_allclose(got["llf"], many.llf.to_numpy(), atol=1e-8, equal_nan=True)
         np.testing.assert_allclose(got["beta"], many.fe_params.to_numpy(), rtol=1e-8, equal_nan=True)
         assert got["problems"] == many.problems.tolist() and got["problems"][8] != ""
