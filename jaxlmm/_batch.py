@@ -34,6 +34,7 @@ from ._crossed import crossed_bytes
 from ._memory_maps import release_if_needed
 from ._design import Design
 from ._fit import FitArrays, fit_design
+from ._program_cache import OPTIMISE_AFTER, count_use, shape_key
 from ._results import MixedLMResults, _norm_ppf, _norm_sf
 from .errors import ConvergenceWarning, DataError, SingularFitWarning, check_positive, check_reml
 
@@ -81,7 +82,8 @@ _fit_designs = {quick: jax.jit(_fit_designs_impl, static_argnums=(2, 3, 5),
 
 def quick_batch(n_models: int, n_rows: int) -> bool:
     """Whether a batch of ``n_models`` fits of ``n_rows`` rows is small enough that compilation time
-    outweighs run time (compile it with quick options)."""
+    outweighs run time (compile it with quick options; callers switch to the optimised program
+    after `OPTIMISE_AFTER` calls of one shape, as single fits do)."""
     return n_models * n_rows <= QUICK_BATCH_MAX_ROW_MODELS
 
 
@@ -500,7 +502,7 @@ def fit_many(
     q, p = len(model.exog_re_names), len(model.exog_names)
     batch_size = _safe_batch_size(n, batch_size, q, p, k, _crossed_bytes(model.design))
     theta0 = np.tile(model.design.theta_start, (k, 1))
-    program = _fit_responses[quick_batch(k, n)]
+    program = _fit_responses[quick_batch(k, n) and count_use(shape_key("fit_many", model.design, k)) < OPTIMISE_AFTER]
     devices = local_devices(mesh)
 
     def run(inputs, t0, max_iter, quasi_newton):

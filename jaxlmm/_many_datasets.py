@@ -21,6 +21,7 @@ from ._batch import (
     quick_batch,
 )
 from ._config import float64
+from ._program_cache import OPTIMISE_AFTER, count_use
 from ._crossed import CrossedLayout, CrossedTerms, build_crossed_terms, crossed_bytes
 from ._design import Design
 from ._fit import FitArrays
@@ -107,7 +108,8 @@ def fit_datasets(
         extra = 0 if layout is None else crossed_bytes(layout, inputs[-4].shape[1], inputs[-1].shape[1])
         size = _safe_batch_size(n_rows, batch_size, q, p, len(members), extra)
 
-        program = _fit_designs[quick_batch(len(members), n_rows)]
+        quick = quick_batch(len(members), n_rows)
+        program = _fit_designs[quick and count_use(("fit_datasets", key, len(members))) < OPTIMISE_AFTER]
 
         def run(chunk, t0, max_iter, quasi_newton, n_groups=n_groups, layout=layout, program=program):
             with float64():

@@ -30,6 +30,24 @@ from ._config import QUICK_COMPILE_OPTIONS
 
 _loaded: dict[str, Callable] = {}
 
+# Tiered compilation: a program shape used more than OPTIMISE_AFTER times is being run in a loop, and
+# its callers switch from the quick program to one compiled with XLA's optimisations.
+OPTIMISE_AFTER = 2
+_uses: dict[tuple, int] = {}
+
+
+def count_use(key: tuple) -> int:
+    """How many times ``key`` (a program and the shapes it runs on) was used before; counts this use."""
+    count = _uses.get(key, 0)
+    _uses[key] = count + 1
+    return count
+
+
+def shape_key(name: str, tree, *static) -> tuple:
+    """A hashable key of a pytree's structure and leaf shapes, with ``name`` and static values."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return (name, repr(treedef), tuple(np.shape(a) for a in leaves)) + tuple(static)
+
 
 @lru_cache(maxsize=1)
 def _source_fingerprint() -> str:

@@ -19,24 +19,15 @@ import numpy as np
 from ._buckets import from_bucket, to_bucket
 from ._design import Design
 from ._fit import FitArrays, fit_design, fit_quick
+from ._program_cache import OPTIMISE_AFTER, count_use, shape_key
 
-OPTIMISE_AFTER = 2
-_fits_of_shape: dict[tuple, int] = {}
 _optimised = jax.jit(partial(fit_design, inference=True), static_argnums=(2, 3))
-
-
-def _shape_key(design: Design, gtol: float) -> tuple:
-    leaves, treedef = jax.tree.flatten(design)
-    return (repr(treedef), tuple(np.shape(a) for a in leaves), float(gtol))
 
 
 def fit_single(design: Design, reml: bool, gtol: float = 1e-6) -> FitArrays:
     """Fit ``design`` with its inference (NumPy arrays): the bucket's quick program for the first
     `OPTIMISE_AFTER` fits of this shape, then the shape's own optimised program."""
-    key = _shape_key(design, gtol)
-    count = _fits_of_shape.get(key, 0)
-    _fits_of_shape[key] = count + 1
-    if count >= OPTIMISE_AFTER:
+    if count_use(shape_key("fit_single", design, float(gtol))) >= OPTIMISE_AFTER:
         return jax.tree.map(np.asarray, _optimised(design, np.float64(bool(reml)), float(gtol), 200))
     bucket = to_bucket(design)
     arrays = fit_quick(bucket.design, bool(reml), bucket.free, float(gtol))

@@ -183,3 +183,17 @@ def test_a_mesh_must_be_a_mesh_and_results_on_a_process(model):
     with pytest.raises(jaxlmm.DataError, match="results_on"):
         model.fit_many(simulate(model, 2, seed=1), progress=False, results_on=1)
     assert model.fit_many(simulate(model, 2, seed=1), progress=False, results_on=0) is not None
+
+
+def test_a_batch_shape_called_again_and_again_switches_to_the_optimised_program(model, monkeypatch):
+    from jaxlmm import _batch, _program_cache
+
+    monkeypatch.setattr(_program_cache, "_uses", {})
+    Y = simulate(model, 5, seed=4)
+    before = {quick: _batch._fit_responses[quick]._cache_size() for quick in (False, True)}
+    runs = [model.fit_many(Y, progress=False) for _ in range(3)]
+    assert _batch._fit_responses[True]._cache_size() >= before[True]
+    assert _batch._fit_responses[False]._cache_size() > before[False]  # the third call: optimised
+    for r in runs[1:]:
+        np.testing.assert_allclose(r.llf, runs[0].llf, atol=1e-8)
+        np.testing.assert_allclose(r.fe_params, runs[0].fe_params, rtol=1e-8)

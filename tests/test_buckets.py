@@ -93,9 +93,7 @@ def test_inference_of_a_fit_equals_autodiff(name, formula, reml):
 
 
 def test_models_of_one_bucket_share_one_compiled_program(monkeypatch):
-    from jaxlmm import _single_fit
-
-    monkeypatch.setattr(_single_fit, "_fits_of_shape", {})  # first fits of each shape: the bucket's program
+    monkeypatch.setattr(_program_cache, "_uses", {})  # first fits of each shape: the bucket's program
     load = jaxlmm.datasets.load
     jaxlmm.MixedLM.from_formula("Reaction ~ Days + (Days | Subject)", load("sleepstudy")).fit()
     programs = len(_program_cache._loaded)
@@ -124,12 +122,12 @@ def test_a_shape_fitted_again_and_again_gets_its_own_optimised_program_with_the_
     from jaxlmm import _single_fit
 
     model = jaxlmm.MixedLM.from_formula("Reaction ~ Days + (Days || Subject)", jaxlmm.datasets.load("sleepstudy"))
-    key = _single_fit._shape_key(model.design, 1e-6)
-    _single_fit._fits_of_shape.pop(key, None)
+    key = _program_cache.shape_key("fit_single", model.design, 1e-6)
+    _program_cache._uses.pop(key, None)
     quick = [model.fit(reml=reml) for reml in (True, False)]  # the bucket's quick program
     compiled = _single_fit._optimised._cache_size()
     optimised = [model.fit(reml=reml) for reml in (True, False)]  # then the shape's own program
-    assert _single_fit._fits_of_shape[key] == 4 and _single_fit._optimised._cache_size() == compiled + 1
+    assert _program_cache._uses[key] == 4 and _single_fit._optimised._cache_size() == compiled + 1
     for a, b in zip(quick, optimised):
         assert b.llf == pytest.approx(a.llf, abs=1e-9)
         np.testing.assert_allclose(b.fe_params, a.fe_params, rtol=1e-8)

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 
 import jaxlmm
-from jaxlmm import _program_cache, _single_fit
+from jaxlmm import _program_cache
 
 
 @pytest.fixture
 def program_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(_program_cache, "_folder", lambda: tmp_path)
     monkeypatch.setattr(_program_cache, "_loaded", {})
-    monkeypatch.setattr(_single_fit, "_fits_of_shape", {})  # first fits of a shape: the bucket's saved program
+    monkeypatch.setattr(_program_cache, "_uses", {})  # first fits of a shape: the bucket's saved program
     return tmp_path
 
 
