@@ -63,8 +63,9 @@ def _varpar(theta, sigma2, lambda_index, rows, cols):
 
 
 def canonical_signs(theta: jax.Array, lambda_index) -> jax.Array:
-    """±1 per θ: −1 for the entries of each column of Λ whose diagonal is negative (flipping a
-    column leaves Λ Λᵀ unchanged)."""
+    """±1 per θ: −1 for the entries of each column of Λ whose diagonal is negative. Flipping a column
+    leaves Λ Λᵀ unchanged, and θ · signs has Λ's diagonal — the relative standard deviations —
+    non-negative, as lme4 reports θ."""
     idx = np.asarray(lambda_index)
     diag = np.diagonal(idx)
     sign = jnp.ones_like(theta)
@@ -75,12 +76,6 @@ def canonical_signs(theta: jax.Array, lambda_index) -> jax.Array:
         s = jnp.where(theta[diag[j]] < 0, -1.0, 1.0)
         sign = sign.at[col].set(s)
     return sign
-
-
-def canonical_theta(theta: jax.Array, lambda_index) -> jax.Array:
-    """θ with the sign of each column of Λ whose diagonal is negative flipped, so that Λ's diagonal —
-    the relative standard deviations — is non-negative, as lme4 reports θ."""
-    return theta * canonical_signs(theta, lambda_index)
 
 
 class _Objective(NamedTuple):
@@ -172,7 +167,7 @@ def fit_stats(
         if quasi_newton:  # the last Hessian is a BFGS approximation: take the exact one
             hess = jax.hessian(objective)(theta, data)
         else:
-            # The deviance is unchanged by canonical_theta's sign flips; its Hessian in θ flips with them.
+            # The deviance is unchanged by canonical_signs' flips; its Hessian in θ flips with them.
             hess = sign[:, None] * hess_raw * sign[None, :]
         info, varpar_jac, vcov_jac = inference_arrays(hess, stats, theta, sigma2, lambda_index, rows, cols, reml)
     else:
@@ -208,6 +203,7 @@ class Preconditioner(NamedTuple):
     b0: jax.Array  # (p,)
     X: jax.Array  # X̃ = X R⁻¹
     y: jax.Array  # ỹ = y − X b₀
+    absent: jax.Array  # (p,) 1.0 for an all-zero (weighted) column of X: a shape bucket's padding
 
     @property
     def logdet_gram(self) -> jax.Array:
@@ -225,16 +221,12 @@ def precondition(y: jax.Array, X: jax.Array, mask: jax.Array) -> Preconditioner:
     """
     root_w = jnp.sqrt(mask)
     Xw = X * root_w[:, None]
-    R = _linalg.orthonormalize(Xw, absent_columns(Xw))
+    absent = (jnp.sum(Xw * Xw, axis=0) == 0).astype(X.dtype)
+    R = _linalg.orthonormalize(Xw, absent)
     R_inv = _linalg.solve_upper_transposed(R.T, jnp.eye(R.shape[0], dtype=R.dtype))
     X_tilde = X @ R_inv
     b0 = R_inv @ (X_tilde.T @ (mask * y))
-    return Preconditioner(R, R_inv, b0, X_tilde, y - X @ b0)
-
-
-def absent_columns(X: jax.Array) -> jax.Array:
-    """1.0 for each all-zero column of X (weighted): a shape bucket's padding (`_buckets`)."""
-    return (jnp.sum(X * X, axis=0) == 0).astype(X.dtype)
+    return Preconditioner(R, R_inv, b0, X_tilde, y - X @ b0, absent)
 
 
 def design_stats(design: Design):
@@ -245,9 +237,8 @@ def design_stats(design: Design):
     freedom.
     """
     pre = precondition(design.y, design.X, design.mask)
-    absent = absent_columns(pre.X * jnp.sqrt(design.mask)[:, None])
     stats = sufficient_stats(pre.y, pre.X, design.Z, design.group, design.mask, design.n_groups)
-    stats = stats._replace(XtX=stats.XtX + jnp.diag(absent), n_fixed=pre.X.shape[1] - jnp.sum(absent))
+    stats = stats._replace(XtX=stats.XtX + jnp.diag(pre.absent), n_fixed=pre.X.shape[1] - jnp.sum(pre.absent))
     if design.crossed is not None:
         stats = crossed_stats(stats, pre.y, pre.X, design.Z, design.group, design.mask, design.crossed)
     return pre, stats
@@ -303,7 +294,11 @@ def _to_design_scale(fit: FitArrays, pre: Preconditioner, reml) -> FitArrays:
     )
     if fit.vcov_beta_jac is None:
         return fit
-    return fit._replace(vcov_beta_jac=jnp.einsum("ij,qjk,lk->qil", pre.R_inv, fit.vcov_beta_jac, pre.R_inv))
+    return fit._replace(vcov_beta_jac=_vcov_jac_to_design_scale(fit.vcov_beta_jac, pre))
+
+
+def _vcov_jac_to_design_scale(vcov_jac: jax.Array, pre: Preconditioner) -> jax.Array:
+    return jnp.einsum("ij,qjk,lk->qil", pre.R_inv, vcov_jac, pre.R_inv)
 
 
 @partial(jax.jit, static_argnames=("reml",))
@@ -315,7 +310,7 @@ def inference(design: Design, theta: jax.Array, sigma2: jax.Array, reml: bool = 
     lambda_index = jnp.asarray(design.lambda_index_array)
     hess = jax.hessian(profiled_deviance)(theta, stats, lambda_index, reml)
     info, varpar_jac, vcov_jac = inference_arrays(hess, stats, theta, sigma2, lambda_index, rows, cols, reml)
-    return info, varpar_jac, jnp.einsum("ij,qjk,lk->qil", pre.R_inv, vcov_jac, pre.R_inv)
+    return info, varpar_jac, _vcov_jac_to_design_scale(vcov_jac, pre)
 
 
 # Crossed models whose dense block has at least LARGE_DENSE_SIZE rows, where each iteration costs

@@ -32,7 +32,7 @@ import numpy as np
 from . import _linalg
 from ._config import QUICK_COMPILE_OPTIONS, float64
 from ._design import theta_on_diagonal, theta_positions
-from ._fit import design_stats
+from ._fit import _varpar, design_stats
 from ._kernels import LOG_2PI, deviance_at_scale, penalised_solution, relative_factor, residual_dof
 from ._optimize import minimize_newton
 from .errors import ConvergenceWarning, DataError
@@ -195,8 +195,7 @@ def _ml_point(theta, sigma, varpar_cov, *, lambda_index: tuple):
                for k, (r, c) in enumerate(zip(rows, cols))]
         return jnp.stack(out + [jnp.sqrt(varpar[-1])])
 
-    cov_re = sigma**2 * relative_factor(theta, jnp.asarray(idx)) @ relative_factor(theta, jnp.asarray(idx)).T
-    varpar = jnp.concatenate([cov_re[rows, cols], (sigma**2)[None]])
+    varpar = _varpar(theta, sigma**2, jnp.asarray(idx), rows, cols)
     jac = jax.jacfwd(sdcor_of_varpar)(varpar)
     se = jnp.sqrt(jnp.abs(jnp.diagonal(jac @ varpar_cov @ jac.T)))
     return psi, se, nuisance_start(psi, parameter_kinds(idx), BOUNDARY_START * sigma)

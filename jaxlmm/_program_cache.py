@@ -44,9 +44,9 @@ def count_use(key: tuple) -> int:
 
 
 def shape_key(name: str, tree, *static) -> tuple:
-    """A hashable key of a pytree's structure and leaf shapes, with ``name`` and static values."""
+    """A hashable key of a pytree's structure and leaf shapes and dtypes, with ``name`` and static values."""
     leaves, treedef = jax.tree.flatten(tree)
-    return (name, repr(treedef), tuple(np.shape(a) for a in leaves)) + tuple(static)
+    return (name, repr(treedef), tuple((np.shape(a), str(np.result_type(a))) for a in leaves)) + tuple(static)
 
 
 @lru_cache(maxsize=1)
@@ -66,10 +66,11 @@ def _folder() -> Path | None:
     return Path(base) / "jaxlmm-programs"
 
 
-def _key(name: str, static: tuple, leaves: list, treedef) -> str:
-    parts = [name, repr(static), repr(treedef), jax.__version__, jaxlib.__version__, jax.default_backend(),
+def _key(program: tuple) -> str:
+    """The file name of a program (its `shape_key`) in this environment: versions, backend, x64 mode,
+    jaxlmm's source and the compile options."""
+    parts = [repr(program), jax.__version__, jaxlib.__version__, jax.default_backend(),
              str(jax.config.jax_enable_x64), _source_fingerprint(), repr(sorted(QUICK_COMPILE_OPTIONS.items()))]
-    parts += [f"{np.shape(a)}:{np.asarray(a).dtype}" for a in leaves]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
@@ -80,7 +81,7 @@ def call_quick(name: str, fn: Callable, args: tuple, static: tuple = ()) -> dict
     """
     leaves, treedef = jax.tree.flatten(args)
     folder = _folder()
-    key = _key(name, static, leaves, treedef)
+    key = _key(shape_key(name, args, *static))
     program = _loaded.get(key)
     if program is None:
         program = _load_or_export(folder, key, lambda *flat: fn(*jax.tree.unflatten(treedef, flat)), leaves)

@@ -51,7 +51,10 @@ def _fit_many_to_file(data: pd.DataFrame, rhs: str, responses: list[str] | None,
     if missing or not responses:
         raise FormulaError(f"response columns {missing or responses} are not in the data; columns are {list(data.columns)}.")
     model = MixedLM.from_formula(f"{responses[0]} {rhs}", data)
-    batch = model.fit_many(data[responses], reml=reml, progress=False)
+    batch = model.fit_many(data[responses], reml=reml, progress=False, results_on=0)
+    if batch is None:  # another process of a distributed run: process 0 has the results and writes them
+        print(f"process {jax.process_index()}: fitted its share of {len(responses)} models")
+        return 0
     table = batch.to_frame()
     per_model = pd.DataFrame({"response": batch.names, "llf": batch.llf.to_numpy(), "scale": batch.scale.to_numpy(),
                               "converged": batch.converged.to_numpy()})
@@ -61,9 +64,6 @@ def _fit_many_to_file(data: pd.DataFrame, rhs: str, responses: list[str] | None,
     table["kind"] = "fixed"
     tidy = pd.concat([table, variances], ignore_index=True).merge(per_model.drop(columns="converged"), on="response")
     tidy = tidy.sort_values(["response", "kind"], kind="stable")
-    if jax.process_index() != 0:  # every process holds all results; process 0 writes them
-        print(f"process {jax.process_index()}: fitted its share of {len(responses)} models")
-        return 0
     if out.endswith(".parquet"):
         tidy.to_parquet(out, index=False)
     else:
