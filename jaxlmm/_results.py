@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtr
 
-from . import plot
+from . import _emmeans, plot
 from ._config import float64
 from ._contrasts import contrast_table, parse_contrasts
 from ._fit import inference
@@ -572,6 +572,46 @@ class MixedLMResults:
                     return str(state.levels[0])
                 return str(base)
         return "(reference)"
+
+    def emmeans(self, specs, by=None, *, ddf: str = "satterthwaite", alpha: float = 0.05, at: dict | None = None,
+                data: pd.DataFrame | None = None) -> pd.DataFrame:
+        """Estimated marginal means, as R's ``emmeans(m, specs, by)``: one row per level of ``specs``
+        (a factor's column name, or a list of them for cell means), within each level of ``by``.
+
+        Each mean is the model's prediction averaged over emmeans' reference grid: every combination
+        of the levels of the factors in the fixed effects, numeric covariates at their mean over the
+        fitted rows (or the values in ``at``, which may also restrict factors to some levels), the
+        other factors weighted equally. A covariate that enters only through a transform needs
+        ``data=`` (the fitting data) or ``at``. SE and df are `t_test`'s for ``ddf``; ``lower`` and
+        ``upper`` are the ``1 - alpha`` confidence limits. ``table.attrs["L"]`` holds the rows of L.
+
+        Examples:
+            >>> import jaxlmm
+            >>> r = jaxlmm.MixedLM.from_formula("distance ~ age * Sex + (1 | Subject)", jaxlmm.datasets.load("orthodont")).fit()
+            >>> r.emmeans("Sex").round(3)  # doctest: +NORMALIZE_WHITESPACE
+                    emmean     SE    df   lower   upper
+            Sex
+            Female  22.648  0.586  25.0  21.441  23.855
+            Male    24.969  0.486  25.0  23.968  25.970
+        """
+        return _emmeans.emmeans(self, specs, by, ddf=ddf, alpha=alpha, at=at, data=data)
+
+    def emmeans_pairwise(self, specs, by=None, *, adjust: str | None = "tukey", ddf: str = "satterthwaite",
+                         at: dict | None = None, data: pd.DataFrame | None = None) -> pd.DataFrame:
+        """All pairwise differences of the `emmeans` of ``specs`` (within each level of ``by``), as R's
+        ``pairs(emmeans(m, specs, by), adjust = adjust)``: rows ``"a - b"``, columns as `t_test`, plus
+        ``p (adjust)``, adjusted within each ``by`` group: ``"tukey"`` (Tukey's HSD, emmeans'
+        default), ``"holm"``, ``"bonferroni"``, ``"fdr_bh"`` or None.
+
+        Examples:
+            >>> import jaxlmm
+            >>> r = jaxlmm.MixedLM.from_formula("distance ~ age * Sex + (1 | Subject)", jaxlmm.datasets.load("orthodont")).fit()
+            >>> r.emmeans_pairwise("Sex").round(3)  # doctest: +NORMALIZE_WHITESPACE
+                           estimate     SE      t    df      p  p (tukey)
+            contrast
+            Female - Male    -2.321  0.761 -3.048  25.0  0.005      0.005
+        """
+        return _emmeans.emmeans_pairwise(self, specs, by, adjust=adjust, ddf=ddf, at=at, data=data)
 
     def bootstrap(self, n: int = 1000, seed: int = 0, alpha: float = 0.05, *, progress: bool = True):
         """Parametric bootstrap: simulate ``n`` responses from the fitted model, refit each (batched).
