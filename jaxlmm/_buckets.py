@@ -98,6 +98,8 @@ def to_bucket(design: Design) -> Bucket:
         mask=pad_rows(design.mask),
         n_groups=m_pad,
         lambda_index=lambda_index,
+        weights=None if design.weights is None else np.concatenate(
+            [np.asarray(design.weights), np.ones(n_pad, np.asarray(design.weights).dtype)]),
     )
     return Bucket(padded, free, theta_map)
 

@@ -193,6 +193,7 @@ class CrossedStats:
     Xty = property(lambda self: self.lead.Xty)
     yty = property(lambda self: self.lead.yty)
     nobs = property(lambda self: self.lead.nobs)
+    sum_log_weights = property(lambda self: self.lead.sum_log_weights)
     n_fixed = property(lambda self: self.lead.n_fixed)
 
 

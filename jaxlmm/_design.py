@@ -19,7 +19,8 @@ class Design:
     ``lambda_index`` (nested tuple) says which θ fills each entry of the lower-triangular
     relative covariance factor Λ (-1: structurally zero): the leading factor's q × q block first,
     then one block per further term of a crossed model, whose rows are held in ``crossed``
-    (`CrossedTerms`; None for one grouping factor). ``n_groups`` and ``lambda_index`` are
+    (`CrossedTerms`; None for one grouping factor). ``weights`` (n,) are lme4's prior weights (row i's
+    residual variance is σ²/wᵢ; None: all 1). ``n_groups`` and ``lambda_index`` are
     static: changing them recompiles; changing the arrays does not. ``replace`` returns a copy
     with some arrays swapped, for differentiating a fit with respect to them.
 
@@ -39,9 +40,10 @@ class Design:
     n_groups: int = dataclasses.field(metadata=dict(static=True))
     lambda_index: tuple = dataclasses.field(metadata=dict(static=True))
     crossed: CrossedTerms | None = None
+    weights: jax.Array | None = None
 
     def replace(self, **changes: Any) -> "Design":
-        """A copy with the named arrays replaced (``y``, ``X``, ``Z``, ``mask``)."""
+        """A copy with the named arrays replaced (``y``, ``X``, ``Z``, ``mask``, ``weights``)."""
         return dataclasses.replace(self, **changes)
 
     @property
@@ -82,7 +84,7 @@ def theta_on_diagonal(lambda_index: np.ndarray) -> np.ndarray:
 
 
 def make_design(y, X, Z, group, n_groups: int, lambda_index, mask=None, dtype=np.float64,
-                crossed: CrossedTerms | None = None) -> Design:
+                crossed: CrossedTerms | None = None, weights=None) -> Design:
     """Build a `Design` from array-likes (no checks: the model layer validates user input).
 
     The arrays are kept as NumPy arrays (JAX converts them when a fit is called, and they are
@@ -100,4 +102,5 @@ def make_design(y, X, Z, group, n_groups: int, lambda_index, mask=None, dtype=np
         n_groups=int(n_groups),
         lambda_index=tuple(tuple(int(v) for v in row) for row in np.asarray(lambda_index)),
         crossed=None if crossed is None else dataclasses.replace(crossed, Z=np.asarray(crossed.Z, dtype)),
+        weights=None if weights is None else np.asarray(weights, dtype),
     )

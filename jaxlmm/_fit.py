@@ -236,11 +236,12 @@ def design_stats(design: Design):
     its coefficient is 0 with no effect on the rest, and it does not count in the REML degrees of
     freedom.
     """
-    pre = precondition(design.y, design.X, design.mask)
-    stats = sufficient_stats(pre.y, pre.X, design.Z, design.group, design.mask, design.n_groups)
+    row_weights = design.mask if design.weights is None else design.mask * design.weights
+    pre = precondition(design.y, design.X, row_weights)
+    stats = sufficient_stats(pre.y, pre.X, design.Z, design.group, design.mask, design.n_groups, design.weights)
     stats = stats._replace(XtX=stats.XtX + jnp.diag(pre.absent), n_fixed=pre.X.shape[1] - jnp.sum(pre.absent))
     if design.crossed is not None:
-        stats = crossed_stats(stats, pre.y, pre.X, design.Z, design.group, design.mask, design.crossed)
+        stats = crossed_stats(stats, pre.y, pre.X, design.Z, design.group, row_weights, design.crossed)
     return pre, stats
 
 

@@ -43,6 +43,7 @@ class SufficientStats(NamedTuple):
     yty: jax.Array  # ()
     nobs: jax.Array  # () number of observations with weight (mask) 1
     n_fixed: jax.Array | int  # () fixed-effect columns in use (padding columns excluded; see design_stats)
+    sum_log_weights: jax.Array | float = 0.0  # () Σ log wᵢ of the prior weights over the rows in use
 
 
 class PenalisedSolution(NamedTuple):
@@ -60,10 +61,21 @@ class PenalisedSolution(NamedTuple):
 
 
 def sufficient_stats(
-    y: jax.Array, X: jax.Array, Z: jax.Array, group: jax.Array, mask: jax.Array, n_groups: int
+    y: jax.Array, X: jax.Array, Z: jax.Array, group: jax.Array, mask: jax.Array, n_groups: int,
+    weights: jax.Array | None = None,
 ) -> SufficientStats:
-    """Reduce rows to per-group cross-products; rows with ``mask == 0`` contribute nothing."""
+    """Reduce rows to per-group cross-products; rows with ``mask == 0`` contribute nothing.
+
+    ``weights`` (None: all 1) are lme4's prior weights: row i's residual variance is σ²/wᵢ. They
+    scale the cross-products; the observations are still counted by the mask, and −Σ log wᵢ enters
+    the deviance (`profiled_deviance`), so the log-likelihood is that of the data as given.
+    """
     w = mask.astype(y.dtype)
+    nobs = jnp.sum(w)
+    sum_log_weights = 0.0
+    if weights is not None:
+        sum_log_weights = jnp.sum(jnp.where(w > 0, jnp.log(jnp.where(w > 0, weights, 1.0)), 0.0))
+        w = w * weights
     Zw = Z * w[:, None]
     n, q = Z.shape
     if n_groups < q:
@@ -85,8 +97,9 @@ def sufficient_stats(
         XtX=Xw.T @ X,
         Xty=Xw.T @ y,
         yty=jnp.sum(w * y * y),
-        nobs=jnp.sum(w),
+        nobs=nobs,
         n_fixed=X.shape[1],
+        sum_log_weights=sum_log_weights,
     )
 
 
@@ -181,7 +194,7 @@ def profiled_deviance(theta: jax.Array, stats: SufficientStats, lambda_index: ja
     (``reml`` as in `residual_dof`)."""
     logdet_L, logdet_A, pwrss = deviance_terms(theta, stats, lambda_index)
     dof = residual_dof(stats, reml)
-    dev = logdet_L + dof * (1.0 + LOG_2PI + jnp.log(pwrss / dof))
+    dev = logdet_L + dof * (1.0 + LOG_2PI + jnp.log(pwrss / dof)) - stats.sum_log_weights
     return _add_reml_term(dev, logdet_A, reml)
 
 
@@ -191,7 +204,7 @@ def deviance_at_scale(
     """−2 × log-likelihood at θ and a given σ² (β profiled): equals the profiled deviance at σ̂²."""
     logdet_L, logdet_A, pwrss = deviance_terms(theta, stats, lambda_index)
     dof = residual_dof(stats, reml)
-    dev = logdet_L + dof * (LOG_2PI + jnp.log(sigma2)) + pwrss / sigma2
+    dev = logdet_L + dof * (LOG_2PI + jnp.log(sigma2)) + pwrss / sigma2 - stats.sum_log_weights
     return _add_reml_term(dev, logdet_A, reml)
 
 

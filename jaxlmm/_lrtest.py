@@ -52,7 +52,10 @@ class LRTestResult:
 def _same_data(a: "MixedLMResults", b: "MixedLMResults") -> bool:
     da, db = a.model.design, b.model.design
     ya, yb = np.asarray(da.y), np.asarray(db.y)
-    return ya.shape == yb.shape and np.array_equal(np.asarray(da.mask), np.asarray(db.mask)) and np.allclose(ya, yb)
+    wa = np.ones_like(ya) if da.weights is None else np.asarray(da.weights)
+    wb = np.ones_like(yb) if db.weights is None else np.asarray(db.weights)
+    return (ya.shape == yb.shape and np.array_equal(np.asarray(da.mask), np.asarray(db.mask)) and np.allclose(ya, yb)
+            and np.allclose(wa, wb))
 
 
 def lrtest(small: "MixedLMResults", large: "MixedLMResults") -> LRTestResult:

@@ -42,6 +42,8 @@ def fit_datasets(
     groups: str | None = None,
     re_formula: str | None = None,
     missing: str = "raise",
+    weights: str | None = None,
+    offset: str | None = None,
     batch_size: int | None = None,
     progress: bool = True,
     gtol: float = 1e-6,
@@ -52,7 +54,8 @@ def fit_datasets(
 
     Data sets may differ in rows, numbers of groups and group sizes. Returns a `DatasetResults`:
     tables with one row per data set, and ``rl[i]`` the full results of data set i — the same fit
-    as ``MixedLM.from_formula(formula, datasets[i]).fit()``. ``mesh`` and several processes: as in
+    as ``MixedLM.from_formula(formula, datasets[i]).fit()``. ``weights`` and ``offset`` name columns
+    of every data set (as in `MixedLM.from_formula`). ``mesh`` and several processes: as in
     `MixedLM.fit_many`; ``results_on`` too.
 
     Examples:
@@ -70,7 +73,9 @@ def fit_datasets(
     if isinstance(datasets, pd.DataFrame) or not len(datasets):
         raise DataError("datasets must be a non-empty list of DataFrames.")
     models = [
-        MixedLM.from_formula(formula, d, groups=groups, re_formula=re_formula, missing=missing) for d in datasets
+        MixedLM.from_formula(formula, d, groups=groups, re_formula=re_formula, missing=missing, weights=weights,
+                             offset=offset)
+        for d in datasets
     ]
     first = models[0]
     for i, m in enumerate(models):
@@ -99,9 +104,10 @@ def fit_datasets(
         n_rows, n_groups = key[:2]
         stacked = [_padded_arrays(models[i].design, n_rows) for i in members]
         crossed = _padded_crossed([models[i].design for i in members], key) if first.factor_terms else None
-        inputs = [np.stack([s[j] for s in stacked]) for j in range(5)]
+        inputs = [np.stack([s[j] for s in stacked]) for j in range(6)]
         if crossed:
             inputs += [np.stack([c[j] for c, _ in crossed]) for j in range(7)]
+        weighted = weights is not None
         layout = crossed[0][1] if crossed else None
         template = first.design
         q, p = len(first.exog_re_names), len(first.exog_names)
@@ -111,12 +117,13 @@ def fit_datasets(
         quick = quick_batch(len(members), n_rows)
         program = _fit_designs[quick and count_use(("fit_datasets", key, len(members))) < OPTIMISE_AFTER]
 
-        def run(chunk, t0, max_iter, quasi_newton, n_groups=n_groups, layout=layout, program=program):
+        def run(chunk, t0, max_iter, quasi_newton, n_groups=n_groups, layout=layout, program=program,
+                weighted=weighted):
             with float64():
                 arrays = _shard(list(chunk) + [t0], devices)
-                y, X, Z, g, mask, tb = arrays[:5] + arrays[-1:]
-                terms = None if layout is None else CrossedTerms(*arrays[5:12], layout=layout)
-                design = Design(y, X, Z, g, mask, n_groups, template.lambda_index, terms)
+                y, X, Z, g, mask, w, tb = arrays[:6] + arrays[-1:]
+                terms = None if layout is None else CrossedTerms(*arrays[6:13], layout=layout)
+                design = Design(y, X, Z, g, mask, n_groups, template.lambda_index, terms, w if weighted else None)
                 return program(design, tb, bool(reml), float(gtol), np.int32(max_iter), quasi_newton)
 
         theta0 = np.tile(template.theta_start, (len(members), 1))
@@ -159,7 +166,8 @@ def _padded_arrays(design: Design, n_rows: int) -> list[np.ndarray]:
         a = np.asarray(a)
         return np.pad(a, [(0, extra)] + [(0, 0)] * (a.ndim - 1), constant_values=value)
 
-    return [pad(design.y), pad(design.X), pad(design.Z), pad(design.group), pad(design.mask)]
+    weights = np.ones(n) if design.weights is None else design.weights
+    return [pad(design.y), pad(design.X), pad(design.Z), pad(design.group), pad(design.mask), pad(weights, 1.0)]
 
 
 def _crossed_bucket(design: Design) -> tuple:

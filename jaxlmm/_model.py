@@ -20,6 +20,7 @@ from ._design import Design, make_design
 from ._fit import term_theta_groups
 from ._single_fit import fit_single
 from ._results import MixedLMResults
+from ._row_terms import RowTerms, attach_row_terms, row_arrays
 from .errors import (
     IgnoredOptionWarning,
     DataError,
@@ -205,6 +206,8 @@ class MixedLM:
         exog_re: Any = None,
         *,
         missing: str = "raise",
+        weights: Any = None,
+        offset: Any = None,
         _blocks: Sequence[RandomBlock] | None = None,
         _spec: ModelSpec | None = None,
         _n_dropped: int = 0,
@@ -227,7 +230,13 @@ class MixedLM:
             raise DataError(f"groups has {len(g)} entries but endog has {len(y)}: pass one group label per row.")
         if not np.issubdtype(y.dtype, np.number) or y.dtype == bool:
             raise DataError(f"endog ({y_name}) is not numeric (dtype {y.dtype}); convert it to float.")
+        rows = pd.DataFrame(index=pd.RangeIndex(len(y)))
+        rows, row_terms = attach_row_terms(rows, weights, offset, missing)
+        w_arr, o_arr = row_arrays(rows, row_terms)
         bad = ~np.isfinite(y) | ~np.all(np.isfinite(X), axis=1) | ~np.all(np.isfinite(Z), axis=1) | g.isna().to_numpy()
+        for extra in (w_arr, o_arr):
+            if extra is not None:
+                bad |= ~np.isfinite(extra)
         n_dropped = _n_dropped
         if bad.any():
             if missing == "raise":
@@ -239,12 +248,16 @@ class MixedLM:
                     "Pass missing='drop' to drop those rows, or clean the data."
                 )
             y, X, Z, g = y[~bad], X[~bad], Z[~bad], g[~bad].reset_index(drop=True)
+            w_arr = None if w_arr is None else w_arr[~bad]
+            o_arr = None if o_arr is None else o_arr[~bad]
             n_dropped += int(bad.sum())
         blocks = list(_blocks) if _blocks is not None else [RandomBlock(tuple(z_names), True)]
-        self._init_checked(y, y_name, X, x_names, Z, z_names, g, blocks, _spec, n_dropped)
+        self._init_checked(y, y_name, X, x_names, Z, z_names, g, blocks, _spec, n_dropped, weights=w_arr,
+                           offset=o_arr)
 
     def _init_checked(self, y, y_name, X, x_names, Z, z_names, g, blocks, spec, n_dropped, group_label="groups",
-                      crossed: CrossedTerms | None = None, re_names: list | None = None):
+                      crossed: CrossedTerms | None = None, re_names: list | None = None, weights=None, offset=None,
+                      offset_name: str | None = None):
         codes, levels = pd.factorize(g, sort=True)
         n, p = X.shape
         m, q = len(levels), Z.shape[1]
@@ -287,8 +300,13 @@ class MixedLM:
         self._group_codes = codes
         self.row_index = pd.RangeIndex(n)  # the data's index of the fitted rows (set by from_formula)
         self.lambda_index = lambda_index_for_blocks(self.blocks)
+        self.weights = weights  # lme4's prior weights (None: all 1)
+        self.offset = offset  # the offset (None: 0); the design's y is the response minus it
+        self.offset_name = offset_name  # the offset's column in the data, for predictions on new data
+        y_model = y if offset is None else y - offset
         with float64():
-            self.design: Design = make_design(y, X, Z, codes, m, self.lambda_index, crossed=crossed)
+            self.design: Design = make_design(y_model, X, Z, codes, m, self.lambda_index, crossed=crossed,
+                                              weights=weights)
 
     # --------------------------------------------------------------------------------------------
     @classmethod
@@ -301,6 +319,8 @@ class MixedLM:
         vc_formula: dict | None = None,
         *,
         missing: str = "raise",
+        weights: Any = None,
+        offset: Any = None,
     ) -> "MixedLM":
         """Build a model from a formula and a DataFrame.
 
@@ -312,6 +332,8 @@ class MixedLM:
         Crossed or partially crossed factors, with intercepts and slopes: ``"(1 + c | subj) + (1 + c | item)"``,
         ``"(1 | s) + (1 | d) + (1 | dept)"`` (see `_crossed`).
         ``missing="drop"`` drops rows with NaN/inf in the columns the model uses; the default raises.
+        ``weights`` and ``offset`` (a column name, or one value per row) are lme4's: row i's residual
+        variance is σ²/wᵢ, and the offset enters the linear predictor with coefficient 1.
 
         Examples:
             >>> import jaxlmm
@@ -326,6 +348,7 @@ class MixedLM:
             raise DataError(f"missing must be 'raise' or 'drop', got {missing!r}.")
         if len(data) == 0:
             raise DataError("data has no rows.")
+        data, row_terms = attach_row_terms(data, weights, offset, missing)
         parsed = _formula.parse_mixed_formula(formula)
         terms = list(parsed.random)
         vc_terms: list[tuple[str, str]] = []
@@ -375,7 +398,7 @@ class MixedLM:
             if vc_terms:
                 raise FormulaError("vc_formula cannot be combined with crossed grouping factors; write the components as "
                                    "'(1 | factor)' terms.")
-            return cls._from_crossed_terms(parsed, terms + nested_terms, data, formula, missing, labels)
+            return cls._from_crossed_terms(parsed, terms + nested_terms, data, formula, missing, labels, row_terms)
         for t in nested_terms:
             if not _is_intercept(t.expr):
                 raise FormulaError(
@@ -396,8 +419,9 @@ class MixedLM:
         if any("/" in c for c in group_cols):
             _group_values(group_expr, data)  # raises the nested-grouping error
         _formula.check_columns_exist(group_cols, data, formula)
-        used_cols = list(dict.fromkeys(used + group_cols))
+        used_cols = list(dict.fromkeys(used + group_cols + row_terms.columns))
         data, row_index, n_dropped = _drop_missing_rows(data, used_cols, missing)
+        w_arr, o_arr = row_arrays(data, row_terms)
 
         if parsed.response not in data.columns and parsed.response.isidentifier():
             _formula.check_columns_exist([parsed.response], data, formula)
@@ -456,18 +480,22 @@ class MixedLM:
                 )
             keep = ~built_bad
             y, X, Z, g = y[keep], X[keep], Z[keep], g[keep].reset_index(drop=True)
+            w_arr = None if w_arr is None else w_arr[keep]
+            o_arr = None if o_arr is None else o_arr[keep]
             row_index = row_index[keep]
             n_dropped += int(built_bad.sum())
         spec = ModelSpec(fixed_mm.model_spec, tuple(random_specs), group_expr, parsed.response)
         self = cls.__new__(cls)
-        self._init_checked(y, parsed.response, X, x_names, Z, z_names, g, blocks, spec, n_dropped, group_expr)
+        self._init_checked(y, parsed.response, X, x_names, Z, z_names, g, blocks, spec, n_dropped, group_expr,
+                           weights=w_arr, offset=o_arr, offset_name=row_terms.offset_name)
         self.row_index = row_index
         self.formula = formula
         self.group_name = group_expr
         return self
 
     @classmethod
-    def _from_crossed_terms(cls, parsed, terms, data: pd.DataFrame, formula: str, missing: str, labels: dict):
+    def _from_crossed_terms(cls, parsed, terms, data: pd.DataFrame, formula: str, missing: str, labels: dict,
+                            row_terms: RowTerms = RowTerms()):
         """A model whose random terms are on several factors that are not nested in one: the leading
         factor (most levels) per level, the others through `CrossedTerms` (see `_crossed`)."""
         used = _formula.required_columns(
@@ -475,7 +503,8 @@ class MixedLM:
         )
         group_cols = list(dict.fromkeys(p.strip() for t in terms for p in t.group.split(":")))
         _formula.check_columns_exist(group_cols, data, formula)
-        data, row_index, n_dropped = _drop_missing_rows(data, list(dict.fromkeys(used + group_cols)), missing)
+        data, row_index, n_dropped = _drop_missing_rows(data, list(dict.fromkeys(used + group_cols + row_terms.columns)),
+                                                        missing)
         if parsed.response not in data.columns and parsed.response.isidentifier():
             _formula.check_columns_exist([parsed.response], data, formula)
         y = _formula.response_vector(parsed.response, data)
@@ -493,7 +522,7 @@ class MixedLM:
                     "transform."
                 )
             keep = ~built_bad
-            self = cls._from_crossed_terms(parsed, terms, data.loc[keep], formula, missing, labels)
+            self = cls._from_crossed_terms(parsed, terms, data.loc[keep], formula, missing, labels, row_terms)
             self.row_index = row_index[keep]
             self.n_dropped += n_dropped + int(built_bad.sum())
             return self
@@ -510,13 +539,15 @@ class MixedLM:
             _warn_if_absorbed_by_fixed_effects(X, Zf, codes, len(f.levels), labels.get(f.factor, f.factor),
                                                list(fixed_mm.columns))
         spec = ModelSpec(fixed_mm.model_spec, (), None, parsed.response)
+        w_arr, o_arr = row_arrays(data, row_terms)
         self = cls.__new__(cls)
         self.factor_terms = tuple(f for f, _, _, _ in factors)
         self.crossed_factors = tuple((labels.get(f.factor, f.factor), len(f.levels)) for f in self.factor_terms)
         g = _group_values(lead[0].factor, data).astype(str)
         self._init_checked(y, parsed.response, X, list(fixed_mm.columns), lead[1], list(lead[0].names), g, blocks, spec,
                            n_dropped, labels.get(lead[0].factor, lead[0].factor), crossed=layout_terms,
-                           re_names=[n for f in self.factor_terms for n in f.names])
+                           re_names=[n for f in self.factor_terms for n in f.names], weights=w_arr, offset=o_arr,
+                           offset_name=row_terms.offset_name)
         self.row_index = row_index
         self.formula = formula
         self.group_name = " + ".join(f for f, _ in self.crossed_factors)

@@ -24,6 +24,7 @@ from ._fit import inference
 from ._lrtest import chi2_sf, lrtest
 from ._memory_maps import release_if_needed
 from ._profile import Profiler
+from ._row_terms import new_offset
 from ._summary import Summary
 from .errors import ConvergenceWarning, DataError, SingularFitWarning, check_probability
 
@@ -429,8 +430,14 @@ class MixedLMResults:
         return eta
 
     @property
+    def _offset(self) -> np.ndarray | float:
+        """The model's offset per fitted row (0 without one)."""
+        offset = getattr(self.model, "offset", None)
+        return 0.0 if offset is None else np.asarray(offset)
+
+    @property
     def fittedvalues(self) -> pd.Series:
-        """X β̂ + Z b̂ for the fitted rows, indexed like the rows of the data they came from."""
+        """X β̂ + Z b̂ (plus the offset) for the fitted rows, indexed like the rows of the data they came from."""
         d = self.model.design
         factors = [(np.asarray(d.Z), np.asarray(d.group))]
         if d.crossed is not None:
@@ -438,21 +445,24 @@ class MixedLMResults:
             offsets = d.crossed.layout.offsets
             for k, f in enumerate(self.model.factor_terms[1:]):
                 factors.append((Zc[:, k, : len(f.columns)], block[:, k] - offsets[k]))
-        return pd.Series(self._linear_predictor(np.asarray(d.X), factors, True), index=self.model.row_index,
-                         name="fitted")
+        return pd.Series(self._linear_predictor(np.asarray(d.X), factors, True) + self._offset,
+                         index=self.model.row_index, name="fitted")
 
     @property
     def resid(self) -> pd.Series:
-        """y − X β̂ − Z b̂ (conditional residuals); NaN for rows not used in the fit."""
+        """y − X β̂ − Z b̂ − offset (conditional residuals, unweighted as lme4's ``residuals``); NaN for rows not
+        used in the fit."""
         d = self.model.design
-        resid = np.where(np.asarray(d.mask) > 0, np.asarray(d.y) - self.fittedvalues.values, np.nan)
+        resid = np.where(np.asarray(d.mask) > 0, np.asarray(d.y) + self._offset - self.fittedvalues.values, np.nan)
         return pd.Series(resid, index=self.model.row_index, name="resid")
 
-    def predict(self, newdata: pd.DataFrame | None = None, include_re: bool = True) -> pd.Series:
+    def predict(self, newdata: pd.DataFrame | None = None, include_re: bool = True, offset=None) -> pd.Series:
         """Predictions for new data; groups not seen in fitting get the population-level prediction.
 
         ``include_re=False`` gives population-level predictions (the grouping columns are then not
-        needed). A fixed-effect level not seen in fitting raises `DataError`.
+        needed). A fixed-effect level not seen in fitting raises `DataError`. A model fitted with an
+        offset adds the new rows' offset: ``offset`` (a column name or one value per row) when
+        given, else the offset's column in ``newdata``.
 
         Examples:
             >>> import jaxlmm, pandas as pd
@@ -464,21 +474,22 @@ class MixedLMResults:
         """
         if newdata is None:
             return self.fittedvalues if include_re else pd.Series(
-                np.asarray(self.model.design.X) @ np.asarray(self._arrays.beta), name="predicted"
+                np.asarray(self.model.design.X) @ np.asarray(self._arrays.beta) + self._offset, name="predicted"
             )
         index = newdata.index if isinstance(newdata, pd.DataFrame) else None
+        X = self.model.encode_fixed(newdata)
+        new_off = new_offset(getattr(self.model, "offset_name", None), getattr(self.model, "offset", None) is not None,
+                             newdata, offset)
         if not include_re:  # the grouping columns are not needed
-            X = self.model.encode_fixed(newdata)
-            return pd.Series(X @ np.asarray(self._arrays.beta), index=index, name="predicted")
+            return pd.Series(X @ np.asarray(self._arrays.beta) + new_off, index=index, name="predicted")
         if self.model.factor_terms:
-            X = self.model.encode_fixed(newdata)
-            return pd.Series(self._linear_predictor(X, self.model.encode_factors(newdata), True), index=index,
-                             name="predicted")
+            return pd.Series(self._linear_predictor(X, self.model.encode_factors(newdata), True) + new_off,
+                             index=index, name="predicted")
         X, Z, g = self.model.encode(newdata)
         labels = pd.Index(self.model.group_levels)
         g_cast = g.astype(labels.dtype) if labels.dtype != object else g.astype(str) if labels.inferred_type == "string" else g
         codes = labels.get_indexer(g_cast)
-        return pd.Series(self._linear_predictor(X, [(Z, codes)], include_re), index=index, name="predicted")
+        return pd.Series(self._linear_predictor(X, [(Z, codes)], include_re) + new_off, index=index, name="predicted")
 
     def satterthwaite_df(self, L) -> np.ndarray:
         """Satterthwaite degrees of freedom for the rows of the contrast matrix ``L`` (lmerTest's).
@@ -739,7 +750,8 @@ def _psd_root(G: np.ndarray) -> np.ndarray:
 
 
 def _simulate_responses(results: "MixedLMResults", n: int, seed: int) -> np.ndarray:
-    """(nobs, n) responses simulated from the fitted model: X β̂ + Z b + ε, b ~ N(0, Ĝ), ε ~ N(0, σ̂²)."""
+    """(nobs, n) responses simulated from the fitted model: X β̂ + Z b + offset + ε, b ~ N(0, Ĝ),
+    ε ~ N(0, σ̂²/w) (w: the prior weights)."""
     d = results.model.design
     X, Z, group, mask = (np.asarray(a) for a in (d.X, d.Z, d.group, d.mask))
     rng = np.random.default_rng(seed)
@@ -754,6 +766,8 @@ def _simulate_responses(results: "MixedLMResults", n: int, seed: int) -> np.ndar
             bk = rng.standard_normal((n, d.crossed.layout.n_blocks, size)) @ root.T
             Y = Y + np.einsum("nq,knq->kn", Zc[:, k, :size], bk[:, block[:, k]])
     eps = rng.standard_normal((n, X.shape[0])) * np.sqrt(results.scale)
-    Y = Y + eps
+    if d.weights is not None:
+        eps = eps / np.sqrt(np.asarray(d.weights))
+    Y = Y + eps + results._offset
     Y[:, mask == 0] = np.nan
     return Y.T
