@@ -63,8 +63,9 @@ def _grid_variables(spec) -> tuple[dict, dict, list]:
     """(factors {column: levels}, aliases {formula spelling: column}, numeric columns) of a fixed spec."""
     data_columns = set(spec.required_variables)
     factors, aliases, numeric = {}, {}, []
-    for factor, variables in spec.factor_variables.items():
-        columns = sorted(set(variables) & data_columns)
+    in_order = dict.fromkeys(f for term in spec.terms for f in term.factors)  # the formula's order
+    for factor in in_order:
+        columns = sorted(set(spec.factor_variables.get(factor, ())) & data_columns)
         levels = _categories(spec, factor)
         if levels is None:
             numeric += columns
@@ -208,11 +209,29 @@ def emmeans(results: "MixedLMResults", specs, by=None, *, ddf: str = "satterthwa
     check_probability(alpha, "alpha")
     m = marginal_matrix(results, specs, by, at, data)
     estimate, se, df = _estimates(results, m.L, ddf)
+    offset = getattr(results.model, "offset", None)
+    if offset is not None:  # emmeans adds the offset at its mean over the fitted rows
+        estimate = estimate + float(np.mean(offset))
     half = stdtrit(df, 1.0 - alpha / 2.0) * se
     table = pd.DataFrame({"emmean": estimate, "SE": se, "df": df, "lower": estimate - half, "upper": estimate + half},
                          index=_index(m.levels, m.names))
     table.attrs["L"] = pd.DataFrame(m.L, index=table.index, columns=results.model.exog_names)
     return table
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _contrast_names(m: Marginal) -> list[str]:
+    """Each row's levels of the specs, joined by spaces; a factor whose levels are all numbers is
+    prefixed with its name (emmeans' "period1 - period2", not "1 - 2")."""
+    prefix = [m.names[k] if all(_is_number(str(lv[k])) for lv in m.levels) else "" for k in range(m.n_specs)]
+    return [" ".join(f"{pre}{level}" for pre, level in zip(prefix, lv[: m.n_specs])) for lv in m.levels]
 
 
 def emmeans_pairwise(results: "MixedLMResults", specs, by=None, *, adjust: str | None = "tukey",
@@ -226,11 +245,12 @@ def emmeans_pairwise(results: "MixedLMResults", specs, by=None, *, adjust: str |
     if n_means < 2:
         raise DataError(f"specs {specs!r} have one level{' per by group' if by is not None else ''}: there is nothing "
                         "to compare.")
+    names = _contrast_names(m)
     rows, labels, groups = [], [], []
     for start in range(0, len(m.levels), n_means):  # one family per by group
         for i, j in itertools.combinations(range(start, start + n_means), 2):
             rows.append(m.L[i] - m.L[j])
-            labels.append(" - ".join(" ".join(map(str, m.levels[k][: m.n_specs])) for k in (i, j)))
+            labels.append(" - ".join(names[k] for k in (i, j)))
             groups.append(m.levels[i][m.n_specs:])
     table = results.t_test(np.asarray(rows), ddf=ddf)
     by_names = m.names[m.n_specs:]

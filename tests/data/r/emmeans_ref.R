@@ -21,6 +21,7 @@ write.csv(tw, "../emmeans_twoway.csv", row.names=FALSE)
 dt <- read.csv(file.path(d, "dietox.csv"))
 dt$Pig <- factor(dt$Pig); dt$Evit <- as_factor(dt$Evit); dt$Cu <- as_factor(dt$Cu)
 od <- read.csv(file.path(d, "orthodont.csv")); od$Subject <- factor(od$Subject); od$Sex <- as_factor(od$Sex)
+od$off <- od$age / 2 + (od$Subject == "M01")  # an offset (emmeans adds its mean over the fitted rows)
 tw <- read.csv("../emmeans_twoway.csv")
 tw$subject <- factor(tw$subject); tw$treat <- as_factor(tw$treat); tw$period <- factor(tw$period)
 
@@ -31,6 +32,7 @@ cases <- list(
     list(specs="Evit"), list(specs="Cu"), list(specs=c("Evit", "Cu")), list(specs="Cu", by="Evit"))),
   list(id="orthodont", data=od, f=distance ~ age * Sex + (1|Subject), specs=list(
     list(specs="Sex"), list(specs="Sex", at=list(age=14)))),
+  list(id="orthodont_offset", data=od, f=distance ~ Sex + (1|Subject), offset="off", specs=list(list(specs="Sex"))),
   list(id="twoway", data=tw, f=y ~ treat * period + x + (1|subject), specs=list(
     list(specs="treat"), list(specs="period"), list(specs="period", by="treat"), list(specs=c("treat", "period")),
     list(specs="treat", at=list(x=12))))
@@ -38,7 +40,8 @@ cases <- list(
 col <- function(frame, pattern) frame[[grep(pattern, names(frame))[1]]]
 out <- list()
 for (cs in cases) {
-  m <- suppressMessages(suppressWarnings(lmer(cs$f, data=cs$data, REML=TRUE, control=ctrl)))
+  .offset <- if (is.null(cs$offset)) NULL else cs$data[[cs$offset]]  # a name not in the data: lmer looks there first
+  m <- suppressMessages(suppressWarnings(lmer(cs$f, data=cs$data, REML=TRUE, control=ctrl, offset=.offset)))
   entry <- list(formula=paste(deparse(cs$f), collapse=""), beta=unname(fixef(m)), results=list())
   for (sp in cs$specs) for (ddf in c("satterthwaite", "kenward-roger", "asymptotic")) {
     emm_options(lmer.df=ddf)
