@@ -43,8 +43,8 @@ class ReferenceGrid:
 
 @dataclass(frozen=True)
 class Marginal:
-    """Rows of L (one per combination of the ``specs`` and ``by`` levels, the first varying fastest),
-    their levels, and which ``by`` group each row belongs to."""
+    """Rows of L, one per combination of the levels of ``names`` (the specs, then the by factors;
+    the first varies fastest), and those levels."""
 
     L: np.ndarray
     levels: list  # one tuple of levels (specs, then by) per row
@@ -213,10 +213,8 @@ def emmeans(results: "MixedLMResults", specs, by=None, *, ddf: str = "satterthwa
     if offset is not None:  # emmeans adds the offset at its mean over the fitted rows
         estimate = estimate + float(np.mean(offset))
     half = stdtrit(df, 1.0 - alpha / 2.0) * se
-    table = pd.DataFrame({"emmean": estimate, "SE": se, "df": df, "lower": estimate - half, "upper": estimate + half},
-                         index=_index(m.levels, m.names))
-    table.attrs["L"] = pd.DataFrame(m.L, index=table.index, columns=results.model.exog_names)
-    return table
+    return pd.DataFrame({"emmean": estimate, "SE": se, "df": df, "lower": estimate - half, "upper": estimate + half},
+                        index=_index(m.levels, m.names))
 
 
 def _is_number(text: str) -> bool:

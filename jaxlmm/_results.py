@@ -592,9 +592,9 @@ class MixedLMResults:
         Each mean is the model's prediction averaged over emmeans' reference grid: every combination
         of the levels of the factors in the fixed effects, numeric covariates at their mean over the
         fitted rows (or the values in ``at``, which may also restrict factors to some levels), the
-        other factors weighted equally. A covariate that enters only through a transform needs
-        ``data=`` (the fitting data) or ``at``. SE and df are `t_test`'s for ``ddf``; ``lower`` and
-        ``upper`` are the ``1 - alpha`` confidence limits. ``table.attrs["L"]`` holds the rows of L.
+        other factors weighted equally; a model's offset enters at its mean. A covariate that enters
+        only through a transform needs ``data=`` (the fitting data) or ``at``. SE and df are
+        `t_test`'s for ``ddf``; ``lower`` and ``upper`` are the ``1 - alpha`` confidence limits.
 
         Examples:
             >>> import jaxlmm
