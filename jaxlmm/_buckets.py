@@ -64,9 +64,9 @@ def to_bucket(design: Design) -> Bucket:
     fixed-effect columns; and, for one grouping factor with untied θ and up to `STRUCTURE_MAX`
     random effects, the random-effects columns and Λ: up to 2 or 4 columns, with an unstructured Λ
     template whose θ the model lacks are held at 0 — so `(1|g)`, `(x|g)` and `(x||g)` share one
-    program. Crossed designs are returned unchanged. `from_bucket` undoes it on a fit."""
+    program. Crossed designs and designs with a residual-variance model are returned unchanged. `from_bucket` undoes it on a fit."""
     n_theta = design.n_theta
-    if design.crossed is not None:
+    if design.crossed is not None or design.resid_design is not None:
         return Bucket(design, np.ones(n_theta, bool), np.arange(n_theta))
     (n, p), m = design.X.shape, design.n_groups
     n_pad, m_pad, p_pad = bucket_size(n, ROW_FLOOR) - n, bucket_size(m, GROUP_FLOOR), bucket_size(p, FIXED_FLOOR) - p
@@ -107,6 +107,8 @@ def to_bucket(design: Design) -> Bucket:
 def from_bucket(fit: FitArrays, bucket: Bucket, design: Design) -> FitArrays:
     """A fit of ``bucket.design`` (NumPy arrays) cut back to ``design``: its groups, fixed effects,
     random effects and θ."""
+    if bucket.design is design:  # not padded (crossed designs, residual-variance models)
+        return fit
     m, p, q = design.n_groups, design.X.shape[1], design.Z.shape[1]
     size = design.lambda_index_array.shape[0]  # Λ's size: q, or all terms of a crossed model
     k = bucket.theta_map

@@ -20,7 +20,8 @@ class Design:
     relative covariance factor Λ (-1: structurally zero): the leading factor's q × q block first,
     then one block per further term of a crossed model, whose rows are held in ``crossed``
     (`CrossedTerms`; None for one grouping factor). ``weights`` (n,) are lme4's prior weights (row i's
-    residual variance is σ²/wᵢ; None: all 1). ``n_groups`` and ``lambda_index`` are
+    residual variance is σ²/wᵢ; None: all 1). ``resid_design`` (n, k) holds the rows dᵢ of a residual
+    variance model σ²ᵢ = σ² exp(dᵢᵀδ)/wᵢ (`_variance_model`; None: none). ``n_groups`` and ``lambda_index`` are
     static: changing them recompiles; changing the arrays does not. ``replace`` returns a copy
     with some arrays swapped, for differentiating a fit with respect to them.
 
@@ -41,6 +42,7 @@ class Design:
     lambda_index: tuple = dataclasses.field(metadata=dict(static=True))
     crossed: CrossedTerms | None = None
     weights: jax.Array | None = None
+    resid_design: jax.Array | None = None
 
     def replace(self, **changes: Any) -> "Design":
         """A copy with the named arrays replaced (``y``, ``X``, ``Z``, ``mask``, ``weights``)."""
@@ -53,6 +55,11 @@ class Design:
     @property
     def lambda_index_array(self) -> np.ndarray:
         return np.asarray(self.lambda_index, dtype=np.int32)
+
+    @property
+    def n_delta(self) -> int:
+        """The number of residual-variance parameters δ (0 without a variance model)."""
+        return 0 if self.resid_design is None else int(np.shape(self.resid_design)[1])
 
     @property
     def theta_lower(self) -> np.ndarray:
@@ -84,7 +91,7 @@ def theta_on_diagonal(lambda_index: np.ndarray) -> np.ndarray:
 
 
 def make_design(y, X, Z, group, n_groups: int, lambda_index, mask=None, dtype=np.float64,
-                crossed: CrossedTerms | None = None, weights=None) -> Design:
+                crossed: CrossedTerms | None = None, weights=None, resid_design=None) -> Design:
     """Build a `Design` from array-likes (no checks: the model layer validates user input).
 
     The arrays are kept as NumPy arrays (JAX converts them when a fit is called, and they are
@@ -103,4 +110,5 @@ def make_design(y, X, Z, group, n_groups: int, lambda_index, mask=None, dtype=np
         lambda_index=tuple(tuple(int(v) for v in row) for row in np.asarray(lambda_index)),
         crossed=None if crossed is None else dataclasses.replace(crossed, Z=np.asarray(crossed.Z, dtype)),
         weights=None if weights is None else np.asarray(weights, dtype),
+        resid_design=None if resid_design is None else np.asarray(resid_design, dtype),
     )

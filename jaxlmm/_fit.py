@@ -14,6 +14,7 @@ from ._crossed import crossed_stats
 from ._design import Design
 from ._kernels import (
     conditional_modes,
+    deviance_at_scale,
     reduced_gram,
     penalised_solution,
     profiled_deviance,
@@ -23,6 +24,7 @@ from ._kernels import (
 )
 from ._optimize import minimize_newton
 from ._program_cache import call_quick
+from ._variance_model import VarianceObjective, VarianceRows, variance_stats
 
 
 class FitArrays(NamedTuple):
@@ -303,10 +305,15 @@ def _vcov_jac_to_design_scale(vcov_jac: jax.Array, pre: Preconditioner) -> jax.A
 
 
 @partial(jax.jit, static_argnames=("reml",))
-def inference(design: Design, theta: jax.Array, sigma2: jax.Array, reml: bool = True):
+def inference(design: Design, theta: jax.Array, sigma2: jax.Array, reml: bool = True, delta: jax.Array | None = None):
     """`inference_arrays` of a fitted design (for fits made without ``inference=True``, such as
-    the members of a batch): (information, varpar_jac, vcov_beta_jac)."""
+    the members of a batch): (information, varpar_jac, vcov_beta_jac). A design with a residual
+    variance model needs its fitted ``delta``."""
     pre, stats = design_stats(design)
+    if design.resid_design is not None:
+        params = jnp.concatenate([theta, delta, jnp.reshape(sigma2, (1,))])
+        info, varpar_jac, vcov_jac = _variance_inference(_variance_rows(design, pre), design, params, reml)
+        return info, varpar_jac, _vcov_jac_to_design_scale(vcov_jac, pre)
     rows, cols = design.theta_positions
     lambda_index = jnp.asarray(design.lambda_index_array)
     hess = jax.hessian(profiled_deviance)(theta, stats, lambda_index, reml)
@@ -358,6 +365,9 @@ def fit_design(
     ``free`` (bool per θ) holds the other θ at 0 (a shape bucket's template; not for differentiation).
     """
     pre, stats = design_stats(design)
+    if design.resid_design is not None:
+        fit = fit_variance_model(design, pre, reml, gtol, max_iter, theta0, inference)
+        return _to_design_scale(fit, pre, reml)
     rows, cols = design.theta_positions
     dtype = jnp.result_type(design.y)
     large_dense = design.crossed is not None and design.crossed.layout.dense_size >= LARGE_DENSE_SIZE
@@ -384,6 +394,81 @@ def fit_design(
         free,
     )
     return _to_design_scale(fit, pre, reml)
+
+
+def fit_variance_model(design: Design, pre: Preconditioner, reml, gtol: float, max_iter,
+                       theta0: jax.Array | None = None, inference: bool = False) -> FitArrays:
+    """Fit a design with a residual-variance model (`_variance_model`): θ and δ together by Newton
+    on the profiled deviance, in the preconditioned space of ``pre`` (`_to_design_scale` maps back).
+
+    ``varpar`` is (random-effect (co)variances, σ², δ): σ² is the residual variance where dᵢ = 0 (the
+    reference level of a factor). The inference fields are in (θ, δ, σ²): the information is half the
+    Hessian of the deviance at scale, and the derivative of σ² A⁻¹ is taken by forward mode.
+    """
+    dtype = jnp.result_type(design.y)
+    k, kd = design.n_theta, design.n_delta
+    rows = _variance_rows(design, pre)
+    lambda_index_np = design.lambda_index_array
+    lambda_index = jnp.asarray(lambda_index_np)
+    objective = VarianceObjective(design.lambda_index, design.n_groups)
+    reml = jnp.asarray(reml, dtype)
+    data = (rows, reml, None)
+    if theta0 is None:
+        theta0 = jnp.asarray(design.theta_start, dtype)
+    phi0 = jnp.concatenate([theta0[:k], jnp.zeros(kd, dtype)]) if theta0.shape[0] == k else theta0
+    snappable = np.concatenate([np.isfinite(design.theta_lower), np.zeros(kd, bool)])
+    phi, grad_norm, iterations, converged, _ = solve_theta(objective, data, phi0, snappable, gtol, max_iter)
+    theta = phi[:k] * canonical_signs(phi[:k], lambda_index_np)
+    delta = phi[k:]
+    stats = variance_stats(rows, delta, design.n_groups)
+    sol = penalised_solution(theta, stats, lambda_index)
+    sigma2 = sol.pwrss / residual_dof(stats, reml)
+    lam = relative_factor(theta, lambda_index)
+    A_inv = _linalg.cho_solve(sol.A_chol, jnp.eye(sol.A_chol.shape[0], dtype=dtype))
+    ranef, ranef_cov, ranef_other, ranef_other_cov = conditional_modes(theta, sol, lambda_index, sigma2)
+    params = jnp.concatenate([theta, delta, sigma2[None]])
+    varpar = _variance_model_varpar(params, k, lambda_index, design.theta_positions)
+    info = varpar_jac = vcov_jac = None
+    if inference:
+        info, varpar_jac, vcov_jac = _variance_inference(rows, design, params, reml)
+    return FitArrays(
+        theta=theta, beta=sol.beta, sigma2=sigma2, cov_re=sigma2 * lam @ lam.T,
+        llf=-0.5 * objective(jnp.concatenate([theta, delta]), data), vcov_beta=sigma2 * A_inv,
+        varpar=varpar, ranef=ranef, ranef_cov=ranef_cov, converged=converged, grad_norm=grad_norm,
+        iterations=iterations, theta_at_bound=jnp.asarray(snappable[:k]) & (theta == 0), ranef_other=ranef_other,
+        ranef_other_cov=ranef_other_cov, information=info, varpar_jac=varpar_jac, vcov_beta_jac=vcov_jac,
+    )
+
+
+def _variance_model_varpar(params, k: int, lambda_index, positions) -> jax.Array:
+    """(random-effect (co)variances, σ², δ) from params = (θ, δ, σ²)."""
+    rows, cols = positions
+    return jnp.concatenate([_varpar(params[:k], params[-1], lambda_index, rows, cols), params[k:-1]])
+
+
+def _variance_inference(rows: VarianceRows, design: Design, params: jax.Array, reml):
+    """(information, varpar_jac, vcov_beta_jac) of a variance-model fit in params = (θ, δ, σ²),
+    β in the space of ``rows`` (see `fit_variance_model`)."""
+    k = design.n_theta
+    lambda_index = jnp.asarray(design.lambda_index_array)
+    eye = jnp.eye(design.X.shape[1], dtype=params.dtype)
+
+    def deviance_of(q):
+        return deviance_at_scale(q[:k], q[-1], variance_stats(rows, q[k:-1], design.n_groups), lambda_index, reml)
+
+    def vcov_of(q):
+        sol = penalised_solution(q[:k], variance_stats(rows, q[k:-1], design.n_groups), lambda_index)
+        return q[-1] * _linalg.cho_solve(sol.A_chol, eye)
+
+    info = 0.5 * jax.hessian(deviance_of)(params)
+    varpar_jac = jax.jacfwd(lambda q: _variance_model_varpar(q, k, lambda_index, design.theta_positions))(params)
+    return info, varpar_jac, jnp.moveaxis(jax.jacfwd(vcov_of)(params), -1, 0)
+
+
+def _variance_rows(design: Design, pre: Preconditioner) -> VarianceRows:
+    prior = jnp.ones_like(design.mask) if design.weights is None else design.weights
+    return VarianceRows(pre.y, pre.X, design.Z, design.group, design.mask, prior, design.resid_design, pre.absent,
+                        design.crossed)
 
 
 _fit_design_jit = jax.jit(fit_design, static_argnums=(1, 2, 3))
@@ -443,5 +528,9 @@ def deviance(design: Design, theta: jax.Array, reml: bool = True) -> jax.Array:
     """
     pre, stats = design_stats(design)
     lambda_index = jnp.asarray(design.lambda_index_array)
-    dev = profiled_deviance(jnp.asarray(theta), stats, lambda_index, reml)
+    if design.resid_design is not None:  # theta is (θ, δ)
+        dev = VarianceObjective(design.lambda_index, design.n_groups)(jnp.asarray(theta),
+                                                                     (_variance_rows(design, pre), reml, None))
+    else:
+        dev = profiled_deviance(jnp.asarray(theta), stats, lambda_index, reml)
     return dev + pre.logdet_gram if reml else dev

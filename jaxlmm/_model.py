@@ -20,6 +20,7 @@ from ._design import Design, make_design
 from ._fit import term_theta_groups
 from ._single_fit import fit_single
 from ._results import MixedLMResults
+from ._resid_formula import ResidModel, resid_design, resid_expression
 from ._row_terms import RowTerms, attach_row_terms, row_arrays
 from .errors import (
     IgnoredOptionWarning,
@@ -257,7 +258,7 @@ class MixedLM:
 
     def _init_checked(self, y, y_name, X, x_names, Z, z_names, g, blocks, spec, n_dropped, group_label="groups",
                       crossed: CrossedTerms | None = None, re_names: list | None = None, weights=None, offset=None,
-                      offset_name: str | None = None):
+                      offset_name: str | None = None, resid: tuple[np.ndarray, ResidModel] | None = None):
         codes, levels = pd.factorize(g, sort=True)
         n, p = X.shape
         m, q = len(levels), Z.shape[1]
@@ -303,10 +304,11 @@ class MixedLM:
         self.weights = weights  # lme4's prior weights (None: all 1)
         self.offset = offset  # the offset (None: 0); the design's y is the response minus it
         self.offset_name = offset_name  # the offset's column in the data, for predictions on new data
+        self.resid_model = None if resid is None else resid[1]  # the residual-variance model (`_resid_formula`)
         y_model = y if offset is None else y - offset
         with float64():
             self.design: Design = make_design(y_model, X, Z, codes, m, self.lambda_index, crossed=crossed,
-                                              weights=weights)
+                                              weights=weights, resid_design=None if resid is None else resid[0])
 
     # --------------------------------------------------------------------------------------------
     @classmethod
@@ -321,6 +323,7 @@ class MixedLM:
         missing: str = "raise",
         weights: Any = None,
         offset: Any = None,
+        resid_formula: str | None = None,
     ) -> "MixedLM":
         """Build a model from a formula and a DataFrame.
 
@@ -334,6 +337,9 @@ class MixedLM:
         ``missing="drop"`` drops rows with NaN/inf in the columns the model uses; the default raises.
         ``weights`` and ``offset`` (a column name, or one value per row) are lme4's: row i's residual
         variance is σ²/wᵢ, and the offset enters the linear predictor with coefficient 1.
+        ``resid_formula`` models the residual variance, σ²ᵢ = σ² exp(dᵢᵀδ): ``"~ session"`` gives one
+        variance per session (nlme's ``varIdent``), ``"~ x"`` an exponential variance function (nlme's
+        ``varExp``; see `_variance_model`).
 
         Examples:
             >>> import jaxlmm
@@ -349,6 +355,7 @@ class MixedLM:
         if len(data) == 0:
             raise DataError("data has no rows.")
         data, row_terms = attach_row_terms(data, weights, offset, missing)
+        resid_expr = None if resid_formula is None else resid_expression(resid_formula)
         parsed = _formula.parse_mixed_formula(formula)
         terms = list(parsed.random)
         vc_terms: list[tuple[str, str]] = []
@@ -398,7 +405,8 @@ class MixedLM:
             if vc_terms:
                 raise FormulaError("vc_formula cannot be combined with crossed grouping factors; write the components as "
                                    "'(1 | factor)' terms.")
-            return cls._from_crossed_terms(parsed, terms + nested_terms, data, formula, missing, labels, row_terms)
+            return cls._from_crossed_terms(parsed, terms + nested_terms, data, formula, missing, labels, row_terms,
+                                           resid_formula)
         for t in nested_terms:
             if not _is_intercept(t.expr):
                 raise FormulaError(
@@ -409,7 +417,8 @@ class MixedLM:
             terms = [_formula.RandomTerm("0", group_expr, True)]  # no effects for the outer factor itself
 
         used = _formula.required_columns(
-            [f"{parsed.response} ~ {parsed.fixed}"] + [t.expr for t in terms if t.expr != "0"] + [v for _, v in vc_terms],
+            [f"{parsed.response} ~ {parsed.fixed}"] + [t.expr for t in terms if t.expr != "0"] + [v for _, v in vc_terms]
+            + ([resid_expr] if resid_expr else []),
             data,
         )
         group_cols = [p.strip() for p in group_expr.split(":")]
@@ -422,6 +431,7 @@ class MixedLM:
         used_cols = list(dict.fromkeys(used + group_cols + row_terms.columns))
         data, row_index, n_dropped = _drop_missing_rows(data, used_cols, missing)
         w_arr, o_arr = row_arrays(data, row_terms)
+        resid = None if resid_formula is None else resid_design(resid_formula, data)
 
         if parsed.response not in data.columns and parsed.response.isidentifier():
             _formula.check_columns_exist([parsed.response], data, formula)
@@ -482,12 +492,13 @@ class MixedLM:
             y, X, Z, g = y[keep], X[keep], Z[keep], g[keep].reset_index(drop=True)
             w_arr = None if w_arr is None else w_arr[keep]
             o_arr = None if o_arr is None else o_arr[keep]
+            resid = None if resid is None else (resid[0][keep], resid[1])
             row_index = row_index[keep]
             n_dropped += int(built_bad.sum())
         spec = ModelSpec(fixed_mm.model_spec, tuple(random_specs), group_expr, parsed.response)
         self = cls.__new__(cls)
         self._init_checked(y, parsed.response, X, x_names, Z, z_names, g, blocks, spec, n_dropped, group_expr,
-                           weights=w_arr, offset=o_arr, offset_name=row_terms.offset_name)
+                           weights=w_arr, offset=o_arr, offset_name=row_terms.offset_name, resid=resid)
         self.row_index = row_index
         self.formula = formula
         self.group_name = group_expr
@@ -495,11 +506,12 @@ class MixedLM:
 
     @classmethod
     def _from_crossed_terms(cls, parsed, terms, data: pd.DataFrame, formula: str, missing: str, labels: dict,
-                            row_terms: RowTerms = RowTerms()):
+                            row_terms: RowTerms = RowTerms(), resid_formula: str | None = None):
         """A model whose random terms are on several factors that are not nested in one: the leading
         factor (most levels) per level, the others through `CrossedTerms` (see `_crossed`)."""
         used = _formula.required_columns(
-            [f"{parsed.response} ~ {parsed.fixed}"] + [t.expr for t in terms if t.expr != "0"], data
+            [f"{parsed.response} ~ {parsed.fixed}"] + [t.expr for t in terms if t.expr != "0"]
+            + ([resid_expression(resid_formula)] if resid_formula else []), data
         )
         group_cols = list(dict.fromkeys(p.strip() for t in terms for p in t.group.split(":")))
         _formula.check_columns_exist(group_cols, data, formula)
@@ -522,7 +534,8 @@ class MixedLM:
                     "transform."
                 )
             keep = ~built_bad
-            self = cls._from_crossed_terms(parsed, terms, data.loc[keep], formula, missing, labels, row_terms)
+            self = cls._from_crossed_terms(parsed, terms, data.loc[keep], formula, missing, labels, row_terms,
+                                           resid_formula)
             self.row_index = row_index[keep]
             self.n_dropped += n_dropped + int(built_bad.sum())
             return self
@@ -540,6 +553,7 @@ class MixedLM:
                                                list(fixed_mm.columns))
         spec = ModelSpec(fixed_mm.model_spec, (), None, parsed.response)
         w_arr, o_arr = row_arrays(data, row_terms)
+        resid = None if resid_formula is None else resid_design(resid_formula, data)
         self = cls.__new__(cls)
         self.factor_terms = tuple(f for f, _, _, _ in factors)
         self.crossed_factors = tuple((labels.get(f.factor, f.factor), len(f.levels)) for f in self.factor_terms)
@@ -547,7 +561,7 @@ class MixedLM:
         self._init_checked(y, parsed.response, X, list(fixed_mm.columns), lead[1], list(lead[0].names), g, blocks, spec,
                            n_dropped, labels.get(lead[0].factor, lead[0].factor), crossed=layout_terms,
                            re_names=[n for f in self.factor_terms for n in f.names], weights=w_arr, offset=o_arr,
-                           offset_name=row_terms.offset_name)
+                           offset_name=row_terms.offset_name, resid=resid)
         self.row_index = row_index
         self.formula = formula
         self.group_name = " + ".join(f for f, _ in self.crossed_factors)
@@ -568,7 +582,13 @@ class MixedLM:
                     if block.correlated or i == j:
                         a, b = block.names[j], block.names[i]
                         names.append(f"Var({a})" if i == j else f"Cov({a},{b})")
-        return names + ["Residual"]
+        return names + ["Residual"] + self.resid_param_names
+
+    @property
+    def resid_param_names(self) -> list[str]:
+        """Names of the residual-variance parameters δ (log variance ratios; none without a model)."""
+        model = getattr(self, "resid_model", None)
+        return [] if model is None else [f"log σ² ratio: {n}" for n in model.names]
 
     @property
     def nobs(self) -> int:

@@ -218,6 +218,9 @@ class Profiler:
 
     def __init__(self, results):
         model = results.model
+        if model.design.resid_design is not None:
+            raise DataError("profiles of a model with a residual-variance model (resid_formula=) are not available yet: "
+                            "use conf_int(method='bootstrap') or the Wald intervals of conf_int().")
         ml = results if not results.reml else model.fit(reml=False, warn=False)
         if not ml.converged:
             warnings.warn(f"the ML refit that profiles are based on did not converge (largest gradient "

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ._contrasts import t_sf2
 from .errors import DataError
 
 if TYPE_CHECKING:
@@ -48,10 +47,10 @@ class Summary:
             self.info.append(("Rows dropped (NaN):", str(r.model.n_dropped), "", ""))
         ci = r.conf_int(alpha)
         lo, hi = f"[{alpha / 2:.3f}", f"{1 - alpha / 2:.3f}]"
-        if ddf == "satterthwaite":
-            df = r.satterthwaite_df(np.eye(len(r.fe_params)))
-            fixed = pd.DataFrame({"Coef.": r.fe_params, "Std.Err.": r.bse_fe, "t": r.tvalues.values, "df": df,
-                                  "P>|t|": t_sf2(r.tvalues.values, df)}, index=r.fe_params.index)
+        if ddf in ("satterthwaite", "kenward-roger"):
+            t = r.t_test(np.eye(len(r.fe_params)), ddf=ddf)
+            fixed = pd.DataFrame({"Coef.": r.fe_params, "Std.Err.": t["SE"].values, "t": t["t"].values,
+                                  "df": t["df"].values, "P>|t|": t["p"].values}, index=r.fe_params.index)
         elif ddf == "wald":
             fixed = pd.DataFrame(
                 {
@@ -64,11 +63,12 @@ class Summary:
                 }
             )
         else:
-            raise DataError(f"ddf must be 'wald' or 'satterthwaite', got {ddf!r}.")
+            raise DataError(f"ddf must be 'wald', 'satterthwaite' or 'kenward-roger', got {ddf!r}.")
         vc = r.vcomp.drop("Residual")
         label = r.model.group_name if hasattr(r.model, "group_name") else "Group"
+        resid_params = set(r.model.resid_param_names)
         variance = pd.DataFrame({"Coef.": vc.values, "Std.Err.": r.bse_re.drop("Residual").values},
-                                index=list(vc.index) if crossed else [f"{label} {n}" for n in vc.index])
+                                index=[n if crossed or n in resid_params else f"{label} {n}" for n in vc.index])
         self.fixed, self.variance = fixed, variance
         self.corr_fe = r.corr_fe
         self.random = self._random_block(r, label)
@@ -108,6 +108,11 @@ class Summary:
                              "Std.Dev.": sd[i], **corr})
                 first = False
         rows.append({"Groups": "Residual", "Name": "", "Variance": r.scale, "Std.Dev.": np.sqrt(r.scale)})
+        for name in r.model.resid_param_names:  # a factor's residual variances, as σ² exp(δ) per level
+            level = name.removeprefix("log σ² ratio: ")
+            if "[" in level:
+                variance = r.scale * np.exp(r.vcomp[name])
+                rows.append({"Groups": "", "Name": level, "Variance": variance, "Std.Dev.": np.sqrt(variance)})
         return pd.DataFrame(rows)
 
     def _text_info(self) -> list[str]:
