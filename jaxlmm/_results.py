@@ -305,6 +305,18 @@ class MixedLMResults:
         return pd.DataFrame(np.asarray(self._arrays.cov_re), index=names, columns=names)
 
     @property
+    def resid_variance(self) -> pd.Series:
+        """Each fitted row's residual variance: σ² / wᵢ, times exp(dᵢᵀδ) under a residual-variance model."""
+        d = self.model.design
+        variance = np.full(np.shape(d.y), self.scale)
+        if d.resid_design is not None:
+            delta = np.asarray(self._arrays.varpar)[-d.n_delta:]
+            variance = variance * np.exp(np.asarray(d.resid_design) @ delta)
+        if d.weights is not None:
+            variance = variance / np.asarray(d.weights)
+        return pd.Series(variance, index=self.model.row_index, name="resid_variance")
+
+    @property
     def varpar_names(self) -> list[str]:
         """Names of the variance parameters: ``Var(a)``/``Cov(a,b)`` of the random effects, then ``Residual``."""
         return self.model.varpar_names
@@ -321,8 +333,10 @@ class MixedLMResults:
         a = self._arrays
         if a.information is not None:
             return inference_covariances(a.information, a.varpar_jac, a.vcov_beta_jac)
+        kd = self.model.design.n_delta
         with float64():
-            out = inference(self.model.design, a.theta, a.sigma2, self.reml)
+            out = inference(self.model.design, a.theta, a.sigma2, self.reml,
+                            np.asarray(a.varpar)[len(a.varpar) - kd:] if kd else None)
         return inference_covariances(*out)
 
     @cached_property
@@ -365,8 +379,8 @@ class MixedLMResults:
 
     @property
     def df_modelwc(self) -> int:
-        """Number of estimated parameters, counted like lme4: fixed effects + θ + σ²."""
-        return len(self.model.exog_names) + self.model.design.n_theta + 1
+        """Number of estimated parameters, counted like lme4: fixed effects + θ + σ² (+ δ of a residual-variance model)."""
+        return len(self.model.exog_names) + self.model.design.n_theta + 1 + self.model.design.n_delta
 
     @property
     def aic(self) -> float:
@@ -751,7 +765,7 @@ def _psd_root(G: np.ndarray) -> np.ndarray:
 
 def _simulate_responses(results: "MixedLMResults", n: int, seed: int) -> np.ndarray:
     """(nobs, n) responses simulated from the fitted model: X β̂ + Z b + offset + ε, b ~ N(0, Ĝ),
-    ε ~ N(0, σ̂²/w) (w: the prior weights)."""
+    ε ~ N(0, σ̂ᵢ²) (`MixedLMResults.resid_variance`: prior weights and a residual-variance model)."""
     d = results.model.design
     X, Z, group, mask = (np.asarray(a) for a in (d.X, d.Z, d.group, d.mask))
     rng = np.random.default_rng(seed)
@@ -765,9 +779,7 @@ def _simulate_responses(results: "MixedLMResults", n: int, seed: int) -> np.ndar
             root = _psd_root(G[start: start + size, start: start + size])
             bk = rng.standard_normal((n, d.crossed.layout.n_blocks, size)) @ root.T
             Y = Y + np.einsum("nq,knq->kn", Zc[:, k, :size], bk[:, block[:, k]])
-    eps = rng.standard_normal((n, X.shape[0])) * np.sqrt(results.scale)
-    if d.weights is not None:
-        eps = eps / np.sqrt(np.asarray(d.weights))
+    eps = rng.standard_normal((n, X.shape[0])) * np.sqrt(results.resid_variance.to_numpy())
     Y = Y + eps + results._offset
     Y[:, mask == 0] = np.nan
     return Y.T
