@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from scipy.special import ndtr
+from scipy.special import ndtr, stdtrit
 
-from . import _emmeans, plot
+from . import _anova, _emmeans, plot
 from ._config import float64
 from ._contrasts import contrast_table, parse_contrasts
 from ._fit import inference
+from ._kenward_roger import KenwardRoger, kenward_roger, kenward_roger_f
 from ._lrtest import chi2_sf, lrtest
 from ._memory_maps import release_if_needed
 from ._profile import Profiler
@@ -161,10 +162,13 @@ class MixedLMResults:
     def pvalues(self) -> pd.Series:
         return pd.Series(2.0 * _norm_sf(np.abs(self.tvalues.values)), index=self.model.exog_names, name="P>|z|")
 
-    def conf_int(self, alpha: float = 0.05, method: str = "wald", *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    def conf_int(self, alpha: float = 0.05, method: str = "wald", *, n_boot: int = 1000, seed: int = 0,
+                 ddf: str = "wald") -> pd.DataFrame:
         """Confidence intervals (columns: lower, upper).
 
-        ``method="wald"`` (default): fixed effects only, estimate ± z·SE. ``method="profile"``:
+        ``method="wald"`` (default): fixed effects only, estimate ± z·SE; with ``ddf="satterthwaite"``
+        or ``"kenward-roger"``, estimate ± t·SE with that method's df (and, for Kenward–Roger, its
+        adjusted SE), as lmerTest's ``contest(..., confint=TRUE)``. ``method="profile"``:
         profile-likelihood intervals for the random effects' standard deviations and correlations,
         σ and the fixed effects (rows named as `profile_names`), as lme4's ``confint`` (ML profile;
         see `profile`); an end point where the profile never reaches the cut-off is the bound (0
@@ -187,6 +191,11 @@ class MixedLMResults:
             return self._profile_intervals(alpha)
         if method != "wald":
             raise DataError(f"method must be 'wald', 'profile' or 'boot', got {method!r}.")
+        if ddf != "wald":
+            table = self.t_test(np.eye(len(self.fe_params)), ddf=ddf)
+            half = stdtrit(table["df"].to_numpy(), 1.0 - alpha / 2.0) * table["SE"].to_numpy()
+            fe = self.fe_params
+            return pd.DataFrame({"lower": fe - half, "upper": fe + half})
         z = _norm_ppf(1.0 - alpha / 2.0)
         fe, se = self.fe_params, self.bse_fe
         return pd.DataFrame({"lower": fe - z * se, "upper": fe + z * se})
@@ -518,12 +527,53 @@ class MixedLMResults:
         grad = np.einsum("ij,qjk,ik->iq", L, vcov_jac, L)
         return 2.0 * variance**2 / np.einsum("iq,qr,ir->i", grad, params_cov, grad)
 
+    @cached_property
+    def _kenward_roger(self) -> KenwardRoger:
+        if not self.reml:
+            raise DataError("ddf='kenward-roger' needs a REML fit (as pbkrtest and lmerTest); refit with "
+                            "reml=True, or use ddf='satterthwaite'.")
+        return kenward_roger(self.model.design, np.asarray(self._arrays.varpar))
+
+    @property
+    def cov_fe_kenward_roger(self) -> pd.DataFrame:
+        """Kenward–Roger's adjusted covariance of the fixed effects, Φ_A (pbkrtest's ``vcovAdj``;
+        REML fits, up to `jaxlmm._kenward_roger.MAX_ROWS` observations)."""
+        names = self.model.exog_names
+        return pd.DataFrame(self._kenward_roger.vcov_adj, index=names, columns=names)
+
+    def kenward_roger_df(self, L) -> np.ndarray:
+        """Kenward–Roger degrees of freedom for the rows of the contrast matrix ``L`` (pbkrtest's
+        ``Lb_ddf``, as lmerTest's ``summary(m, ddf = "Kenward-Roger")``)."""
+        L = np.atleast_2d(np.asarray(L, dtype=float))
+        beta = self.fe_params.values
+        return np.array([kenward_roger_f(row[None], beta, self._kenward_roger)[2] for row in L])
+
+    def anova(self, type: int | str = 3, ddf: str = "satterthwaite") -> pd.DataFrame:
+        """F tests of the fixed-effect terms, as lmerTest's ``anova(m, type=, ddf=)``.
+
+        ``type`` 3 (SAS's type III, whatever the factor coding), 2 (each term adjusted for the terms
+        not containing it) or 1 (sequential); ``ddf="satterthwaite"`` or ``"kenward-roger"`` (REML
+        fits only). One row per term of the formula; columns ``Sum Sq``, ``Mean Sq``, ``NumDF``,
+        ``DenDF``, ``F value``, ``Pr(>F)``. See `jaxlmm._anova` for the hypotheses.
+
+        Examples:
+            >>> import jaxlmm
+            >>> r = jaxlmm.MixedLM.from_formula("distance ~ age * Sex + (1 | Subject)", jaxlmm.datasets.load("orthodont")).fit()
+            >>> r.anova()[["NumDF", "DenDF", "F value"]].round(2)  # doctest: +NORMALIZE_WHITESPACE
+                     NumDF  DenDF  F value
+            age          1  79.00   108.36
+            Sex          1 103.99     0.45
+            age:Sex      1  79.00     6.30
+        """
+        return _anova.anova_table(self, type, ddf)
+
     def t_test(self, hypotheses, ddf: str = "satterthwaite", adjust: str | None = None) -> pd.DataFrame:
         """Tests of linear contrasts of the fixed effects, one row per hypothesis.
 
         ``hypotheses``: a matrix (one column per fixed effect) or strings such as ``"Days = 0"`` or
         ``["a - b = 0", "c = 0"]``. ``ddf="satterthwaite"`` gives t tests with Satterthwaite degrees
-        of freedom (as lmerTest); ``"wald"`` gives z tests. ``adjust`` = ``"holm"``,
+        of freedom (as lmerTest); ``"kenward-roger"`` t tests with Kenward–Roger's adjusted SE and
+        df (as pbkrtest; REML fits); ``"wald"`` gives z tests. ``adjust`` = ``"holm"``,
         ``"bonferroni"`` or ``"fdr_bh"`` adds multiplicity-adjusted p-values.
 
         Examples:
@@ -536,13 +586,16 @@ class MixedLMResults:
 
         L, rhs, labels = parse_contrasts(hypotheses, self.model.exog_names)
         estimate = L @ self.fe_params.values - rhs
-        se = np.sqrt(np.einsum("ij,jk,ik->i", L, self.cov_fe.values, L))
+        cov = self.cov_fe_kenward_roger.values if ddf == "kenward-roger" else self.cov_fe.values
+        se = np.sqrt(np.einsum("ij,jk,ik->i", L, cov, L))
         if ddf == "satterthwaite":
             df = self.satterthwaite_df(L)
+        elif ddf == "kenward-roger":
+            df = self.kenward_roger_df(L)
         elif ddf == "wald":
             df = np.full(len(labels), np.inf)
         else:
-            raise DataError(f"ddf must be 'satterthwaite' or 'wald', got {ddf!r}.")
+            raise DataError(f"ddf must be 'satterthwaite', 'kenward-roger' or 'wald', got {ddf!r}.")
         return contrast_table(estimate, se, df, labels, adjust)
 
     def wald_test(self, hypotheses) -> dict:
@@ -694,7 +747,8 @@ class MixedLMResults:
         """A summary table (statsmodels' MixedLM layout, then lme4-style random effects).
 
         ``ddf="satterthwaite"`` shows t statistics with Satterthwaite degrees of freedom (as
-        lmerTest) instead of z statistics.
+        lmerTest) instead of z statistics; ``ddf="kenward-roger"`` t statistics with Kenward–Roger's
+        adjusted standard errors and degrees of freedom (REML fits).
         """
 
         return Summary(self, alpha, ddf)
