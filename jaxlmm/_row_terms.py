@@ -51,13 +51,19 @@ def _row_values(value: Any, data: pd.DataFrame, what: str) -> tuple[np.ndarray, 
     return values, None
 
 
-def check_weights(values: np.ndarray, missing: str) -> None:
-    """Prior weights must be finite and positive (NaN is allowed with ``missing="drop"``: the row is dropped)."""
+def _check_finite(values: np.ndarray, missing: str, what: str, verb: str) -> np.ndarray:
+    """Which values are finite; NaN or inf is an error unless ``missing="drop"`` (the row is dropped)."""
     finite = np.isfinite(values)
     if missing == "raise" and not finite.all():
         rows = np.flatnonzero(~finite)
-        raise DataError(f"weights are NaN or inf in {rows.size} rows (first: row {rows[0]}): pass missing='drop' "
-                        "to drop those rows, or fix the weights.")
+        raise DataError(f"{what} {verb} NaN or inf in {rows.size} rows (first: row {rows[0]}): pass missing='drop' "
+                        f"to drop those rows, or fix the {what}.")
+    return finite
+
+
+def check_weights(values: np.ndarray, missing: str) -> None:
+    """Prior weights must be finite and positive (NaN is allowed with ``missing="drop"``: the row is dropped)."""
+    finite = _check_finite(values, missing, "weights", "are")
     bad = finite & (values <= 0)
     if bad.any():
         rows = np.flatnonzero(bad)
@@ -67,11 +73,7 @@ def check_weights(values: np.ndarray, missing: str) -> None:
 
 def check_offset(values: np.ndarray, missing: str) -> None:
     """An offset must be finite (NaN is allowed with ``missing="drop"``: the row is dropped)."""
-    finite = np.isfinite(values)
-    if missing == "raise" and not finite.all():
-        rows = np.flatnonzero(~finite)
-        raise DataError(f"offset is NaN or inf in {rows.size} rows (first: row {rows[0]}): pass missing='drop' "
-                        "to drop those rows, or fix the offset.")
+    _check_finite(values, missing, "offset", "is")
 
 
 def attach_row_terms(data: pd.DataFrame, weights: Any, offset: Any, missing: str) -> tuple[pd.DataFrame, RowTerms]:
