@@ -160,3 +160,23 @@ def test_profile_says_it_is_not_available():
     r = jaxlmm.MixedLM.from_formula(FORMULA, SESSIONS[5], resid_formula="~ session").fit()
     with pytest.raises(DataError, match="bootstrap"):
         r.conf_int(method="profile")
+
+
+CROSSED_REFERENCE = json.loads((DATA / "resid_crossed_reference.json").read_text())
+
+
+@pytest.mark.parametrize("name, formula", [
+    ("penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)"),
+    ("pastes", "strength ~ 1 + (1 | batch/cask)"),
+])
+@pytest.mark.parametrize("reml", [True, False])
+def test_varident_on_crossed_and_nested_factors_matches_nlme(name, formula, reml):
+    """Every random-effects structure: crossed factors (nlme: pdBlocked over one group) and nested ones."""
+    data = jaxlmm.datasets.load(name)
+    data["half"] = np.where(np.arange(len(data)) % 2 == 0, "a", "b")
+    r = jaxlmm.MixedLM.from_formula(formula, data, resid_formula="~ half").fit(reml=reml)
+    ref = CROSSED_REFERENCE[f"{name}_{'reml' if reml else 'ml'}"]
+    assert r.llf >= ref["loglik"] - 1e-6
+    assert r.llf == pytest.approx(ref["loglik"], abs=1e-6)
+    assert np.sqrt(r.scale) == pytest.approx(ref["sigma"], rel=1e-4)
+    assert np.exp(r.vcomp["log σ² ratio: half[T.b]"] / 2) == pytest.approx(ref["ratio_b"], rel=1e-4)
