@@ -17,6 +17,7 @@ from ._memory_maps import release_if_needed
 from ._batch import fit_many
 from ._crossed import CrossedTerms, build_crossed_terms
 from ._design import Design, make_design
+from ._exog_vc import bad_rows, crossed_factors, nested_columns, read_exog_vc
 from ._fit import term_theta_groups
 from ._single_fit import fit_single
 from ._results import MixedLMResults
@@ -185,7 +186,9 @@ class MixedLM:
     crossed or partially crossed factors, fitted by REML or ML.
 
     Build it from a formula (lme4 bars or statsmodels' ``groups=``/``re_formula=``) or from arrays
-    (``endog``, ``exog``, ``groups``, ``exog_re``; ``exog_re=None`` means a random intercept).
+    (``endog``, ``exog``, ``groups``, ``exog_re``; ``exog_re=None`` means a random intercept), with
+    statsmodels' variance components ``exog_vc={name: {group: matrix}}`` (then ``exog_re=None``
+    means none; see `_exog_vc`).
 
     Examples:
         >>> import jaxlmm
@@ -205,6 +208,7 @@ class MixedLM:
         exog: Any,
         groups: Any,
         exog_re: Any = None,
+        exog_vc: Any = None,
         *,
         missing: str = "raise",
         weights: Any = None,
@@ -217,10 +221,6 @@ class MixedLM:
             raise DataError(f"missing must be 'raise' or 'drop', got {missing!r}.")
         y, y_name = _as_vector(endog, "endog")
         X, x_names = _as_matrix(exog, "exog", len(y))
-        if exog_re is None:
-            Z, z_names = np.ones((len(y), 1)), ["Intercept"]
-        else:
-            Z, z_names = _as_matrix(exog_re, "exog_re", len(y))
         g_arr = groups.to_numpy() if isinstance(groups, (pd.Series, pd.Index)) else np.asarray(groups, dtype=object)
         if g_arr.ndim == 2 and g_arr.shape[1] == 1:
             g_arr = g_arr[:, 0]
@@ -229,12 +229,19 @@ class MixedLM:
         g = pd.Series(g_arr)
         if len(g) != len(y):
             raise DataError(f"groups has {len(g)} entries but endog has {len(y)}: pass one group label per row.")
+        vcs = () if exog_vc is None else read_exog_vc(exog_vc, g_arr)
+        if exog_re is None:  # statsmodels: a random intercept, unless variance components are given
+            Z, z_names = (np.zeros((len(y), 0)), []) if vcs else (np.ones((len(y), 1)), ["Intercept"])
+        else:
+            Z, z_names = _as_matrix(exog_re, "exog_re", len(y))
         if not np.issubdtype(y.dtype, np.number) or y.dtype == bool:
             raise DataError(f"endog ({y_name}) is not numeric (dtype {y.dtype}); convert it to float.")
         rows = pd.DataFrame(index=pd.RangeIndex(len(y)))
         rows, row_terms = attach_row_terms(rows, weights, offset, missing)
         w_arr, o_arr = row_arrays(rows, row_terms)
+        vc_bad, vc_where = bad_rows(vcs, len(y))
         bad = ~np.isfinite(y) | ~np.all(np.isfinite(X), axis=1) | ~np.all(np.isfinite(Z), axis=1) | g.isna().to_numpy()
+        bad |= vc_bad
         for extra in (w_arr, o_arr):
             if extra is not None:
                 bad |= ~np.isfinite(extra)
@@ -243,7 +250,7 @@ class MixedLM:
             if missing == "raise":
                 where = [name for name, col in [("endog", ~np.isfinite(y)), ("groups", g.isna().to_numpy())] if col.any()]
                 where += [n for j, n in enumerate(x_names) if (~np.isfinite(X[:, j])).any()]
-                where += [n for j, n in enumerate(z_names) if (~np.isfinite(Z[:, j])).any()]
+                where += [n for j, n in enumerate(z_names) if (~np.isfinite(Z[:, j])).any()] + vc_where
                 raise MissingDataError(
                     f"{int(bad.sum())} rows have NaN or inf in {', '.join(where)}. "
                     "Pass missing='drop' to drop those rows, or clean the data."
@@ -251,10 +258,47 @@ class MixedLM:
             y, X, Z, g = y[~bad], X[~bad], Z[~bad], g[~bad].reset_index(drop=True)
             w_arr = None if w_arr is None else w_arr[~bad]
             o_arr = None if o_arr is None else o_arr[~bad]
+            vcs = tuple(vc.take(~bad) for vc in vcs)
             n_dropped += int(bad.sum())
+        if vcs:
+            self._init_exog_vc(y, y_name, X, x_names, Z, z_names, g, vcs, n_dropped, w_arr, o_arr)
+            return
         blocks = list(_blocks) if _blocks is not None else [RandomBlock(tuple(z_names), True)]
         self._init_checked(y, y_name, X, x_names, Z, z_names, g, blocks, _spec, n_dropped, weights=w_arr,
                            offset=o_arr)
+
+    def _init_exog_vc(self, y, y_name, X, x_names, Z, z_names, g, vcs, n_dropped, weights, offset):
+        """statsmodels' ``exog_vc`` (`_exog_vc`): components nested in the groups (tied blocks, as
+        ``vc_formula``); with one group for all rows, crossed factors ``(1 | name)``, the most levels leading."""
+        if g.nunique() > 1:
+            codes, levels = pd.factorize(g, sort=True)
+            Zv, names, tied = nested_columns(vcs, codes, len(levels))
+            blocks = [RandomBlock(tuple(z_names), True)] if z_names else []
+            blocks += [RandomBlock(cols, False, tied=True, label=name) for name, cols in tied]
+            self._init_checked(y, y_name, X, x_names, np.concatenate([Z, Zv], axis=1), z_names + names, g, blocks, None,
+                               n_dropped, weights=weights, offset=offset)
+            return
+        if z_names:
+            raise DataError("with one group for all rows, exog_re's effects of that group cannot be told apart from the "
+                            "fixed effects: pass exog_re=None and write the random effects as exog_vc components, or "
+                            "pass groups= with several groups.")
+        factors = crossed_factors(vcs, len(y))
+        lead, others = factors[0], factors[1:]
+        crossed = None if not others else build_crossed_terms(
+            lead.codes, len(lead.levels), [f.codes for f in others], [len(f.levels) for f in others],
+            [f.values[:, None] for f in others], [(k, 1) for k in range(1, len(factors))], 1,
+            tuple(f.name for f in others))
+        for f in others:  # the leading factor is checked with the design below
+            _warn_if_absorbed_by_fixed_effects(X, f.values[:, None], f.codes, len(f.levels), f.name, x_names)
+        if others:
+            self.factor_terms = tuple(FactorTerms(f.name, f.levels, (f.name,), (f.name,), ()) for f in factors)
+            self.crossed_factors = tuple((f.name, len(f.levels)) for f in factors)
+        blocks = [RandomBlock((f.name,), True, factor=f.name if others else None) for f in factors]
+        self._init_checked(y, y_name, X, x_names, lead.values[:, None], [lead.name], pd.Series(lead.codes), blocks,
+                           None, n_dropped, lead.name, crossed=crossed, re_names=[f.name for f in factors],
+                           weights=weights, offset=offset)
+        self.group_levels = lead.levels  # the codes passed as groups are positions in the leader's levels
+        self.group_name = " + ".join(f.name for f in factors)
 
     def _init_checked(self, y, y_name, X, x_names, Z, z_names, g, blocks, spec, n_dropped, group_label="groups",
                       crossed: CrossedTerms | None = None, re_names: list | None = None, weights=None, offset=None,
