@@ -15,7 +15,8 @@ For H₀: L β = 0 (q independent rows), with Θ = Lᵀ (L Φ Lᵀ)⁻¹ L and u
 A₁ = Σ_kl W_kl tr(u_k) tr(u_l) and A₂ = Σ_kl W_kl tr(u_k u_l) give the denominator df and the scaling
 of F = (Lβ̂)ᵀ (L Φ_A Lᵀ)⁻¹ (Lβ̂) / q as in pbkrtest's ``.KR_adjust``.
 
-Cost: dense n × n matrices, K of them, and K products of n³: models up to `MAX_ROWS` rows.
+Cost: about 2K + 3 dense n × n matrices and one n³ product per random-effect parameter (on two CPU
+cores, n = 1,000: 0.2 s; 2,000: 1.3 s; 4,000: 13 s with K = 4), so models up to `MAX_ROWS` rows.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def kenward_roger_arrays(X: jax.Array, Zs: tuple, codes: tuple, resid: jax.Array
     O = G @ T  # (K, n, p): G_k V⁻¹ X
     P = -jnp.einsum("knp,nq->kpq", O, T)
     Q = jnp.einsum("rnp,snq->rspq", O, Vinv @ O)
-    H = G @ Vinv
+    # H_k = G_k V⁻¹: one n³ product per random-effect parameter; the residual's G is diagonal
+    H = jnp.concatenate([G[:-1] @ Vinv, (resid[:, None] * Vinv)[None]])
     ktrace = jnp.einsum("rij,sji->rs", H, H)
     PhiP = Phi @ P
     IE2 = ktrace - 2.0 * jnp.einsum("pq,rspq->rs", Phi, Q) + jnp.einsum("rab,sba->rs", PhiP, PhiP)

@@ -554,7 +554,9 @@ class MixedLMResults:
         ``type`` 3 (SAS's type III, whatever the factor coding), 2 (each term adjusted for the terms
         not containing it) or 1 (sequential); ``ddf="satterthwaite"`` or ``"kenward-roger"`` (REML
         fits only). One row per term of the formula; columns ``Sum Sq``, ``Mean Sq``, ``NumDF``,
-        ``DenDF``, ``F value``, ``Pr(>F)``. See `jaxlmm._anova` for the hypotheses.
+        ``DenDF``, ``F value``, ``Pr(>F)``. See `jaxlmm._anova` for the hypotheses. A boolean
+        column is a numeric 0/1 variable in formulas (R treats a logical as a factor): write ``C(b)``
+        to test it as lmerTest does.
 
         Examples:
             >>> import jaxlmm
