@@ -155,3 +155,18 @@ def test_kenward_roger_size_limit(fits, monkeypatch):
     r = jaxlmm.MixedLMResults(fitted.model, fitted._arrays, fitted.reml)  # nothing cached yet
     with pytest.raises(jaxlmm.DataError, match=r"limited to 100 observations. Use ddf='satterthwaite'"):
         r.t_test("age = 0", ddf="kenward-roger")
+
+
+def test_kenward_roger_with_prior_weights_equals_scaled_rows():
+    # Residual variance σ²/wᵢ is the model with rows (y, X, Z) scaled by √wᵢ and unit weights: V becomes
+    # W^½ V W^½, which leaves every Kenward–Roger quantity unchanged.
+    data = jaxlmm.datasets.load("orthodont")
+    data["w"] = np.random.default_rng(3).uniform(0.5, 2.0, len(data))
+    weighted = jaxlmm.MixedLM.from_formula("distance ~ age * Sex + (1 | Subject)", data, weights="w").fit()
+    root = np.sqrt(data["w"].to_numpy())
+    X = np.asarray(weighted.model.design.X) * root[:, None]
+    scaled = jaxlmm.MixedLM(data["distance"].to_numpy() * root, pd.DataFrame(X, columns=weighted.model.exog_names),
+                            data["Subject"], pd.DataFrame({"Intercept": root})).fit()
+    np.testing.assert_allclose(scaled.fe_params.values, weighted.fe_params.values, rtol=1e-6)
+    np.testing.assert_allclose(weighted.cov_fe_kenward_roger.values, scaled.cov_fe_kenward_roger.values, rtol=1e-5)
+    np.testing.assert_allclose(weighted.kenward_roger_df(np.eye(4)), scaled.kenward_roger_df(np.eye(4)), rtol=1e-5)
