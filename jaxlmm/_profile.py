@@ -32,12 +32,13 @@ import numpy as np
 from . import _linalg
 from ._config import QUICK_COMPILE_OPTIONS, float64
 from ._design import theta_on_diagonal, theta_positions
-from ._fit import _varpar, design_stats
+from ._fit import _variance_rows, _varpar, design_stats
 from ._kernels import LOG_2PI, deviance_at_scale, penalised_solution, relative_factor, residual_dof
 from ._optimize import minimize_newton
+from ._variance_model import VarianceRows, variance_stats
 from .errors import ConvergenceWarning, DataError
 
-SD, COR, SIGMA = 0, 1, 2
+SD, COR, SIGMA, DELTA = 0, 1, 2, 3
 # Constrained refits of a boundary fit start a standard deviation at 0 this far from 0 (relative to
 # σ): at exactly 0 the deviance's gradient in it vanishes by symmetry and Newton could not leave.
 BOUNDARY_START = 1e-2
@@ -55,9 +56,18 @@ class PointSolution(NamedTuple):
     converged: jax.Array
 
 
-def parameter_kinds(lambda_index: np.ndarray) -> np.ndarray:
-    """SD or COR per θ (by its position in Λ), then SIGMA."""
-    return np.append(np.where(theta_on_diagonal(lambda_index), SD, COR), SIGMA).astype(np.int32)
+def parameter_kinds(lambda_index: np.ndarray, n_delta: int = 0) -> np.ndarray:
+    """SD or COR per θ (by its position in Λ), then SIGMA, then DELTA per residual-variance parameter."""
+    kinds = np.append(np.where(theta_on_diagonal(lambda_index), SD, COR), SIGMA)
+    return np.append(kinds, np.full(n_delta, DELTA)).astype(np.int32)
+
+
+def stats_at(source, delta: jax.Array, n_groups: int):
+    """The sufficient statistics at the residual-variance parameters δ: ``source`` itself for a model
+    without a variance model, else `variance_stats` of its rows (`VarianceRows`)."""
+    if isinstance(source, VarianceRows):
+        return variance_stats(source, delta, n_groups)
+    return source
 
 
 def theta_to_sdcor(theta: jax.Array, sigma: jax.Array, lambda_index: np.ndarray) -> jax.Array:
@@ -94,7 +104,7 @@ def sdcor_to_theta(psi: jax.Array, lambda_index: np.ndarray) -> tuple[jax.Array,
 
 def _nuisance(u: jax.Array, kinds: np.ndarray) -> jax.Array:
     kinds = jnp.asarray(kinds)
-    return jnp.where(kinds == COR, jnp.tanh(u), jnp.exp(u))
+    return jnp.where(kinds == COR, jnp.tanh(u), jnp.where(kinds == DELTA, u, jnp.exp(u)))
 
 
 def nuisance_start(psi: jax.Array, kinds: np.ndarray, sd_floor: jax.Array) -> jax.Array:
@@ -103,12 +113,14 @@ def nuisance_start(psi: jax.Array, kinds: np.ndarray, sd_floor: jax.Array) -> ja
     kinds = jnp.asarray(kinds)
     cor = jnp.arctanh(jnp.clip(psi, -1.0 + 1e-9, 1.0 - 1e-9))
     positive = jnp.where(kinds == SD, jnp.maximum(psi, sd_floor), psi)
-    return jnp.where(kinds == COR, cor, jnp.log(jnp.maximum(positive, 1e-300)))
+    return jnp.where(kinds == COR, cor, jnp.where(kinds == DELTA, psi, jnp.log(jnp.maximum(positive, 1e-300))))
 
 
-def ml_deviance_sdcor(psi: jax.Array, stats, lambda_index: np.ndarray) -> jax.Array:
-    """ML deviance (−2 log-likelihood, β profiled out) at the sdcor parameters ψ."""
-    theta, sigma = sdcor_to_theta(psi, lambda_index)
+def ml_deviance_sdcor(psi: jax.Array, source, lambda_index: np.ndarray, n_groups: int = 0) -> jax.Array:
+    """ML deviance (−2 log-likelihood, β profiled out) at the sdcor parameters ψ (then δ, if any)."""
+    k = int(np.max(np.asarray(lambda_index))) + 1
+    theta, sigma = sdcor_to_theta(psi[: k + 1], lambda_index)
+    stats = stats_at(source, psi[k + 1:], n_groups)
     return deviance_at_scale(theta, sigma * sigma, stats, jnp.asarray(lambda_index), False)
 
 
@@ -116,89 +128,98 @@ def _beta(sol, pre_b0, pre_R_inv):
     return pre_b0 + pre_R_inv @ sol.beta
 
 
-def _variance_point(stats, pre_b0, pre_R_inv, which, value, u0, *, lambda_index: tuple, gtol: float, max_iter: int):
+def _variance_point(source, pre_b0, pre_R_inv, which, value, u0, *, lambda_index: tuple, n_groups: int, gtol: float,
+                    max_iter: int):
     """Hold variance parameter ``which`` at ``value``; minimise the ML deviance over the others."""
     idx = np.asarray(lambda_index)
-    kinds = parameter_kinds(idx)
+    k = int(idx.max()) + 1
+    kinds = parameter_kinds(idx, u0.shape[0] - k - 1)
     held = jnp.arange(kinds.shape[0]) == which
 
     def psi_of(u, v):
         return jnp.where(held, v, _nuisance(u, kinds))
 
     opt = minimize_newton(
-        lambda u: ml_deviance_sdcor(psi_of(u, value), stats, idx),
+        lambda u: ml_deviance_sdcor(psi_of(u, value), source, idx, n_groups),
         u0,
         jnp.zeros(u0.shape, bool),
         gtol=gtol,
         max_iter=max_iter,
     )
     u = jax.lax.stop_gradient(opt.x)
-    slope = jax.grad(lambda v: ml_deviance_sdcor(psi_of(u, v), stats, idx))(value)
-    theta, sigma = sdcor_to_theta(psi_of(u, value), idx)
+    slope = jax.grad(lambda v: ml_deviance_sdcor(psi_of(u, v), source, idx, n_groups))(value)
+    psi = psi_of(u, value)
+    theta, sigma = sdcor_to_theta(psi[: k + 1], idx)
+    stats = stats_at(source, psi[k + 1:], n_groups)
     beta = _beta(penalised_solution(theta, stats, jnp.asarray(idx)), pre_b0, pre_R_inv)
-    params = jnp.concatenate([theta_to_sdcor(theta, sigma, idx), beta])
+    params = jnp.concatenate([theta_to_sdcor(theta, sigma, idx), psi[k + 1:], beta])
     return PointSolution(opt.fun, slope, params, u, opt.converged)
 
 
-def _fixed_point(stats, pre_b0, pre_R_inv, which, value, theta0, *, lambda_index: tuple, gtol: float, max_iter: int):
-    """Hold β_which at ``value``; minimise the ML deviance over θ (β's others and σ² profiled out)."""
+def _fixed_point(source, pre_b0, pre_R_inv, which, value, theta0, *, lambda_index: tuple, n_groups: int, gtol: float,
+                 max_iter: int):
+    """Hold β_which at ``value``; minimise the ML deviance over θ and δ (β's others and σ² profiled out)."""
     idx = np.asarray(lambda_index)
     li = jnp.asarray(idx)
+    k = int(idx.max()) + 1
     c = pre_R_inv[which]  # β_which = b0_which + c · β̃
-    n = residual_dof(stats, False)
 
-    def constrained(theta, v):
+    def constrained(phi, v):
+        theta, stats = phi[:k], stats_at(source, phi[k:], n_groups)
+        n = residual_dof(stats, False)
         sol = penalised_solution(theta, stats, li)
         a_inv_c = _linalg.cho_solve(sol.A_chol, c)
         gap = c @ sol.beta - (v - pre_b0[which])
         pwrss = sol.pwrss + gap * gap / (c @ a_inv_c)
-        return sol, a_inv_c, gap, pwrss
+        return sol, a_inv_c, gap, pwrss, n, stats
 
-    def deviance(theta, v):
-        sol, _, _, pwrss = constrained(theta, v)
-        return sol.logdet_L + n * (1.0 + LOG_2PI + jnp.log(pwrss / n))
+    def deviance(phi, v):
+        sol, _, _, pwrss, n, stats = constrained(phi, v)
+        return sol.logdet_L + n * (1.0 + LOG_2PI + jnp.log(pwrss / n)) - stats.sum_log_weights
 
-    snappable = jnp.asarray(theta_on_diagonal(idx))
+    snappable = jnp.asarray(np.concatenate([theta_on_diagonal(idx), np.zeros(theta0.shape[0] - k, bool)]))
     opt = minimize_newton(lambda t: deviance(t, value), theta0, snappable, gtol=gtol, max_iter=max_iter)
-    theta = jax.lax.stop_gradient(opt.x)
-    slope = jax.grad(deviance, argnums=1)(theta, value)
-    sol, a_inv_c, gap, pwrss = constrained(theta, value)
+    phi = jax.lax.stop_gradient(opt.x)
+    slope = jax.grad(deviance, argnums=1)(phi, value)
+    sol, a_inv_c, gap, pwrss, n, _ = constrained(phi, value)
     beta_tilde = sol.beta - a_inv_c * gap / (c @ a_inv_c)
     beta = pre_b0 + pre_R_inv @ beta_tilde
-    params = jnp.concatenate([theta_to_sdcor(theta, jnp.sqrt(pwrss / n), idx), beta])
-    return PointSolution(opt.fun, slope, params, theta, opt.converged)
+    params = jnp.concatenate([theta_to_sdcor(phi[:k], jnp.sqrt(pwrss / n), idx), phi[k:], beta])
+    return PointSolution(opt.fun, slope, params, phi, opt.converged)
 
 
-@partial(jax.jit, static_argnames=("lambda_index", "fixed", "gtol", "max_iter"), compiler_options=QUICK_COMPILE_OPTIONS)
+@partial(jax.jit, static_argnames=("lambda_index", "fixed", "n_groups", "gtol", "max_iter"),
+         compiler_options=QUICK_COMPILE_OPTIONS)
 def solve_points(stats, pre_b0, pre_R_inv, which, values, starts, *, lambda_index: tuple, fixed: bool,
-                 gtol: float = 1e-8, max_iter: int = 100) -> PointSolution:
+                 n_groups: int = 0, gtol: float = 1e-8, max_iter: int = 100) -> PointSolution:
     """Constrained minimisations, one after another (`lax.map`) over (``which``, ``values``,
     ``starts``) rows. A `vmap` ran them at once, but tracing and compiling the vmapped Newton loop took
     0.9 s more on 2 CPU cores (first sleepstudy profile intervals 3.9 -> 2.75 s), for a run time of
     milliseconds either way."""
     point = _fixed_point if fixed else _variance_point
-    one = partial(point, lambda_index=lambda_index, gtol=gtol, max_iter=max_iter)
+    one = partial(point, lambda_index=lambda_index, n_groups=n_groups, gtol=gtol, max_iter=max_iter)
     return jax.lax.map(lambda row: one(stats, pre_b0, pre_R_inv, *row), (which, values, starts))
 
 
 @partial(jax.jit, static_argnames=("lambda_index",), compiler_options=QUICK_COMPILE_OPTIONS)
-def _ml_point(theta, sigma, varpar_cov, *, lambda_index: tuple):
-    """ψ̂ at the ML fit, the standard errors of ψ̂ (the delta method from the covariance of the
-    variance parameters `varpar`), and the optimiser's variables."""
+def _ml_point(theta, sigma, delta, varpar_cov, *, lambda_index: tuple):
+    """ψ̂ (then δ̂) at the ML fit, the standard errors of ψ̂ (the delta method from the covariance of
+    the variance parameters `varpar`: (co)variances, σ², δ), and the optimiser's variables."""
     idx = np.asarray(lambda_index)
-    psi = theta_to_sdcor(theta, sigma, idx)
+    psi = jnp.concatenate([theta_to_sdcor(theta, sigma, idx), delta])
     rows, cols = theta_positions(idx)
+    k = len(rows)
 
-    def sdcor_of_varpar(varpar):  # ψ as a function of (Var, Cov ..., σ²)
-        var = {int(r): varpar[k] for k, (r, c) in enumerate(zip(rows, cols)) if r == c}
-        out = [jnp.sqrt(var[int(r)]) if r == c else varpar[k] / jnp.sqrt(var[int(r)] * var[int(c)])
-               for k, (r, c) in enumerate(zip(rows, cols))]
-        return jnp.stack(out + [jnp.sqrt(varpar[-1])])
+    def sdcor_of_varpar(varpar):  # ψ as a function of (Var, Cov ..., σ², δ)
+        var = {int(r): varpar[j] for j, (r, c) in enumerate(zip(rows, cols)) if r == c}
+        out = [jnp.sqrt(var[int(r)]) if r == c else varpar[j] / jnp.sqrt(var[int(r)] * var[int(c)])
+               for j, (r, c) in enumerate(zip(rows, cols))]
+        return jnp.concatenate([jnp.stack(out + [jnp.sqrt(varpar[k])]), varpar[k + 1:]])
 
-    varpar = _varpar(theta, sigma**2, jnp.asarray(idx), rows, cols)
+    varpar = jnp.concatenate([_varpar(theta, sigma**2, jnp.asarray(idx), rows, cols), delta])
     jac = jax.jacfwd(sdcor_of_varpar)(varpar)
     se = jnp.sqrt(jnp.abs(jnp.diagonal(jac @ varpar_cov @ jac.T)))
-    return psi, se, nuisance_start(psi, parameter_kinds(idx), BOUNDARY_START * sigma)
+    return psi, se, nuisance_start(psi, parameter_kinds(idx, delta.shape[0]), BOUNDARY_START * sigma)
 
 
 _design_stats = jax.jit(design_stats, compiler_options=QUICK_COMPILE_OPTIONS)
@@ -218,9 +239,6 @@ class Profiler:
 
     def __init__(self, results):
         model = results.model
-        if model.design.resid_design is not None:
-            raise DataError("profiles of a model with a residual-variance model (resid_formula=) are not available yet: "
-                            "use conf_int(method='bootstrap') or the Wald intervals of conf_int().")
         ml = results if not results.reml else model.fit(reml=False, warn=False)
         if not ml.converged:
             warnings.warn(f"the ML refit that profiles are based on did not converge (largest gradient "
@@ -230,24 +248,31 @@ class Profiler:
         design = model.design
         self.lambda_index = tuple(map(tuple, design.lambda_index_array.tolist()))
         idx = design.lambda_index_array
-        self.kinds = parameter_kinds(idx)
+        n_delta = design.n_delta
+        self.n_groups = design.n_groups
+        self.kinds = parameter_kinds(idx, n_delta)
         self.n_var = self.kinds.shape[0]
+        self.sigma_index = self.n_var - 1 - n_delta
         with float64():
             pre, stats = _design_stats(design)
-            self._stats, self._b0, self._R_inv = stats, pre.b0, pre.R_inv
+            # a residual-variance model's statistics change with δ: the profile reduces its rows
+            self._stats = stats if design.resid_design is None else _variance_rows(design, pre)
+            self._b0, self._R_inv = pre.b0, pre.R_inv
             theta_hat = jnp.asarray(ml.theta)
-            psi_hat, se_var, u_hat = _ml_point(theta_hat, jnp.sqrt(ml.scale), ml.cov_vcomp.to_numpy(),
-                                               lambda_index=self.lambda_index)
+            delta_hat = np.asarray(ml.vcomp.to_numpy()[len(ml.vcomp) - n_delta:] if n_delta else np.zeros(0))
+            psi_hat, se_var, u_hat = _ml_point(theta_hat, jnp.sqrt(ml.scale), jnp.asarray(delta_hat),
+                                               ml.cov_vcomp.to_numpy(), lambda_index=self.lambda_index)
             psi_hat, se_var, self._u_hat = np.asarray(psi_hat), np.asarray(se_var), np.asarray(u_hat)
         self.estimate = np.concatenate([psi_hat, ml.fe_params.to_numpy()])
         self.base = -2.0 * ml.llf
-        self._theta_hat = np.where(theta_on_diagonal(idx), np.maximum(np.asarray(theta_hat), BOUNDARY_START),
-                                   np.asarray(theta_hat))
+        self._theta_hat = np.concatenate([
+            np.where(theta_on_diagonal(idx), np.maximum(np.asarray(theta_hat), BOUNDARY_START), np.asarray(theta_hat)),
+            delta_hat])
         var_names = []
-        for name in model.varpar_names[:-1]:
+        for name in model.varpar_names[: len(model.varpar_names) - 1 - n_delta]:
             kind = "SD" if name.startswith("Var(") else "Corr"
             var_names.append(kind + name[name.index("("):])
-        self.names = var_names + ["sigma"] + list(model.exog_names)
+        self.names = var_names + ["sigma"] + list(model.resid_param_names) + list(model.exog_names)
         # Scale for first guesses of the end points: standard errors (a parameter on the boundary has
         # none: a tenth of its size is used).
         se_fe = ml.bse_fe.to_numpy()
@@ -259,7 +284,7 @@ class Profiler:
         self.lower[: self.n_var][self.kinds == SD] = 0.0
         self.lower[: self.n_var][self.kinds == COR] = -1.0
         self.upper[: self.n_var][self.kinds == COR] = 1.0
-        self.lower[self.n_var - 1] = 0.0  # sigma
+        self.lower[self.sigma_index] = 0.0
 
     def index(self, param) -> int:
         """Position of a parameter given by name or position (clear error otherwise)."""
@@ -272,8 +297,8 @@ class Profiler:
             return self.names.index(param)
         if isinstance(param, str):  # lme4's names: .sig01, .sig02, ..., .sigma, (Intercept)
             if param == ".sigma":
-                return self.n_var - 1
-            if param.startswith(".sig") and param[4:].isdigit() and 1 <= int(param[4:]) < self.n_var:
+                return self.sigma_index
+            if param.startswith(".sig") and param[4:].isdigit() and 1 <= int(param[4:]) <= self.sigma_index:
                 return int(param[4:]) - 1
             if param == "(Intercept)" and "Intercept" in self.names[self.n_var:]:
                 return self.n_var + self.names[self.n_var:].index("Intercept")
@@ -303,7 +328,7 @@ class Profiler:
                     jnp.asarray(np.concatenate([local, np.repeat(local[:1], pad)])),
                     jnp.asarray(np.concatenate([vals, np.repeat(vals[:1], pad)])),
                     jnp.asarray(np.concatenate([start, np.repeat(start[:1], pad, axis=0)])),
-                    lambda_index=self.lambda_index, fixed=fixed,
+                    lambda_index=self.lambda_index, fixed=fixed, n_groups=self.n_groups,
                 )
             sol = jax.tree_util.tree_map(lambda a: np.asarray(a)[: rows.size], sol)
             out["deviance"][rows] = sol.deviance

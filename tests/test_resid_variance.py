@@ -156,12 +156,6 @@ def test_bad_variance_models(resid, error, match):
     pd.testing.assert_frame_equal(d, before)
 
 
-def test_profile_says_it_is_not_available():
-    r = jaxlmm.MixedLM.from_formula(FORMULA, SESSIONS[5], resid_formula="~ session").fit()
-    with pytest.raises(DataError, match="bootstrap"):
-        r.conf_int(method="profile")
-
-
 CROSSED_REFERENCE = json.loads((DATA / "resid_crossed_reference.json").read_text())
 
 
@@ -180,3 +174,32 @@ def test_varident_on_crossed_and_nested_factors_matches_nlme(name, formula, reml
     assert r.llf == pytest.approx(ref["loglik"], abs=1e-6)
     assert np.sqrt(r.scale) == pytest.approx(ref["sigma"], rel=1e-4)
     assert np.exp(r.vcomp["log σ² ratio: half[T.b]"] / 2) == pytest.approx(ref["ratio_b"], rel=1e-4)
+
+
+def test_profile_of_a_variance_ratio_equals_constrained_fits():
+    """The profile deviance at δ_t2 = v is the ML fit with δ_t2 held at v: prior weights exp(−v) on the
+    t2 rows and a variance model for t3 and t4 only (an independent path through the fit)."""
+    d = SESSIONS[5].assign(s3=(SESSIONS[5].session == "t3") * 1.0, s4=(SESSIONS[5].session == "t4") * 1.0)
+    r = jaxlmm.MixedLM.from_formula(FORMULA, d, resid_formula="~ session").fit()
+    name = "log σ² ratio: session[T.t2]"
+    values = [0.8, 2.2]
+    prof = r.profile(name, values=values)
+    for v, dev in zip(values, prof.loc[prof["value"].isin(values), "ml_deviance"]):
+        w = np.exp(-v * (d.session == "t2").to_numpy())
+        held = jaxlmm.MixedLM.from_formula(FORMULA, d, weights=w, resid_formula="~ s3 + s4").fit(reml=False)
+        assert dev == pytest.approx(-2 * held.llf, abs=1e-6)
+    ci = r.conf_int(method="profile")
+    lower, upper = ci.loc[name]
+    assert lower < r.vcomp[name] < upper
+
+
+def test_profile_intervals_with_prior_weights_match_lme4():
+    """lme4's confint(method = "profile") of a weighted model: the variance parameters (lme4's
+    fixed-effect intervals there come from a spline fit lme4 itself reports as bad)."""
+    ref = json.loads((DATA / "weights_profile_reference.json").read_text())
+    sleep = pd.read_csv(DATA / "sleepstudy_wo.csv", dtype={"Subject": str})
+    r = jaxlmm.MixedLM.from_formula("Reaction ~ Days + (Days | Subject)", sleep, weights="w").fit(reml=False)
+    assert r.llf == pytest.approx(ref["loglik"][0], abs=1e-6)
+    ci = r.conf_int(method="profile")
+    np.testing.assert_allclose(ci["lower"].values[:4], ref["lower"][:4], rtol=2e-4)
+    np.testing.assert_allclose(ci["upper"].values[:4], ref["upper"][:4], rtol=2e-4)
