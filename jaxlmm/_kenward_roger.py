@@ -15,6 +15,9 @@ For H₀: L β = 0 (q independent rows), with Θ = Lᵀ (L Φ Lᵀ)⁻¹ L and u
 A₁ = Σ_kl W_kl tr(u_k) tr(u_l) and A₂ = Σ_kl W_kl tr(u_k u_l) give the denominator df and the scaling
 of F = (Lβ̂)ᵀ (L Φ_A Lᵀ)⁻¹ (Lβ̂) / q as in pbkrtest's ``.KR_adjust``.
 
+Prior weights w make the residual's G = diag(1/w) (pbkrtest's is the identity whatever the weights);
+a residual-variance model is not linear in its parameters and is refused.
+
 Cost: about 2K + 3 dense n × n matrices and one n³ product per random-effect parameter (on two CPU
 cores, n = 1,000: 0.2 s; 2,000: 1.3 s; 4,000: 13 s with K = 4), so models up to `MAX_ROWS` rows.
 """
