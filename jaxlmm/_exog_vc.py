@@ -12,8 +12,8 @@ as one of jaxlmm's random-effect terms:
   without data, which changes no likelihood, and is dropped.
 * one group for all rows (statsmodels' way of writing crossed effects): a crossed factor whose
   levels are the matrix's columns (the columns with a non-zero). A row then has at most one
-  non-zero, its level's Z value; a row without one has no effect of the component and is held as
-  level 0 with Z = 0, which adds nothing to any cross-product, so the likelihood is exact.
+  non-zero, its level's Z value; a row without one has no effect of the component and is held at
+  a level with Z = 0, which adds nothing to any cross-product, so the likelihood is exact.
 """
 
 from __future__ import annotations
@@ -52,39 +52,47 @@ class Component:
 
 def read_exog_vc(exog_vc: Any, groups: np.ndarray) -> tuple[Component, ...]:
     """Check ``exog_vc`` against the rows' group labels ``groups`` and read its components (dict
-    order). Nothing passed is changed."""
-    labels, first = pd.factorize(pd.Series(groups), sort=True)  # a missing label is -1: its rows are in no group
-    uniques = list(first)
+    order). Nothing passed is changed.
+
+    Examples:
+        >>> import numpy as np
+        >>> vc = {"cask": {"a": np.eye(2), "b": np.array([[0.0], [2.0]])}}
+        >>> (cask,) = read_exog_vc(vc, np.array(["a", "b", "a", "b"]))
+        >>> cask.row.tolist(), cask.col.tolist(), cask.value.tolist()
+        ([0, 2, 3], [0, 1, 0], [1.0, 1.0, 2.0])
+    """
+    codes, uniques = pd.factorize(pd.Series(groups), sort=True)  # a missing label is -1: its rows are in no group
+    uniques = list(uniques)
     exog_vc = _as_dict(exog_vc, uniques)
-    order = np.argsort(labels, kind="stable")
-    order = order[labels[order] >= 0]
-    rows_of = np.split(order, np.cumsum(np.bincount(labels[order], minlength=len(uniques)))[:-1])
-    code_of = {u: i for i, u in enumerate(uniques)}
+    order = np.argsort(codes, kind="stable")
+    order = order[codes[order] >= 0]
+    rows_of = dict(zip(uniques, np.split(order, np.cumsum(np.bincount(codes[order], minlength=len(uniques)))[:-1])))
     out, seen = [], set()
     for key, per_group in exog_vc.items():
         name = str(key)
         if name in seen:
-            raise DataError(f"exog_vc has two components named {name!r} (keys {key!r} and another that reads the same); "
-                            "give each component its own name.")
+            raise DataError(f"exog_vc has two components named {name!r}; give each component its own name.")
         seen.add(name)
         if not isinstance(per_group, dict):
             raise DataError(f"exog_vc[{key!r}] is a {type(per_group).__name__}, not a dict {{group_label: matrix}}. "
                             f"{_FORMAT}.")
-        _check_group_labels(name, per_group, code_of, uniques)
-        rows, cols, values, labels_out = [], [], [], ()
-        for label, matrix in per_group.items():
-            where = rows_of[code_of[label]]
-            M, columns = _as_matrix(matrix, name, label, len(where))
-            r, c = np.nonzero(M)
-            rows.append(where[r])
-            cols.append(c)
-            values.append(M[r, c])
-            labels_out = columns
-        row = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        out.append(Component(name, row, np.concatenate(cols).astype(np.int64) if cols else np.zeros(0, np.int64),
-                             np.concatenate(values) if values else np.zeros(0),
-                             labels_out if len(uniques) == 1 else ()))
+        _check_group_labels(name, per_group, rows_of)
+        out.append(_read_component(name, per_group, rows_of))
     return tuple(out)
+
+
+def _read_component(name: str, per_group: dict, rows_of: dict) -> Component:
+    rows, cols, values = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
+    labels = ()
+    for label, matrix in per_group.items():
+        where = rows_of[label]
+        M, labels = _as_matrix(matrix, name, label, len(where))
+        r, c = np.nonzero(M)  # NaN counts as a non-zero: its row is dropped or refused later
+        rows.append(where[r])
+        cols.append(c)
+        values.append(M[r, c])
+    return Component(name, np.concatenate(rows), np.concatenate(cols), np.concatenate(values),
+                     labels if len(rows_of) == 1 else ())
 
 
 def _as_dict(exog_vc: Any, uniques: list) -> dict:
@@ -93,16 +101,17 @@ def _as_dict(exog_vc: Any, uniques: list) -> dict:
         mats = list(exog_vc.mats)
         if len(mats) != len(exog_vc.names) or any(len(m) != len(order) for m in mats):
             raise DataError(f"the VCSpec has {len(exog_vc.names)} names and mats of lengths {[len(m) for m in mats]}: "
-                            f"it needs one list per name, with one matrix per group ({len(order)} groups, in sorted order).")
+                            f"it needs one list per name, with one matrix per group ({len(order)} groups, sorted).")
         return {name: dict(zip(order, m)) for name, m in zip(exog_vc.names, mats)}
     if not isinstance(exog_vc, dict):
-        raise DataError(f"exog_vc is a {type(exog_vc).__name__}. {_FORMAT}, e.g. exog_vc={{'cask': {{g: Z_g for g in "
-                        "groups}}}}. (Per-row columns of the whole data set are exog_re's format.)")
+        raise DataError(f"exog_vc is a {type(exog_vc).__name__}. {_FORMAT}, e.g. exog_vc={{'cask': {{g: Z_g for g "
+                        "in groups}}}}. (Per-row columns of the whole data set are exog_re's format.)")
     return exog_vc
 
 
-def _check_group_labels(name: str, per_group: dict, code_of: dict, uniques: list) -> None:
-    unknown = [k for k in per_group if k not in code_of]
+def _check_group_labels(name: str, per_group: dict, rows_of: dict) -> None:
+    uniques = list(rows_of)
+    unknown = [k for k in per_group if k not in rows_of]
     missing = [u for u in uniques if u not in per_group]
     if not unknown and not missing:
         return
@@ -113,8 +122,8 @@ def _check_group_labels(name: str, per_group: dict, code_of: dict, uniques: list
     if missing:
         problem.append(f"lacks groups {shown(missing)}")
     raise DataError(
-        f"exog_vc[{name!r}] {' and '.join(problem)} (groups has {len(uniques)} labels: {shown(uniques)}). Key the dict by "
-        "the labels of groups (same values and types, e.g. 1 and '1' differ), one matrix per group; a group "
+        f"exog_vc[{name!r}] {' and '.join(problem)} (groups has {len(uniques)} labels: {shown(uniques)}). Key the dict "
+        "by the labels of groups (same values and types, e.g. 1 and '1' differ), one matrix per group; a group "
         "without this component takes a matrix with no columns, np.zeros((n_g, 0))."
     )
 
@@ -172,7 +181,7 @@ def nested_columns(components: tuple[Component, ...], group: np.ndarray, m: int)
 @dataclasses.dataclass(frozen=True)
 class Factor:
     """One group for all rows: a component as a crossed factor. ``codes`` (n,) each row's level
-    (0 for a row without an effect, whose ``values`` entry is 0) and ``values`` (n,) its Z value."""
+    (any level for a row without an effect, whose ``values`` entry is 0) and ``values`` (n,) its Z value."""
 
     name: str
     levels: pd.Index
@@ -205,4 +214,7 @@ def crossed_factors(components: tuple[Component, ...], n: int) -> list[Factor]:
         values[comp.row] = comp.value
         out.append(Factor(comp.name, pd.Index([comp.labels[c] for c in used]), codes, values))
     out.sort(key=lambda f: -len(f.levels))
+    lead = out[0]  # its rows without an effect spread over its levels (Z = 0 anywhere), so that no level
+    none = np.flatnonzero(lead.values == 0)  # meets every level of the others: L₂₁'s sparse pattern stays O(n)
+    lead.codes[none] = np.arange(len(none)) % len(lead.levels)
     return out
