@@ -48,7 +48,7 @@ def test_fit_options_without_meaning_warn_and_free_points_to_the_formula(dietox)
     plain = m.fit()
     with pytest.warns(jaxlmm.IgnoredOptionWarning, match="method"):
         r = m.fit(method="lbfgs", maxiter=50)
-    assert r.llf == plain.llf
+    assert r.llf == pytest.approx(plain.llf, abs=1e-9)  # the same fit (the tiers may run different programs)
     with pytest.raises(jaxlmm.DataError, match=r"\(x \|\| g\)"):
         m.fit(free=object())
     with pytest.raises(jaxlmm.DataError, match="unknown options"):
