@@ -44,6 +44,7 @@ def fit_datasets(
     missing: str = "raise",
     weights: str | None = None,
     offset: str | None = None,
+    resid_formula: str | None = None,
     batch_size: int | None = None,
     progress: bool = True,
     gtol: float = 1e-6,
@@ -55,7 +56,7 @@ def fit_datasets(
     Data sets may differ in rows, numbers of groups and group sizes. Returns a `DatasetResults`:
     tables with one row per data set, and ``rl[i]`` the full results of data set i — the same fit
     as ``MixedLM.from_formula(formula, datasets[i]).fit()``. ``weights`` and ``offset`` name columns
-    of every data set (as in `MixedLM.from_formula`). ``mesh`` and several processes: as in
+    of every data set, and ``resid_formula`` models the residual variance (as in `MixedLM.from_formula`). ``mesh`` and several processes: as in
     `MixedLM.fit_many`; ``results_on`` too.
 
     Examples:
@@ -74,7 +75,7 @@ def fit_datasets(
         raise DataError("datasets must be a non-empty list of DataFrames.")
     models = [
         MixedLM.from_formula(formula, d, groups=groups, re_formula=re_formula, missing=missing, weights=weights,
-                             offset=offset)
+                             offset=offset, resid_formula=resid_formula)
         for d in datasets
     ]
     first = models[0]
@@ -86,7 +87,8 @@ def fit_datasets(
                 "same order in every data set. Fit those data sets separately."
             )
     for i, m in enumerate(models):
-        if m.exog_names != first.exog_names or m.exog_re_names != first.exog_re_names:
+        if (m.exog_names != first.exog_names or m.exog_re_names != first.exog_re_names
+                or m.resid_param_names != first.resid_param_names):
             raise DataError(
                 f"data set {i} encodes to different columns ({m.exog_names} / {m.exog_re_names}) than data set 0 "
                 f"({first.exog_names} / {first.exog_re_names}), e.g. a factor with other levels. Make the "
@@ -104,10 +106,10 @@ def fit_datasets(
         n_rows, n_groups = key[:2]
         stacked = [_padded_arrays(models[i].design, n_rows) for i in members]
         crossed = _padded_crossed([models[i].design for i in members], key) if first.factor_terms else None
-        inputs = [np.stack([s[j] for s in stacked]) for j in range(6)]
+        inputs = [np.stack([s[j] for s in stacked]) for j in range(7)]
         if crossed:
             inputs += [np.stack([c[j] for c, _ in crossed]) for j in range(7)]
-        weighted = weights is not None
+        weighted, resid = weights is not None, resid_formula is not None
         layout = crossed[0][1] if crossed else None
         template = first.design
         q, p = len(first.exog_re_names), len(first.exog_names)
@@ -118,12 +120,13 @@ def fit_datasets(
         program = _fit_designs[quick and count_use(("fit_datasets", key, len(members))) < OPTIMISE_AFTER]
 
         def run(chunk, t0, max_iter, quasi_newton, n_groups=n_groups, layout=layout, program=program,
-                weighted=weighted):
+                weighted=weighted, resid=resid):
             with float64():
                 arrays = _shard(list(chunk) + [t0], devices)
-                y, X, Z, g, mask, w, tb = arrays[:6] + arrays[-1:]
-                terms = None if layout is None else CrossedTerms(*arrays[6:13], layout=layout)
-                design = Design(y, X, Z, g, mask, n_groups, template.lambda_index, terms, w if weighted else None)
+                y, X, Z, g, mask, w, D, tb = arrays[:7] + arrays[-1:]
+                terms = None if layout is None else CrossedTerms(*arrays[7:14], layout=layout)
+                design = Design(y, X, Z, g, mask, n_groups, template.lambda_index, terms, w if weighted else None,
+                                D if resid else None)
                 return program(design, tb, bool(reml), float(gtol), np.int32(max_iter), quasi_newton)
 
         theta0 = np.tile(template.theta_start, (len(members), 1))
@@ -167,7 +170,9 @@ def _padded_arrays(design: Design, n_rows: int) -> list[np.ndarray]:
         return np.pad(a, [(0, extra)] + [(0, 0)] * (a.ndim - 1), constant_values=value)
 
     weights = np.ones(n) if design.weights is None else design.weights
-    return [pad(design.y), pad(design.X), pad(design.Z), pad(design.group), pad(design.mask), pad(weights, 1.0)]
+    D = np.zeros((n, 0)) if design.resid_design is None else design.resid_design
+    return [pad(design.y), pad(design.X), pad(design.Z), pad(design.group), pad(design.mask), pad(weights, 1.0),
+            pad(D)]
 
 
 def _crossed_bucket(design: Design) -> tuple:

@@ -203,3 +203,13 @@ def test_profile_intervals_with_prior_weights_match_lme4():
     ci = r.conf_int(method="profile")
     np.testing.assert_allclose(ci["lower"].values[:4], ref["lower"][:4], rtol=2e-4)
     np.testing.assert_allclose(ci["upper"].values[:4], ref["upper"][:4], rtol=2e-4)
+
+
+def test_fit_datasets_with_a_variance_model_equals_separate_fits():
+    d = SESSIONS[60]
+    parts = [d[d.subject <= "s20"], d[d.subject > "s20"], d[d.subject > "s45"]]
+    rl = jaxlmm.fit_datasets(FORMULA, parts, resid_formula="~ session", progress=False)
+    for i, part in enumerate(parts):
+        alone = jaxlmm.MixedLM.from_formula(FORMULA, part, resid_formula="~ session").fit()
+        assert rl.llf.values[i] == pytest.approx(alone.llf, abs=1e-6)
+        np.testing.assert_allclose(rl.vcomp.values[i], alone.vcomp.values, rtol=1e-5, atol=1e-7)
