@@ -111,7 +111,9 @@ def _argmin_jvp(objective, snappable, gtol, quasi_newton, primals, tangents):
     theta, report, hess_at_end = _argmin(objective, stats, theta0, snappable, gtol, max_iter, quasi_newton)
     held = jnp.asarray(snappable) & (theta == 0)
     grad_theta = jax.grad(objective)
-    hess = jax.jacfwd(grad_theta)(theta, stats)
+    # Exact Newton ends with the exact Hessian at θ̂ (the loop's last accepted evaluation): reusing
+    # it keeps a second Hessian program out of every derivative (compile time); BFGS's is approximate.
+    hess = jax.jacfwd(grad_theta)(theta, stats) if quasi_newton else hess_at_end
     _, grad_dot = jax.jvp(lambda s: grad_theta(theta, s), (stats,), (stats_dot,))
     eye = jnp.eye(theta.shape[0], dtype=theta.dtype)
     system = jnp.where(held[:, None] | held[None, :], eye, hess)
