@@ -18,16 +18,28 @@ import numpy as np
 
 from ._buckets import from_bucket, to_bucket
 from ._design import Design
-from ._fit import FitArrays, fit_design, fit_quick
+from ._fit import LARGE_DENSE_SIZE, FitArrays, fit_design, fit_quick
 from ._program_cache import OPTIMISE_AFTER, count_use, shape_key
 
 _optimised = jax.jit(partial(fit_design, inference=True), static_argnums=(2, 3))
 
+# Designs whose fit runs long enough that the optimised program repays its compilation at once: a
+# crossed model's dense block of LARGE_DENSE_SIZE rows or more (InstEval, STAR: the quick program
+# fits them 3× slower, 10.5 against 3.2 s on InstEval, for about 2 s less compilation), or very many rows.
+QUICK_ROWS_MAX = 200_000
+
+
+def quick_pays(design: Design) -> bool:
+    """Whether the quick program suits ``design``'s first fits (compilation outweighs the fit)."""
+    dense = 0 if design.crossed is None else design.crossed.layout.dense_size
+    return dense < LARGE_DENSE_SIZE and int(np.shape(design.y)[0]) <= QUICK_ROWS_MAX
+
 
 def fit_single(design: Design, reml: bool, gtol: float = 1e-6) -> FitArrays:
     """Fit ``design`` with its inference (NumPy arrays): the bucket's quick program for the first
-    `OPTIMISE_AFTER` fits of this shape, then the shape's own optimised program."""
-    if count_use(shape_key("fit_single", design, float(gtol))) >= OPTIMISE_AFTER:
+    `OPTIMISE_AFTER` fits of this shape, then the shape's own optimised program (at once for a
+    design whose fit outweighs compilation, `quick_pays`)."""
+    if not quick_pays(design) or count_use(shape_key("fit_single", design, float(gtol))) >= OPTIMISE_AFTER:
         return jax.tree.map(np.asarray, _optimised(design, np.float64(bool(reml)), float(gtol), 200))
     bucket = to_bucket(design)
     arrays = fit_quick(bucket.design, bool(reml), bucket.free, float(gtol))
