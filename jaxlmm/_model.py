@@ -323,8 +323,13 @@ class MixedLM:
             raise IdentifiabilityError(f"{n} observations cannot identify {p} fixed effects; use fewer terms.")
         others = 0 if crossed is None else sum(
             k * size for k, (_, size) in zip(crossed.layout.level_counts, crossed.layout.columns))
-        if m * q + others >= n:
-            count = f"{m} groups × {q} = {m * q}" + (f", plus {others} of the other factors" if others else "")
+        # The leading factor's random effects: its columns that are not all zero within each group
+        # (nested components and statsmodels' variance components may have fewer in some groups).
+        active = np.zeros((m, q), bool)
+        np.logical_or.at(active, codes, Z != 0)
+        lead = int(np.count_nonzero(active))
+        if lead + others >= n:
+            count = f"{lead} in the {m} groups" + (f", plus {others} of the other factors" if others else "")
             raise IdentifiabilityError(
                 f"the number of observations ({n}) is not larger than the number of random effects "
                 f"({count}): the random-effect variances and the residual variance cannot "

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 import jaxlmm
-from dense import dense_loglik
+from dense import dense_loglik, dense_terms_loglik
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "lme4_reference.json").read_text())
 FORMS = [
@@ -85,3 +85,19 @@ def test_factor_nested_by_its_labels_is_fitted_as_nested():
     assert by_label.vcomp["Var(klass)"] == pytest.approx(explicit.vcomp["Var(school:klass)"], rel=1e-6)
     reordered = jaxlmm.MixedLM.from_formula("y ~ x + (1 | klass) + (x | school)", df).fit()
     assert reordered.llf == pytest.approx(explicit.llf, abs=1e-8)
+
+
+def test_components_counted_per_group_not_by_the_widest_group():
+    """A nested component with 5 levels in one group and 1 in the others: 10 random effects for 18
+    rows (not 3 groups × 6 columns = 18), so the model is identifiable; its likelihood equals the dense one."""
+    rng = np.random.default_rng(4)
+    rows = [("g1", c) for c in "abcde" for _ in range(2)] + [(g, "a") for g in ("g2", "g3") for _ in range(4)]
+    data = pd.DataFrame(rows, columns=["g", "cask"])
+    data["y"] = rng.normal(size=len(data)) + data.g.map({"g1": 0.0, "g2": 1.0, "g3": -1.0})
+    r = jaxlmm.MixedLM.from_formula("y ~ 1 + (1 | g/cask)", data).fit(warn=False)
+    variances = r.vcomp
+    cask = (data.g + ":" + data.cask).to_numpy()
+    ones = np.ones((len(data), 1))
+    ll, _ = dense_terms_loglik(data.y.to_numpy(), ones, [(data.g.to_numpy(), ones, [[variances.iloc[0]]]),
+                                                          (cask, ones, [[variances.iloc[1]]])], r.scale, True)
+    assert r.llf == pytest.approx(ll, abs=1e-8)
