@@ -18,8 +18,11 @@ of F = (Lβ̂)ᵀ (L Φ_A Lᵀ)⁻¹ (Lβ̂) / q as in pbkrtest's ``.KR_adjust``
 Prior weights w make the residual's G = diag(1/w) (pbkrtest's is the identity whatever the weights);
 a residual-variance model is not linear in its parameters and is refused.
 
-Cost: about 2K + 3 dense n × n matrices and one n³ product per random-effect parameter (on two CPU
-cores, n = 1,000: 0.2 s; 2,000: 1.3 s; 4,000: 13 s with K = 4), so models up to `MAX_ROWS` rows.
+Cost. With one grouping factor V is block diagonal, and every sum above is taken group by group on
+blocks padded to the largest group (`group_blocks_kenward_roger`): dietox (861 rows, 72 pigs) in
+2.8 ms warm against 196 ms dense, with no limit on the rows. Crossed models build V densely: about
+2K + 3 n × n matrices and one n³ product per random-effect parameter (on two CPU cores, n = 1,000:
+0.2 s; 2,000: 1.3 s; 4,000: 13 s with K = 4), so they are limited to `MAX_ROWS` rows.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import cho_solve
 
+from . import _linalg
 from ._config import QUICK_COMPILE_OPTIONS, float64
 from .errors import DataError
 
@@ -88,13 +92,46 @@ def kenward_roger_arrays(X: jax.Array, Zs: tuple, codes: tuple, resid: jax.Array
     # H_k = G_k V⁻¹: one n³ product per random-effect parameter; the residual's G is diagonal
     H = jnp.concatenate([G[:-1] @ Vinv, (resid[:, None] * Vinv)[None]])
     ktrace = jnp.einsum("rij,sji->rs", H, H)
+    PhiA, W = _adjusted(Phi, P, Q, ktrace)
+    return Phi, PhiA, P, W
+
+
+def _adjusted(Phi, P, Q, ktrace):
+    """(Φ_A, W) from Φ, P (K, p, p), Q (K, K, p, p) and tr(V⁻¹G_k V⁻¹G_l) (K, K)."""
     PhiP = Phi @ P
     IE2 = ktrace - 2.0 * jnp.einsum("pq,rspq->rs", Phi, Q) + jnp.einsum("rab,sba->rs", PhiP, PhiP)
     well_posed = jnp.min(jnp.abs(jnp.linalg.eigvalsh(IE2))) > 1e-10
     W = 2.0 * jnp.where(well_posed, jnp.linalg.inv(IE2), jnp.linalg.pinv(IE2))
     W = 0.5 * (W + W.T)
     U = jnp.einsum("rs,rspq->pq", W, Q) - jnp.einsum("rs,rpa,ab,sbq->pq", W, P, Phi, P)
-    PhiA = Phi + 2.0 * Phi @ U @ Phi
+    return Phi + 2.0 * Phi @ U @ Phi, W
+
+
+def group_blocks_kenward_roger(X: jax.Array, Z: jax.Array, resid: jax.Array, pad: jax.Array, varpar: jax.Array, *,
+                               lambda_index: tuple) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """(Φ, Φ_A, P, W) of a model with one grouping factor, whose V is block diagonal: the same sums
+    as `kenward_roger_arrays`, taken group by group on rows padded to the largest group (``X`` (m, s, p),
+    ``Z`` (m, s, q), ``resid`` (m, s) the relative residual variance, 0 on padding, and ``pad`` (m, s)
+    1.0 on padding, which gives V an identity there that no G_k touches). O(m s³ K) instead of O(n³ K)."""
+
+    def build(gamma):
+        cov = covariance_from_varpar(gamma[:-1], lambda_index)
+        return (jnp.einsum("gsa,ab,gtb->gst", Z, cov, Z)
+                + (gamma[-1] * resid + pad)[:, :, None] * jnp.eye(Z.shape[1], dtype=Z.dtype))
+
+    V = build(varpar)
+    G = jnp.moveaxis(jax.jacfwd(build)(varpar), -1, 0)  # (K, m, s, s)
+    chol = _linalg.cholesky(V)
+    Vinv = _linalg.cho_solve(chol, jnp.broadcast_to(jnp.eye(V.shape[-1], dtype=V.dtype), V.shape))
+    T = Vinv @ X  # (m, s, p)
+    Phi = jnp.linalg.inv(jnp.einsum("gsp,gsq->pq", X, T))
+    Phi = 0.5 * (Phi + Phi.T)
+    O = G @ T  # (K, m, s, p): G_k V⁻¹ X per group
+    P = -jnp.einsum("kgsp,gsq->kpq", O, T)
+    Q = jnp.einsum("agip,gij,bgjq->abpq", O, Vinv, O)
+    H = G @ Vinv  # (K, m, s, s)
+    ktrace = jnp.einsum("rgij,sgji->rs", H, H)
+    PhiA, W = _adjusted(Phi, P, Q, ktrace)
     return Phi, PhiA, P, W
 
 
@@ -104,6 +141,33 @@ def kenward_roger_arrays(X: jax.Array, Zs: tuple, codes: tuple, resid: jax.Array
 QUICK_ROWS = 1000
 _programs = {quick: jax.jit(kenward_roger_arrays, static_argnames=("blocks", "lambda_index"),
                             compiler_options=QUICK_COMPILE_OPTIONS if quick else None) for quick in (True, False)}
+_group_program = jax.jit(group_blocks_kenward_roger, static_argnames=("lambda_index",),
+                         compiler_options=QUICK_COMPILE_OPTIONS)
+# One grouping factor: the per-group path while m · s² (the padded blocks' entries) stays moderate.
+GROUP_BLOCK_ENTRIES_MAX = 20_000_000
+
+
+def _group_blocks(design, keep: np.ndarray, resid: np.ndarray):
+    """The kept rows of a one-factor design as per-group blocks padded to the largest group
+    (X, Z, relative residual variance, padding flag), or None when they would be too large."""
+    codes = np.asarray(design.group)[keep]
+    groups, local = np.unique(codes, return_inverse=True)
+    m = len(groups)
+    order = np.argsort(local, kind="stable")
+    sizes = np.bincount(local, minlength=m)
+    s = int(sizes.max())
+    if m * s * s > GROUP_BLOCK_ENTRIES_MAX:
+        return None
+    position = np.arange(len(codes)) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # within its group, sorted
+    rows, slots = local[order], position
+    X = np.asarray(design.X, float)[keep][order]
+    Z = np.asarray(design.Z, float)[keep][order]
+    Xb = np.zeros((m, s, X.shape[1]))
+    Zb = np.zeros((m, s, Z.shape[1]))
+    rb = np.zeros((m, s))
+    pad = np.ones((m, s))
+    Xb[rows, slots], Zb[rows, slots], rb[rows, slots], pad[rows, slots] = X, Z, resid[order], 0.0
+    return Xb, Zb, rb, pad
 
 
 def kenward_roger(design, varpar) -> KenwardRoger:
@@ -122,6 +186,14 @@ def kenward_roger(design, varpar) -> KenwardRoger:
                         "linear in the parameters); use ddf='satterthwaite'.")
     keep = np.asarray(design.mask) > 0
     n = int(keep.sum())
+    weights = getattr(design, "weights", None)
+    resid = np.ones(n) if weights is None else 1.0 / np.asarray(weights, float)[keep]
+    blocked = None if design.crossed is not None else _group_blocks(design, keep, resid)
+    if blocked is not None:
+        with float64():
+            out = _group_program(*(jnp.asarray(a) for a in blocked), jnp.asarray(np.asarray(varpar, float)),
+                                 lambda_index=tuple(design.lambda_index))
+        return KenwardRoger(*(np.asarray(a) for a in out))
     if n > MAX_ROWS:
         raise DataError(f"ddf='kenward-roger' builds dense {n:,} × {n:,} covariance matrices; it is limited to "
                         f"{MAX_ROWS:,} observations. Use ddf='satterthwaite' for larger models.")
@@ -134,8 +206,6 @@ def kenward_roger(design, varpar) -> KenwardRoger:
             Zs.append(Zc[:, k, :size])
             codes.append(block[:, k])
             blocks.append((int(start), int(size)))
-    weights = getattr(design, "weights", None)
-    resid = np.ones(n) if weights is None else 1.0 / np.asarray(weights, float)[keep]
     with float64():
         out = _programs[n <= QUICK_ROWS](jnp.asarray(np.asarray(design.X, float)[keep]), tuple(map(jnp.asarray, Zs)),
                                    tuple(map(jnp.asarray, codes)), jnp.asarray(resid),

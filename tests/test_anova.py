@@ -150,11 +150,28 @@ def test_bad_input(fits):
 
 
 def test_kenward_roger_size_limit(fits, monkeypatch):
-    monkeypatch.setattr(_kenward_roger, "MAX_ROWS", 100)
     fitted = fits["orthodont"]
+    monkeypatch.setattr(_kenward_roger, "MAX_ROWS", 100)
+    # one grouping factor: V's per-group blocks, so the dense limit does not apply
+    blocked = jaxlmm.MixedLMResults(fitted.model, fitted._arrays, fitted.reml).t_test("age = 0", ddf="kenward-roger")
+    monkeypatch.setattr(_kenward_roger, "GROUP_BLOCK_ENTRIES_MAX", 0)  # force the dense path
     r = jaxlmm.MixedLMResults(fitted.model, fitted._arrays, fitted.reml)  # nothing cached yet
     with pytest.raises(jaxlmm.DataError, match=r"limited to 100 observations. Use ddf='satterthwaite'"):
         r.t_test("age = 0", ddf="kenward-roger")
+    monkeypatch.setattr(_kenward_roger, "MAX_ROWS", 6000)
+    dense = jaxlmm.MixedLMResults(fitted.model, fitted._arrays, fitted.reml).t_test("age = 0", ddf="kenward-roger")
+    pd.testing.assert_frame_equal(blocked, dense, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["orthodont", "dietox"])
+def test_per_group_blocks_equal_the_dense_computation(fits, name, monkeypatch):
+    """Unbalanced groups (padded blocks) and weights: Φ_A, P and W equal the dense n × n computation."""
+    design, varpar = fits[name].model.design, fits[name].vcomp.values
+    blocked = _kenward_roger.kenward_roger(design, varpar)
+    monkeypatch.setattr(_kenward_roger, "GROUP_BLOCK_ENTRIES_MAX", 0)
+    dense = _kenward_roger.kenward_roger(design, varpar)
+    for a, b in zip(blocked, dense):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12 * np.abs(b).max())
 
 
 def test_kenward_roger_with_prior_weights_equals_scaled_rows():
