@@ -138,3 +138,21 @@ def test_fit_datasets_carries_weights_and_offset():
         alone = jaxlmm.MixedLM.from_formula(FORMULA, d, weights="w", offset="o").fit()
         assert rl.llf.values[i] == pytest.approx(alone.llf, abs=1e-6)
         np.testing.assert_allclose(rl.fe_params.values[i], alone.fe_params.values, rtol=1e-6)
+
+
+CROSSED_REFERENCE = json.loads((DATA / "resid_crossed_reference.json").read_text())
+
+
+@pytest.mark.parametrize("name, formula, kw, reml", [
+    ("penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)", dict(weights="w", offset="o"), True),
+    ("pastes", "strength ~ 1 + (1 | batch/cask)", dict(weights="w"), False),
+])
+def test_weights_and_offset_on_crossed_and_nested_factors_match_lme4(name, formula, kw, reml):
+    data = jaxlmm.datasets.load(name)
+    i = np.arange(1, len(data) + 1)
+    data["w"], data["o"] = 1 + (i % 3) / 2, (i % 4) / 10
+    r = jaxlmm.MixedLM.from_formula(formula, data, **kw).fit(reml=reml)
+    ref = CROSSED_REFERENCE[f"{name}_{'weights_offset_reml' if 'offset' in kw else 'weights_ml'}"]
+    assert r.llf >= ref["loglik"] - 1e-6
+    assert r.llf == pytest.approx(ref["loglik"], abs=1e-6)
+    np.testing.assert_allclose(r.fe_params.values, np.atleast_1d(ref["fixef"]), rtol=1e-6)
