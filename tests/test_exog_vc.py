@@ -247,3 +247,20 @@ def test_bad_exog_vc_says_what_to_pass_and_nothing_is_mutated():
             np.testing.assert_array_equal(vc[s][g], before[s][g])
     for a, b in zip(args, (y, X, subject)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_exog_vc_models_run_through_batches_bootstrap_and_profiles():
+    """A model given by arrays with nested components behaves as any other: fit_many, bootstrap, profiles."""
+    d = jaxlmm.datasets.load("pastes")
+    groups = d.batch.to_numpy()
+    vc = {"cask": {b: pd.get_dummies(d[d.batch == b].cask).to_numpy(float) for b in np.unique(groups)}}
+    m = jaxlmm.MixedLM(d.strength, np.ones((len(d), 1)), groups, exog_vc=vc)
+    r = m.fit(warn=False)
+    batch = m.fit_many(np.column_stack([d.strength, 2 * d.strength]), progress=False)
+    assert batch.llf.values[0] == pytest.approx(r.llf, abs=1e-7)
+    np.testing.assert_allclose(batch.vcomp.values[1], 4 * r.vcomp.values, rtol=1e-5)
+    boot = r.bootstrap(n=32, seed=1, progress=False)
+    assert boot.replicates.shape == (32 - boot.n_failed, len(r.params))
+    ci = r.conf_int(method="profile")
+    assert (ci["lower"] < ci["upper"]).all()
+    assert ci.loc["sigma", "lower"] < np.sqrt(r.scale) < ci.loc["sigma", "upper"]
