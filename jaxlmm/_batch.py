@@ -497,7 +497,7 @@ def fit_many(
         raise DataError("Y has no response columns.")
     base_mask = np.asarray(model.design.mask, dtype=float)
     M = (np.isfinite(values) * base_mask[:, None]).astype(float)
-    if getattr(model, "offset", None) is not None:  # the design holds the response minus the offset
+    if model.offset is not None:  # the design holds the response minus the offset
         values = values - np.asarray(model.offset)[:, None]
     Yc = np.where(M > 0, values, 0.0)
     k = values.shape[1]

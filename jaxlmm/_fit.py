@@ -13,6 +13,7 @@ from . import _linalg
 from ._crossed import CrossedStats, crossed_stats
 from ._design import Design
 from ._kernels import (
+    PenalisedSolution,
     conditional_modes,
     deviance_at_scale,
     reduced_gram,
@@ -156,6 +157,27 @@ def _forward_hessian(layout) -> bool | None:
     return None
 
 
+class _Estimates(NamedTuple):
+    """What a fit reports at its θ̂ beyond θ̂ itself (`estimates_at`)."""
+
+    sol: PenalisedSolution
+    sigma2: jax.Array
+    cov_re: jax.Array
+    vcov_beta: jax.Array
+    modes: tuple  # (ranef, ranef_cov, ranef_other, ranef_other_cov)
+
+
+def estimates_at(theta: jax.Array, stats, lambda_index: jax.Array, reml) -> _Estimates:
+    """β̂, σ̂², the random-effects covariance, vcov(β̂) and the conditional modes at θ (``stats`` are
+    those of the fitted model: for a residual-variance model, at its δ̂)."""
+    sol = penalised_solution(theta, stats, lambda_index)
+    sigma2 = sol.pwrss / residual_dof(stats, reml)
+    lam = relative_factor(theta, lambda_index)
+    A_inv = _linalg.cho_solve(sol.A_chol, jnp.eye(sol.A_chol.shape[0], dtype=theta.dtype))
+    return _Estimates(sol, sigma2, sigma2 * lam @ lam.T, sigma2 * A_inv,
+                      conditional_modes(theta, sol, lambda_index, sigma2))
+
+
 def fit_stats(
     stats, lambda_index, theta0, snappable, rows, cols, reml, gtol: float = 1e-6, max_iter: int = 200,
     quasi_newton: bool = False, inference: bool = False, free: jax.Array | None = None,
@@ -179,11 +201,9 @@ def fit_stats(
         theta_raw = jnp.where(free, theta_raw, 0.0)
     sign = canonical_signs(theta_raw, lambda_index_np)
     theta = theta_raw * sign
-    sol = penalised_solution(theta, stats, lambda_index)
-    sigma2 = sol.pwrss / residual_dof(stats, reml)
-    lam = relative_factor(theta, lambda_index)
-    A_inv = _linalg.cho_solve(sol.A_chol, jnp.eye(sol.A_chol.shape[0], dtype=theta.dtype))
-    ranef, ranef_cov, ranef_other, ranef_other_cov = conditional_modes(theta, sol, lambda_index, sigma2)
+    est = estimates_at(theta, stats, lambda_index, reml)
+    sigma2 = est.sigma2
+    ranef, ranef_cov, ranef_other, ranef_other_cov = est.modes
     if inference:
         if quasi_newton:  # the last Hessian is a BFGS approximation: take the exact one
             hess = jax.hessian(objective)(theta, data)
@@ -196,11 +216,11 @@ def fit_stats(
 
     return FitArrays(
         theta=theta,
-        beta=sol.beta,
+        beta=est.sol.beta,
         sigma2=sigma2,
-        cov_re=sigma2 * lam @ lam.T,
+        cov_re=est.cov_re,
         llf=-0.5 * objective(theta, data),
-        vcov_beta=sigma2 * A_inv,
+        vcov_beta=est.vcov_beta,
         varpar=_varpar(theta, sigma2, lambda_index, rows, cols),
         ranef=ranef,
         ranef_cov=ranef_cov,
@@ -250,6 +270,11 @@ def precondition(y: jax.Array, X: jax.Array, mask: jax.Array) -> Preconditioner:
     return Preconditioner(R, R_inv, b0, X_tilde, y - X @ b0, absent)
 
 
+def _row_weights(design: Design) -> jax.Array:
+    """Each row's weight in the cross-products: the mask times the prior weights."""
+    return design.mask if design.weights is None else design.mask * design.weights
+
+
 def design_stats(design: Design):
     """Precondition the design and reduce it to sufficient statistics: (preconditioner, stats).
 
@@ -257,7 +282,7 @@ def design_stats(design: Design):
     its coefficient is 0 with no effect on the rest, and it does not count in the REML degrees of
     freedom.
     """
-    row_weights = design.mask if design.weights is None else design.mask * design.weights
+    row_weights = _row_weights(design)
     pre = precondition(design.y, design.X, row_weights)
     stats = sufficient_stats(pre.y, pre.X, design.Z, design.group, design.mask, design.n_groups, design.weights)
     stats = stats._replace(XtX=stats.XtX + jnp.diag(pre.absent), n_fixed=pre.X.shape[1] - jnp.sum(pre.absent))
@@ -383,10 +408,10 @@ def fit_design(
     `FitArrays`' inference fields (`inference_arrays`), so that a summary compiles nothing more.
     ``free`` (bool per θ) holds the other θ at 0 (a shape bucket's template; not for differentiation).
     """
+    if design.resid_design is not None:  # its statistics change with δ: only the preconditioner is fixed
+        pre = precondition(design.y, design.X, _row_weights(design))
+        return _to_design_scale(fit_variance_model(design, pre, reml, gtol, max_iter, theta0, inference), pre, reml)
     pre, stats = design_stats(design)
-    if design.resid_design is not None:
-        fit = fit_variance_model(design, pre, reml, gtol, max_iter, theta0, inference)
-        return _to_design_scale(fit, pre, reml)
     rows, cols = design.theta_positions
     dtype = jnp.result_type(design.y)
     large_dense = design.crossed is not None and design.crossed.layout.dense_size >= LARGE_DENSE_SIZE
@@ -440,20 +465,16 @@ def fit_variance_model(design: Design, pre: Preconditioner, reml, gtol: float, m
     phi, grad_norm, iterations, converged, _ = solve_theta(objective, data, phi0, snappable, gtol, max_iter)
     theta = phi[:k] * canonical_signs(phi[:k], lambda_index_np)
     delta = phi[k:]
-    stats = variance_stats(rows, delta, design.n_groups)
-    sol = penalised_solution(theta, stats, lambda_index)
-    sigma2 = sol.pwrss / residual_dof(stats, reml)
-    lam = relative_factor(theta, lambda_index)
-    A_inv = _linalg.cho_solve(sol.A_chol, jnp.eye(sol.A_chol.shape[0], dtype=dtype))
-    ranef, ranef_cov, ranef_other, ranef_other_cov = conditional_modes(theta, sol, lambda_index, sigma2)
-    params = jnp.concatenate([theta, delta, sigma2[None]])
+    est = estimates_at(theta, variance_stats(rows, delta, design.n_groups), lambda_index, reml)
+    ranef, ranef_cov, ranef_other, ranef_other_cov = est.modes
+    params = jnp.concatenate([theta, delta, est.sigma2[None]])
     varpar = _variance_model_varpar(params, k, lambda_index, design.theta_positions)
     info = varpar_jac = vcov_jac = None
     if inference:
         info, varpar_jac, vcov_jac = _variance_inference(rows, design, params, reml)
     return FitArrays(
-        theta=theta, beta=sol.beta, sigma2=sigma2, cov_re=sigma2 * lam @ lam.T,
-        llf=-0.5 * objective(jnp.concatenate([theta, delta]), data), vcov_beta=sigma2 * A_inv,
+        theta=theta, beta=est.sol.beta, sigma2=est.sigma2, cov_re=est.cov_re,
+        llf=-0.5 * objective(jnp.concatenate([theta, delta]), data), vcov_beta=est.vcov_beta,
         varpar=varpar, ranef=ranef, ranef_cov=ranef_cov, converged=converged, grad_norm=grad_norm,
         iterations=iterations, theta_at_bound=jnp.asarray(snappable[:k]) & (theta == 0), ranef_other=ranef_other,
         ranef_other_cov=ranef_other_cov, information=info, varpar_jac=varpar_jac, vcov_beta_jac=vcov_jac,

@@ -181,12 +181,12 @@ def kenward_roger(design, varpar) -> KenwardRoger:
         >>> kr.vcov_adj.shape, bool(np.allclose(kr.vcov_adj, kr.vcov))  # balanced: no adjustment
         ((2, 2), True)
     """
-    if getattr(design, "resid_design", None) is not None:
+    if design.resid_design is not None:
         raise DataError("ddf='kenward-roger' is not available with a residual variance model (its variance is not "
                         "linear in the parameters); use ddf='satterthwaite'.")
     keep = np.asarray(design.mask) > 0
     n = int(keep.sum())
-    weights = getattr(design, "weights", None)
+    weights = design.weights
     resid = np.ones(n) if weights is None else 1.0 / np.asarray(weights, float)[keep]
     blocked = None if design.crossed is not None else _group_blocks(design, keep, resid)
     if blocked is not None:

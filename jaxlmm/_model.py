@@ -636,8 +636,7 @@ class MixedLM:
     @property
     def resid_param_names(self) -> list[str]:
         """Names of the residual-variance parameters δ (log variance ratios; none without a model)."""
-        model = getattr(self, "resid_model", None)
-        return [] if model is None else [f"log σ² ratio: {n}" for n in model.names]
+        return [] if self.resid_model is None else [f"log σ² ratio: {n}" for n in self.resid_model.names]
 
     @property
     def nobs(self) -> int:

@@ -455,8 +455,7 @@ class MixedLMResults:
     @property
     def _offset(self) -> np.ndarray | float:
         """The model's offset per fitted row (0 without one)."""
-        offset = getattr(self.model, "offset", None)
-        return 0.0 if offset is None else np.asarray(offset)
+        return 0.0 if self.model.offset is None else np.asarray(self.model.offset)
 
     @property
     def fittedvalues(self) -> pd.Series:
@@ -501,8 +500,7 @@ class MixedLMResults:
             )
         index = newdata.index if isinstance(newdata, pd.DataFrame) else None
         X = self.model.encode_fixed(newdata)
-        new_off = new_offset(getattr(self.model, "offset_name", None), getattr(self.model, "offset", None) is not None,
-                             newdata, offset)
+        new_off = new_offset(self.model.offset_name, self.model.offset is not None, newdata, offset)
         if not include_re:  # the grouping columns are not needed
             return pd.Series(X @ np.asarray(self._arrays.beta) + new_off, index=index, name="predicted")
         if self.model.factor_terms:
