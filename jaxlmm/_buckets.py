@@ -7,6 +7,10 @@ Orthodont, dietox, with up to 4 fixed effects — runs the same program. Padded 
 and zeros in y, X and Z; padded groups have no rows; padded columns of X are zero. None changes
 the fit: a padded group's block is ΛᵀZᵀZΛ + I = I, so its log-determinant is 0, its share of Ω is
 0 and its conditional mode is 0; a zero column of X is left out of the fit (`design_stats`).
+
+A crossed model's further terms are padded too, each to at least `LEVEL_FLOOR` levels: a padded
+level has no rows, so its row and column of the dense block are those of I. Small crossed models
+(Penicillin, Pastes' `(1|batch/cask)`) then share one program, with L₂₁ held dense.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._crossed import DENSE_COUPLING_MAX_FLOPS, CrossedLayout, CrossedTerms, build_crossed_terms
 from ._design import Design
 from ._fit import FitArrays
 
@@ -22,6 +27,7 @@ ROW_FLOOR = 1024
 GROUP_FLOOR = 128
 FIXED_FLOOR = 4
 STRUCTURE_MAX = 4  # random-effects columns padded to 2 or 4 (beyond: the model's own Λ)
+LEVEL_FLOOR = 16  # levels of each further term of a crossed model
 
 
 def bucket_size(n: int, floor: int) -> int:
@@ -64,17 +70,25 @@ def to_bucket(design: Design) -> Bucket:
     fixed-effect columns; and, for one grouping factor with untied θ and up to `STRUCTURE_MAX`
     random effects, the random-effects columns and Λ: up to 2 or 4 columns, with an unstructured Λ
     template whose θ the model lacks are held at 0 — so `(1|g)`, `(x|g)` and `(x||g)` share one
-    program. Crossed designs and designs with a residual-variance model are returned unchanged. `from_bucket` undoes it on a fit."""
+    program. A crossed design keeps its Λ, with its further terms' levels padded (`pad_crossed`) when
+    its L₂₁ is small enough to hold dense; larger crossed designs and designs with a residual-variance
+    model are returned unchanged. `from_bucket` undoes it on a fit."""
     n_theta = design.n_theta
-    if design.crossed is not None or design.resid_design is not None:
-        return Bucket(design, np.ones(n_theta, bool), np.arange(n_theta))
+    unchanged = Bucket(design, np.ones(n_theta, bool), np.arange(n_theta))
+    if design.resid_design is not None:
+        return unchanged
     (n, p), m = design.X.shape, design.n_groups
     n_pad, m_pad, p_pad = bucket_size(n, ROW_FLOOR) - n, bucket_size(m, GROUP_FLOOR), bucket_size(p, FIXED_FLOOR) - p
+    crossed = None
+    if design.crossed is not None:
+        crossed = pad_crossed(design, n + n_pad, m_pad)
+        if crossed is None:
+            return unchanged
     idx = design.lambda_index_array
     q = idx.shape[0]
     used = idx[idx >= 0]
     lambda_index, theta_map, Z = design.lambda_index, np.arange(n_theta), np.asarray(design.Z)
-    if q <= STRUCTURE_MAX and len(np.unique(used)) == len(used):
+    if design.crossed is None and q <= STRUCTURE_MAX and len(np.unique(used)) == len(used):
         size = 2 if q <= 2 else STRUCTURE_MAX
         lambda_index = unstructured_template(size)
         template = np.asarray(lambda_index)
@@ -98,6 +112,7 @@ def to_bucket(design: Design) -> Bucket:
         mask=pad_rows(design.mask),
         n_groups=m_pad,
         lambda_index=lambda_index,
+        crossed=crossed,
         weights=None if design.weights is None else np.concatenate(
             [np.asarray(design.weights), np.ones(n_pad, np.asarray(design.weights).dtype)]),
     )
@@ -107,9 +122,12 @@ def to_bucket(design: Design) -> Bucket:
 def from_bucket(fit: FitArrays, bucket: Bucket, design: Design) -> FitArrays:
     """A fit of ``bucket.design`` (NumPy arrays) cut back to ``design``: its groups, fixed effects,
     random effects and θ."""
-    if bucket.design is design:  # not padded (crossed designs, residual-variance models)
+    if bucket.design is design:  # not padded (large crossed designs, residual-variance models)
         return fit
     m, p, q = design.n_groups, design.X.shape[1], design.Z.shape[1]
+    if design.crossed is not None:  # the further terms' own levels, in the design's block order
+        own = own_blocks(design.crossed.layout, bucket.design.crossed.layout)
+        fit = fit._replace(ranef_other=fit.ranef_other[own], ranef_other_cov=fit.ranef_other_cov[own])
     size = design.lambda_index_array.shape[0]  # Λ's size: q, or all terms of a crossed model
     k = bucket.theta_map
     varpar = np.append(k, fit.varpar.shape[0] - 1)  # the model's θ, then σ²
@@ -123,3 +141,43 @@ def from_bucket(fit: FitArrays, bucket: Bucket, design: Design) -> FitArrays:
                            varpar_jac=fit.varpar_jac[np.ix_(varpar, varpar)],
                            vcov_beta_jac=fit.vcov_beta_jac[varpar][:, :p, :p])
     return fit
+
+
+def rebuild_crossed(design: Design, n_groups: int, counts: list[int], dense_coupling: bool | None) -> CrossedTerms:
+    """``design``'s crossed terms rebuilt with ``n_groups`` leading levels and ``counts`` levels per
+    further term (padded levels have no rows); ``dense_coupling``: as `build_crossed_terms`'."""
+    terms = design.crossed
+    own = terms.layout
+    block, Zc = np.asarray(terms.block), np.asarray(terms.Z)
+    codes = [block[:, k] - own.offsets[k] for k in range(block.shape[1])]
+    Zs = [Zc[:, k, :size] for k, (_, size) in enumerate(own.columns)]
+    return build_crossed_terms(np.asarray(design.group), n_groups, codes, counts, Zs, list(own.columns),
+                               own.lead_width, dense_coupling=dense_coupling)
+
+
+def own_blocks(own: CrossedLayout, padded: CrossedLayout) -> np.ndarray:
+    """Positions, in a padded layout, of a design's own blocks (term by term)."""
+    return np.concatenate([start + np.arange(count) for start, count in zip(padded.offsets, own.level_counts)])
+
+
+def pad_crossed(design: Design, n_rows: int, n_groups: int) -> CrossedTerms | None:
+    """``design``'s crossed terms padded to ``n_rows`` rows, ``n_groups`` leading levels and a bucket
+    of levels per further term, with L₂₁ held dense (`CrossedLayout.dense_coupling`), so that the
+    shapes depend on the bucket only; None when that dense L₂₁ would be large (see
+    `choose_dense_coupling`): such a design keeps its own shape."""
+    own = design.crossed.layout
+    counts = [bucket_size(c, LEVEL_FLOOR) for c in own.level_counts]
+    padded = CrossedLayout(tuple(counts), own.columns, n_groups, own.lead_width)
+    if n_groups * own.lead_width * padded.dense_size**2 > DENSE_COUPLING_MAX_FLOPS:
+        return None
+    terms = rebuild_crossed(design, n_groups, counts, dense_coupling=True)
+    extra = n_rows - terms.Z.shape[0]
+
+    def pad(a):
+        a = np.asarray(a)
+        return np.pad(a, [(0, extra)] + [(0, 0)] * (a.ndim - 1))
+
+    unused = np.zeros(1, np.int32)  # a dense L₂₁ reads no entries or pairs: one placeholder each
+    return CrossedTerms(Z=pad(terms.Z), block=pad(terms.block), row_entry=np.zeros((n_rows, terms.block.shape[1]), np.int32),
+                        entry_group=unused, entry_block=unused, pair_first=unused[:0], pair_second=unused[:0],
+                        layout=terms.layout)

@@ -22,7 +22,8 @@ from ._batch import (
 )
 from ._config import float64
 from ._program_cache import OPTIMISE_AFTER, count_use
-from ._crossed import CrossedLayout, CrossedTerms, build_crossed_terms, crossed_bytes
+from ._buckets import own_blocks, rebuild_crossed
+from ._crossed import CrossedLayout, CrossedTerms, crossed_bytes
 from ._design import Design
 from ._fit import FitArrays
 from ._memory_maps import release_if_needed
@@ -136,7 +137,7 @@ def fit_datasets(
         for j, i in enumerate(members):
             results[i] = jax.tree.map(lambda a: a[j], out)
             if layout is not None:  # the other terms' modes back in the data set's own block order
-                own = _own_blocks(models[i].design.crossed.layout, layout)
+                own = own_blocks(models[i].design.crossed.layout, layout)
                 results[i] = results[i]._replace(ranef_other=results[i].ranef_other[own],
                                                  ranef_other_cov=results[i].ranef_other_cov[own])
 
@@ -188,9 +189,9 @@ def _padded_crossed(designs: list[Design], key: tuple) -> list[tuple[list[np.nda
     set, the arrays and that layout."""
     n_rows, n_groups = key[:2]
     counts = list(key[2:])
-    rebuilt = _rebuild(designs, n_groups, counts, None)
+    rebuilt = [rebuild_crossed(d, n_groups, counts, None) for d in designs]
     if len({t.layout.dense_coupling for t in rebuilt}) > 1:  # one layout for the bucket: the pairs serve all
-        rebuilt = _rebuild(designs, n_groups, counts, False)
+        rebuilt = [rebuild_crossed(d, n_groups, counts, False) for d in designs]
     n_entries = _bucket(max(t.entry_group.shape[0] for t in rebuilt) + 1, 16)
     n_pairs = _bucket(max(t.pair_first.shape[0] for t in rebuilt) + 1, 16)
 
@@ -201,22 +202,3 @@ def _padded_crossed(designs: list[Design], key: tuple) -> list[tuple[list[np.nda
     return [([pad(t.Z, n_rows), pad(t.block, n_rows), pad(t.row_entry, n_rows), pad(t.entry_group, n_entries),
               pad(t.entry_block, n_entries), pad(t.pair_first, n_pairs, n_entries - 1),
               pad(t.pair_second, n_pairs, n_entries - 1)], t.layout) for t in rebuilt]
-
-
-def _rebuild(designs: list[Design], n_groups: int, counts: list[int], dense_coupling: bool | None) -> list[CrossedTerms]:
-    """Each data set's crossed terms rebuilt with ``n_groups`` leading levels and ``counts`` levels per other term."""
-    rebuilt = []
-    for design in designs:
-        terms = design.crossed
-        own = terms.layout
-        block, Zc = np.asarray(terms.block), np.asarray(terms.Z)
-        codes = [block[:, k] - own.offsets[k] for k in range(block.shape[1])]
-        Zs = [Zc[:, k, :size] for k, (_, size) in enumerate(own.columns)]
-        rebuilt.append(build_crossed_terms(np.asarray(design.group), n_groups, codes, counts, Zs, list(own.columns),
-                                           own.lead_width, dense_coupling=dense_coupling))
-    return rebuilt
-
-
-def _own_blocks(own: CrossedLayout, padded: CrossedLayout) -> np.ndarray:
-    """Positions, in a padded layout, of a data set's own blocks (term by term)."""
-    return np.concatenate([start + np.arange(count) for start, count in zip(padded.offsets, own.level_counts)])
