@@ -2,13 +2,14 @@
 one compiled program, and the information taken from the optimiser's Hessian equals autodiff's."""
 
 from functools import partial
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
 import jaxlmm
-from jaxlmm._buckets import FIXED_FLOOR, GROUP_FLOOR, ROW_FLOOR, bucket_size, from_bucket, to_bucket
+from jaxlmm._buckets import FIXED_FLOOR, GROUP_FLOOR, LEVEL_FLOOR, ROW_FLOOR, bucket_size, from_bucket, to_bucket
 import jax.numpy as jnp
 
 from jaxlmm import _program_cache
@@ -107,15 +108,51 @@ def test_models_of_one_bucket_share_one_compiled_program(monkeypatch):
     assert r4.cov_re.shape == (1, 1) and len(r5.vcomp) == 3
 
 
-def test_crossed_designs_pass_through_the_bucket_unchanged():
-    m = jaxlmm.MixedLM.from_formula("diameter ~ 1 + (1 | plate) + (1 | sample)", jaxlmm.datasets.load("penicillin"))
-    assert to_bucket(m.design).design is m.design
-    r = m.fit()
+@pytest.mark.parametrize("name,formula,reml", [
+    ("penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)", True),
+    ("psycholing", "rt ~ c + (1 + c | subj) + (1 + c | item)", False),
+])
+def test_a_bucketed_crossed_fit_equals_the_unpadded_one(name, formula, reml):
+    """Rows, leading levels, fixed-effect columns and the further terms' levels padded (L₂₁ dense):
+    the same fit, with the further terms' modes back in the design's own block order."""
+    design = jaxlmm.MixedLM.from_formula(formula, jaxlmm.datasets.load(name)).design
+    bucket = to_bucket(design)
+    layout = bucket.design.crossed.layout
+    own = design.crossed.layout.level_counts
+    assert layout.dense_coupling and layout.level_counts == (bucket_size(own[0], LEVEL_FLOOR),)
+    assert bucket.design.y.shape[0] == bucket_size(design.y.shape[0], ROW_FLOOR) > design.y.shape[0]
+    assert layout.n_lead == bucket.design.n_groups == GROUP_FLOOR
     with jaxlmm.float64():
-        a = jax.tree.map(np.asarray, fit_arrays(m.design))
-    assert r.cov_re.shape == (2, 2)
-    np.testing.assert_allclose(r.vcomp.to_numpy(), a.varpar, rtol=1e-7)
-    np.testing.assert_allclose(r.llf, a.llf, rtol=1e-10)
+        a = jax.tree.map(np.asarray, fit_arrays(design, reml))
+        b = from_bucket(jax.tree.map(np.asarray, fit_quick(bucket.design, reml, bucket.free)), bucket, design)
+    for field in ("llf", "theta", "beta", "sigma2", "vcov_beta", "cov_re", "ranef", "ranef_cov", "ranef_other",
+                  "ranef_other_cov", "varpar"):
+        np.testing.assert_allclose(getattr(b, field), getattr(a, field), rtol=1e-6, atol=1e-8, err_msg=field)
+
+
+def test_small_crossed_models_share_one_compiled_program(monkeypatch):
+    monkeypatch.setattr(_program_cache, "_uses", {})
+    load = jaxlmm.datasets.load
+    jaxlmm.MixedLM.from_formula("diameter ~ 1 + (1 | plate) + (1 | sample)", load("penicillin")).fit()
+    programs = len(_program_cache._loaded)
+    fewer = load("penicillin").query("plate != 'a' and sample != 'F'")
+    r1 = jaxlmm.MixedLM.from_formula("diameter ~ 1 + (1 | plate) + (1 | sample)", fewer).fit(reml=False)
+    r2 = jaxlmm.MixedLM.from_formula("diameter ~ 1 + (1 | plate) + (1 | sample)", load("penicillin").iloc[6:]).fit()
+    assert len(_program_cache._loaded) == programs
+    assert r1.converged and r2.converged and r1.nobs == 115 and r2.nobs == 138
+    assert list(r1.random_effects) == ["plate", "sample"] and len(r1.random_effects["sample"]) == 5
+
+
+def test_large_crossed_designs_pass_through_the_bucket_unchanged():
+    """InstEval's dense L₂₁ would be 128 GFlop: it keeps its own shape (and its sparse L₂₁)."""
+    import pandas as pd
+
+    df = pd.read_csv(Path(__file__).parent / "data" / "insteval.csv.gz")
+    for c in ("s", "d", "dept"):
+        df[c] = df[c].astype(str)
+    m = jaxlmm.MixedLM.from_formula("y ~ service + (1|s) + (1|d) + (1|dept)", df)
+    assert not m.design.crossed.layout.dense_coupling
+    assert to_bucket(m.design).design is m.design
 
 
 def test_a_shape_fitted_again_and_again_gets_its_own_optimised_program_with_the_same_fit():
