@@ -15,7 +15,8 @@ Jobs (each a fresh ``python`` process, and a fresh ``Rscript`` process for lme4)
 * ``session``: one process fits 8 different models, each followed by ``summary()`` (issue 12's
   list), without the cache.
 * ``bucket``: after a first sleepstudy fit, the fit of a second model of the same shape bucket
-  (orthodont ``distance ~ age + (age|Subject)``, and sleepstudy with 7 rows dropped).
+  (orthodont ``distance ~ age + (age|Subject)``, and sleepstudy with 7 rows dropped); after a first
+  Penicillin fit, a second crossed model of its bucket (Penicillin without plate a and sample F).
 * ``many``: ``fit_many`` on 4,000 simulated sleepstudy responses, first and second call in one
   process, no cache; lme4: ``refit`` over 200 of the same responses, timed and scaled to 4,000
   (labelled as such).
@@ -89,6 +90,11 @@ elif job["job"] == "bucket":
         t0 = time.perf_counter()
         jaxlmm.MixedLM.from_formula(formula, df).fit()
         second[label] = time.perf_counter() - t0
+    jaxlmm.MixedLM.from_formula("diameter ~ 1 + (1 | plate) + (1 | sample)", load("penicillin")).fit()
+    fewer = load("penicillin").query("plate != 'a' and sample != 'F'")
+    t0 = time.perf_counter()
+    jaxlmm.MixedLM.from_formula("diameter ~ 1 + (1 | plate) + (1 | sample)", fewer).fit()
+    second["penicillin without plate a, sample F (crossed)"] = time.perf_counter() - t0
     out.update(second=second)
 elif job["job"] == "many":
     import numpy as np
