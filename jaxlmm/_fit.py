@@ -98,24 +98,26 @@ class _Objective(NamedTuple):
         return profiled_deviance(theta, stats, jnp.asarray(self.lambda_index), reml)
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(0, 3, 4, 6))
-def _argmin(objective, stats, theta0, snappable: tuple, gtol: float, max_iter, quasi_newton: bool):
+@partial(jax.custom_jvp, nondiff_argnums=(0, 3, 4, 6, 7))
+def _argmin(objective, stats, theta0, snappable: tuple, gtol: float, max_iter, quasi_newton: bool, exact_final: bool):
     opt = minimize_newton(lambda t: objective(t, stats), theta0, jnp.asarray(snappable), gtol=gtol, max_iter=max_iter,
-                          quasi_newton=quasi_newton, forward_hessian=getattr(objective, "forward_hessian", None))
+                          quasi_newton=quasi_newton, forward_hessian=getattr(objective, "forward_hessian", None),
+                          exact_final=exact_final)
     report = jnp.stack([opt.projected_grad_norm, opt.iterations.astype(theta0.dtype), opt.converged.astype(theta0.dtype)])
     return opt.x, report, opt.hess
 
 
 @_argmin.defjvp
-def _argmin_jvp(objective, snappable, gtol, quasi_newton, primals, tangents):
+def _argmin_jvp(objective, snappable, gtol, quasi_newton, exact_final, primals, tangents):
     stats, theta0, max_iter = primals
     stats_dot = tangents[0]
-    theta, report, hess_at_end = _argmin(objective, stats, theta0, snappable, gtol, max_iter, quasi_newton)
+    theta, report, hess_at_end = _argmin(objective, stats, theta0, snappable, gtol, max_iter, quasi_newton, exact_final)
     held = jnp.asarray(snappable) & (theta == 0)
     grad_theta = jax.grad(objective)
     # Exact Newton ends with the exact Hessian at θ̂ (the loop's last accepted evaluation): reusing
-    # it keeps a second Hessian program out of every derivative (compile time); BFGS's is approximate.
-    hess = jax.jacfwd(grad_theta)(theta, stats) if quasi_newton else hess_at_end
+    # it keeps a second Hessian program out of every derivative (compile time); BFGS's is approximate
+    # unless the loop ended with an exact evaluation (``exact_final``).
+    hess = jax.jacfwd(grad_theta)(theta, stats) if quasi_newton and not exact_final else hess_at_end
     _, grad_dot = jax.jvp(lambda s: grad_theta(theta, s), (stats,), (stats_dot,))
     eye = jnp.eye(theta.shape[0], dtype=theta.dtype)
     system = jnp.where(held[:, None] | held[None, :], eye, hess)
@@ -123,7 +125,8 @@ def _argmin_jvp(objective, snappable, gtol, quasi_newton, primals, tangents):
     return (theta, report, hess_at_end), (theta_dot, jnp.zeros_like(report), jnp.zeros_like(hess_at_end))
 
 
-def solve_theta(objective, stats, theta0: jax.Array, snappable, gtol: float, max_iter=200, quasi_newton: bool = False):
+def solve_theta(objective, stats, theta0: jax.Array, snappable, gtol: float, max_iter=200, quasi_newton: bool = False,
+                exact_final: bool = False):
     """θ̂ = argmin_θ objective(θ, stats), differentiable with respect to ``stats`` by the implicit
     function theorem.
 
@@ -134,10 +137,12 @@ def solve_theta(objective, stats, theta0: jax.Array, snappable, gtol: float, max
     the boundary (rather than NaN from a singular Hessian).
 
     Returns θ̂, the optimiser's report (projected gradient norm, iterations, converged) and its last
-    Hessian (exact unless ``quasi_newton``; not differentiated).
+    Hessian (exact unless ``quasi_newton`` without ``exact_final``, see `minimize_newton`; not
+    differentiated).
     """
     snappable = tuple(bool(v) for v in np.asarray(snappable))
-    theta, report, hess = _argmin(objective, stats, theta0, snappable, float(gtol), max_iter, bool(quasi_newton))
+    theta, report, hess = _argmin(objective, stats, theta0, snappable, float(gtol), max_iter, bool(quasi_newton),
+                                  bool(exact_final))
     report, hess = jax.lax.stop_gradient((report, hess))
     return theta, report[0], report[1].astype(jnp.int32), report[2] > 0.5, hess
 
@@ -180,9 +185,9 @@ def estimates_at(theta: jax.Array, stats, lambda_index: jax.Array, reml) -> _Est
 
 def fit_stats(
     stats, lambda_index, theta0, snappable, rows, cols, reml, gtol: float = 1e-6, max_iter: int = 200,
-    quasi_newton: bool = False, inference: bool = False, free: jax.Array | None = None,
+    quasi_newton: bool = False, inference: bool = False, free: jax.Array | None = None, exact_final: bool = False,
 ) -> FitArrays:
-    """Fit from sufficient statistics (see `fit_arrays`).
+    """Fit from sufficient statistics (see `fit_arrays`; ``exact_final``: see `minimize_newton`).
 
     θ is optimised over all of Rᵏ — the deviance depends on Λ only through Λ Λᵀ, so no bounds are
     needed and a zero variance is an interior point, not a corner — then put in canonical form.
@@ -195,7 +200,7 @@ def fit_stats(
     reml = jnp.asarray(reml, theta0.dtype)
     data = (stats, reml, free)
     theta_raw, grad_norm, iterations, converged, hess_raw = solve_theta(
-        objective, data, theta0, snappable, gtol, max_iter, quasi_newton
+        objective, data, theta0, snappable, gtol, max_iter, quasi_newton, exact_final
     )
     if free is not None:
         theta_raw = jnp.where(free, theta_raw, 0.0)
@@ -205,7 +210,7 @@ def fit_stats(
     sigma2 = est.sigma2
     ranef, ranef_cov, ranef_other, ranef_other_cov = est.modes
     if inference:
-        if quasi_newton:  # the last Hessian is a BFGS approximation: take the exact one
+        if quasi_newton and not exact_final:  # the last Hessian is a BFGS approximation: take the exact one
             hess = jax.hessian(objective)(theta, data)
         else:
             # The deviance is unchanged by canonical_signs' flips; its Hessian in θ flips with them.
@@ -422,6 +427,8 @@ def fit_design(
         if large_dense:
             theta0 = scaled_start(_Objective(design.lambda_index), (stats, jnp.asarray(reml, dtype), free), theta0,
                                   term_theta_groups(design))
+    # A single large fit: BFGS after an exact start, and an exact Hessian at the end from the same loop.
+    exact_final = large_dense and not quasi_newton
     quasi_newton = quasi_newton or large_dense
     fit = fit_stats(
         stats,
@@ -436,6 +443,7 @@ def fit_design(
         quasi_newton,
         inference,
         free,
+        exact_final,
     )
     return _to_design_scale(fit, pre, reml)
 

@@ -93,6 +93,30 @@ def test_inference_of_a_fit_equals_autodiff(name, formula, reml):
         np.testing.assert_allclose(alt, want, rtol=1e-5, atol=1e-8 * np.abs(want).max(), err_msg=label)
 
 
+def test_inference_of_a_large_crossed_fit_equals_autodiff():
+    """A dense block of at least 256 rows is fitted by BFGS after an exact start, in one loop that
+    ends with an exact evaluation at θ̂ (`minimize_newton`'s ``exact_final``): its Hessian is the
+    information the summary uses, so it must equal the autodiff oracle's."""
+    import pandas as pd
+
+    from jaxlmm._fit import LARGE_DENSE_SIZE
+
+    rng = np.random.default_rng(11)
+    n = 3000
+    df = pd.DataFrame({"subj": rng.integers(0, 400, n).astype(str), "item": rng.integers(0, 300, n).astype(str),
+                       "x": rng.normal(size=n)})
+    u, v = rng.normal(0, 1.0, 400), rng.normal(0, 0.7, 300)
+    df["y"] = 1 + 0.5 * df.x + u[df.subj.astype(int)] + v[df.item.astype(int)] + rng.normal(0, 1.2, n)
+    m = jaxlmm.MixedLM.from_formula("y ~ x + (1 | subj) + (1 | item)", df)
+    assert m.design.crossed.layout.dense_size >= LARGE_DENSE_SIZE
+    r = m.fit()
+    assert r.converged
+    with jaxlmm.float64():
+        expected = [np.asarray(v) for v in _autodiff_inference(m.design, r.theta, r.scale, True)]
+    for got, want, label in zip(r._inference, expected, ("params_cov", "varpar_cov", "vcov_beta_jac")):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-8 * np.abs(want).max(), err_msg=label)
+
+
 def test_models_of_one_bucket_share_one_compiled_program(monkeypatch):
     monkeypatch.setattr(_program_cache, "_uses", {})  # first fits of each shape: the bucket's program
     load = jaxlmm.datasets.load

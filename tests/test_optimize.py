@@ -36,6 +36,21 @@ def test_rosenbrock_minimum(quasi_newton):
     np.testing.assert_allclose(np.asarray(res.x), 1.0, atol=1e-6)
 
 
+def test_an_exact_final_evaluation_leaves_the_exact_hessian_at_the_minimum():
+    """``exact_final``: BFGS in one loop with the exact evaluations (one `lax.cond`), then an exact
+    evaluation at the solution: the same minimum as the two loops, and the exact Hessian there."""
+    with float64():
+        x0, held = jnp.array([-1.2, 1.0, 0.8]), jnp.zeros(3, bool)
+        two_loops = minimize_newton(rosenbrock, x0, held, gtol=1e-9, quasi_newton=True)
+        one_loop = jax.jit(lambda x: minimize_newton(rosenbrock, x, held, gtol=1e-9, quasi_newton=True,
+                                                     exact_final=True))(x0)
+        exact = jax.hessian(rosenbrock)(one_loop.x)
+    assert bool(one_loop.converged) and bool(two_loops.converged)
+    np.testing.assert_allclose(np.asarray(one_loop.x), 1.0, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(one_loop.hess), np.asarray(exact), rtol=1e-12)
+    assert not np.allclose(np.asarray(two_loops.hess), np.asarray(jax.hessian(rosenbrock)(two_loops.x)), rtol=1e-3)
+
+
 def test_quasi_newton_reaches_the_exact_newton_optimum_on_lmm_deviances():
     """Under vmap, over responses simulated from sleepstudy's fit: same deviance to rounding level."""
     df = jaxlmm.datasets.load("sleepstudy")
