@@ -145,14 +145,15 @@ def from_bucket(fit: FitArrays, bucket: Bucket, design: Design) -> FitArrays:
 
 def rebuild_crossed(design: Design, n_groups: int, counts: list[int], dense_coupling: bool | None) -> CrossedTerms:
     """``design``'s crossed terms rebuilt with ``n_groups`` leading levels and ``counts`` levels per
-    further term (padded levels have no rows); ``dense_coupling``: as `build_crossed_terms`'."""
+    further term (padded levels have no rows), their dense block factored densely (its clusters
+    differ between designs); ``dense_coupling``: as `build_crossed_terms`'."""
     terms = design.crossed
     own = terms.layout
     block, Zc = np.asarray(terms.block), np.asarray(terms.Z)
     codes = [block[:, k] - own.offsets[k] for k in range(block.shape[1])]
     Zs = [Zc[:, k, :size] for k, (_, size) in enumerate(own.columns)]
     return build_crossed_terms(np.asarray(design.group), n_groups, codes, counts, Zs, list(own.columns),
-                               own.lead_width, dense_coupling=dense_coupling)
+                               own.lead_width, dense_coupling=dense_coupling, clusters=False)
 
 
 def own_blocks(own: CrossedLayout, padded: CrossedLayout) -> np.ndarray:

@@ -29,12 +29,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import scipy.sparse as sp
+
 from . import _linalg
+from ._clusters import clustered_logdet_and_quadratic, plan_clusters
 from .errors import ModelTooLargeError
 
 # A dense block of D × D float64 needs about 6 copies of D² in a gradient evaluation.
 DENSE_MAX_BYTES = 4 * 2**30
 DENSE_COUPLING_MAX_FLOPS = 2e7
+# From this many rows of the dense block, `build_crossed_terms` looks for a clustered split of it
+# (`_clusters`); below, the dense factorisation takes well under a millisecond.
+CLUSTER_MIN_SIZE = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +86,9 @@ class CrossedTerms:
     ``row_entry`` (n, T): the entry (leading level, block) each row contributes to;
     ``entry_group``/``entry_block`` (E,): each entry's leading level and block, sorted by level;
     ``pair_first``/``pair_second`` (P,): the pairs e ≤ f of entries of one leading level (the
-    Schur update L₂₁L₂₁ᵀ is symmetric: each pair's block and its transpose).
+    Schur update L₂₁L₂₁ᵀ is symmetric: each pair's block and its transpose);
+    ``cluster_member``/``cluster_separator``/``cluster_adjacent``: the split of the dense block into
+    clusters and a separator (`_clusters.ClusterPlan`), or None to factor it densely.
     """
 
     Z: jax.Array
@@ -91,6 +99,9 @@ class CrossedTerms:
     pair_first: jax.Array
     pair_second: jax.Array
     layout: CrossedLayout = dataclasses.field(metadata=dict(static=True))
+    cluster_member: jax.Array | None = None
+    cluster_separator: jax.Array | None = None
+    cluster_adjacent: jax.Array | None = None
 
 
 def crossed_bytes(layout: CrossedLayout, n_entries: int, n_pairs: int) -> int:
@@ -132,12 +143,14 @@ def choose_dense_coupling(layout: CrossedLayout, n_pairs: int) -> bool:
 
 def build_crossed_terms(lead_codes: np.ndarray, n_lead: int, codes: list[np.ndarray], level_counts: list[int],
                         Zs: list[np.ndarray], columns: list[tuple[int, int]], lead_width: int = 1,
-                        names: tuple[str, ...] = (), dense_coupling: bool | None = None) -> CrossedTerms:
+                        names: tuple[str, ...] = (), dense_coupling: bool | None = None,
+                        clusters: bool = True) -> CrossedTerms:
     """The `CrossedTerms` of non-leading terms with level ``codes`` (0..levels-1, one array per term)
     and model columns ``Zs`` (n × q each), whose Λ blocks sit at ``columns`` of the template; the
     leading factor has ``n_lead`` levels and ``lead_width`` effects per level. ``names`` (of the
     non-leading terms) are for the error when the dense block is too large; ``dense_coupling``
-    overrides `choose_dense_coupling` (data sets batched together need the same choice)."""
+    overrides `choose_dense_coupling` (data sets batched together need the same choice);
+    ``clusters=False`` keeps the dense block dense (padded layouts shared by several designs)."""
     n = len(lead_codes)
     layout = CrossedLayout(tuple(int(k) for k in level_counts), tuple((int(a), int(b)) for a, b in columns), int(n_lead),
                            int(lead_width))
@@ -165,8 +178,24 @@ def build_crossed_terms(lead_codes: np.ndarray, n_lead: int, codes: list[np.ndar
         first = np.repeat(np.arange(len(keys)), later)
         second = first + np.arange(len(first)) - np.repeat(np.cumsum(later) - later, later)
     i32 = lambda a: np.asarray(a, np.int32)  # noqa: E731
+    plan = None
+    if clusters and layout.dense_size >= CLUSTER_MIN_SIZE:
+        plan = plan_clusters(_meetings(entry_group, entry_block, block, n_lead, layout.n_blocks), w)
     return CrossedTerms(Z=Z, block=i32(block), row_entry=i32(row_entry.reshape(n, T)), entry_group=i32(entry_group),
-                        entry_block=i32(entry_block), pair_first=i32(first), pair_second=i32(second), layout=layout)
+                        entry_block=i32(entry_block), pair_first=i32(first), pair_second=i32(second), layout=layout,
+                        cluster_member=None if plan is None else i32(plan.member),
+                        cluster_separator=None if plan is None else i32(plan.separator),
+                        cluster_adjacent=None if plan is None else i32(plan.adjacent))
+
+
+def _meetings(entry_group: np.ndarray, entry_block: np.ndarray, block: np.ndarray, n_lead: int,
+              n_blocks: int) -> sp.csr_matrix:
+    """(B × B) how often two blocks meet: in one row (Z₂ᵀZ₂) or at one leading level (L₂₁L₂₁ᵀ) — a
+    superset of the non-zero blocks of the dense block M₂₂."""
+    at_level = sp.csr_matrix((np.ones(len(entry_group)), (entry_group, entry_block)), shape=(n_lead, n_blocks))
+    n, T = block.shape
+    in_row = sp.csr_matrix((np.ones(n * T), (np.repeat(np.arange(n), T), block.ravel())), shape=(n, n_blocks))
+    return (at_level.T @ at_level + in_row.T @ in_row).tocsr()
 
 
 @jax.tree_util.register_dataclass
@@ -187,6 +216,9 @@ class CrossedStats:
     pair_first: jax.Array
     pair_second: jax.Array
     layout: CrossedLayout = dataclasses.field(metadata=dict(static=True))
+    cluster_member: jax.Array | None = None
+    cluster_separator: jax.Array | None = None
+    cluster_adjacent: jax.Array | None = None
 
     # the pooled statistics, as `SufficientStats` names them
     XtX = property(lambda self: self.lead.XtX)
@@ -218,7 +250,8 @@ def crossed_stats(lead, y: jax.Array, X: jax.Array, Z1: jax.Array, group: jax.Ar
     ZtX = jax.ops.segment_sum((Zw[:, :, :, None] * X[:, None, None, :]).reshape(n * T, w, X.shape[1]), flat_block, B)
     Zty = jax.ops.segment_sum((Zw * y[:, None, None]).reshape(n * T, w), flat_block, B)
     return CrossedStats(lead, C, G, ZtX, Zty, terms.entry_group, terms.entry_block, terms.pair_first,
-                        terms.pair_second, layout)
+                        terms.pair_second, layout, terms.cluster_member, terms.cluster_separator,
+                        terms.cluster_adjacent)
 
 
 def block_factors(lam: jax.Array, layout: CrossedLayout) -> jax.Array:
@@ -270,7 +303,11 @@ def crossed_reduction(lam: jax.Array, stats: CrossedStats):
     """(Σ log|L₁g|² + log|L₂₂|², W₁ᵀW₁ + W₂ᵀW₂): what eliminating all random effects takes from
     [[XᵀX, Xᵀy], [yᵀX, yᵀy]] (see `_kernels.deviance_terms`)."""
     blocks = _blocks(lam, stats)
-    logdet22, quad = _linalg.logdet_and_quadratic(blocks.M22, blocks.B2)
+    if stats.cluster_member is None:
+        logdet22, quad = _linalg.logdet_and_quadratic(blocks.M22, blocks.B2)
+    else:  # sparse: clusters and a separator (`_clusters`)
+        logdet22, quad = clustered_logdet_and_quadratic(blocks.M22, blocks.B2, stats.cluster_member,
+                                                        stats.cluster_separator, stats.cluster_adjacent)
     return _linalg.logdet_from_cholesky(blocks.L1) + logdet22, jnp.einsum("gqc,gqd->cd", blocks.W1, blocks.W1) + quad
 
 

@@ -1,0 +1,97 @@
+"""The dense block split into clusters and a separator (`_clusters`): the same deviance, derivatives
+and fit as the dense factorisation, on a students × teachers × schools design (STAR's shape)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import jaxlmm
+from jaxlmm._clusters import plan_clusters
+from jaxlmm._fit import _Objective, design_stats, fit_arrays
+from tests.hlo_checks import batched_lapack_calls
+
+FORMULA = "y ~ grade + (1 | student) + (1 | teacher) + (1 | school)"
+
+
+def school_data(seed: int = 5, schools: int = 40, per_school: int = 30, switch: float = 0.05) -> pd.DataFrame:
+    """Students followed over 4 grades, 2 teachers per grade and school; a few change school once."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for school in range(schools):
+        for k in range(per_school):
+            student = f"s{school}_{k}"
+            home = school
+            for grade in range(4):
+                if grade == 2 and rng.random() < switch:
+                    home = int(rng.integers(schools))
+                rows.append((student, f"t{home}_{grade}_{rng.integers(2)}", f"h{home}", grade))
+    df = pd.DataFrame(rows, columns=["student", "teacher", "school", "grade"])
+    effect = {c: dict(zip(df[c].unique(), rng.normal(0, sd, df[c].nunique())))
+              for c, sd in (("student", 1.0), ("teacher", 0.5), ("school", 0.7))}
+    df["y"] = 0.3 * df.grade + sum(df[c].map(effect[c]) for c in effect) + rng.normal(0, 0.8, len(df))
+    df["grade"] = df.grade.astype(str)
+    return df
+
+
+def dense_twin(design):
+    """The same design with its dense block factored densely."""
+    crossed = dataclasses.replace(design.crossed, cluster_member=None, cluster_separator=None, cluster_adjacent=None)
+    return dataclasses.replace(design, crossed=crossed)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return jaxlmm.MixedLM.from_formula(FORMULA, school_data())
+
+
+def test_a_school_design_is_split_into_clusters_and_a_separator(model):
+    crossed = model.design.crossed
+    assert crossed.layout.dense_size >= 256 and crossed.cluster_member is not None
+    K, s = crossed.cluster_member.shape
+    S = crossed.cluster_separator.shape[0]
+    D = crossed.layout.dense_size
+    members = np.asarray(crossed.cluster_member)
+    used = np.concatenate([members[members < D], np.asarray(crossed.cluster_separator)])
+    assert np.array_equal(np.sort(used), np.arange(D))  # every column once: in a cluster or the separator
+    assert s < D / 4 and S < D / 2
+
+
+def test_the_plan_refuses_a_dense_pattern():
+    rng = np.random.default_rng(0)
+    meetings = sp.csr_matrix(rng.integers(1, 20, (300, 300)))
+    assert plan_clusters(meetings, 1) is None
+
+
+@pytest.mark.parametrize("reml", [1.0])
+def test_the_clustered_deviance_and_its_derivatives_equal_the_dense_ones(model, reml):
+    design = model.design
+    objective = _Objective(design.lambda_index)
+    with jaxlmm.float64():
+        theta = jnp.asarray([0.8, 0.45, 0.6])
+        values = []
+        for d in (design, dense_twin(design)):
+            @jax.jit
+            def derivatives(d, t):
+                f = lambda u: objective(u, (design_stats(d)[1], reml, None))  # noqa: E731
+                return f(t), jax.grad(f)(t), jax.hessian(f)(t)
+
+            values.append([np.asarray(v) for v in derivatives(d, theta)])
+            assert not batched_lapack_calls(derivatives.lower(d, theta).as_text())  # the clusters: one at a time
+    for got, want, label in zip(values[0], values[1], ("deviance", "gradient", "hessian")):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-8, err_msg=label)
+
+
+def test_a_clustered_fit_equals_the_dense_fit(model):
+    r = model.fit()  # clustered
+    with jaxlmm.float64():
+        b = jax.tree.map(np.asarray, fit_arrays(dense_twin(model.design)))
+    assert r.converged and r.llf == pytest.approx(float(b.llf), abs=1e-8)
+    a = r._arrays
+    for field in ("theta", "beta", "sigma2", "vcov_beta", "ranef", "ranef_other"):
+        np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-6, atol=1e-9, err_msg=field)
+    assert list(r.random_effects) == ["student", "teacher", "school"]
