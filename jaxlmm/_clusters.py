@@ -39,17 +39,48 @@ MIN_SAVING = 8.0  # the split is used when its flop count is at most 1/8 of the 
 
 @dataclasses.dataclass(frozen=True)
 class ClusterPlan:
-    """Columns of M₂₂ (D × D) by role: ``member`` (K, s) each cluster's columns, padded with D (a
-    spare zero column); ``separator`` (S,); ``adjacent`` (K, r) the positions in ``separator`` of
-    the separator columns each cluster meets, padded with S (a spare position)."""
+    """Levels (blocks) of M₂₂ by role: ``member`` (K, s) each cluster's blocks, padded with
+    ``n_blocks`` (no block); ``separator`` (S,); ``adjacent`` (K, r) the positions in ``separator``
+    of the separator blocks each cluster meets, padded with S. Each block has ``width`` columns."""
 
     member: np.ndarray
     separator: np.ndarray
     adjacent: np.ndarray
+    n_blocks: int
+    width: int
 
     def flops(self) -> float:
         (K, s), S, r = self.member.shape, self.separator.shape[0], self.adjacent.shape[1]
+        s, S, r = s * self.width, S * self.width, r * self.width
         return K * (s**3 / 3 + s * s * r + s * r * r) + S**3 / 3
+
+    def slots(self) -> tuple[np.ndarray, np.ndarray]:
+        """The (w × w) blocks of M₂₂ the split reads, as (row block, column block) per slot: the
+        clusters' K·s², their K·s·r against the separator, the separator's S² (padding: block
+        ``n_blocks``). Both orientations of a pair inside a cluster or inside the separator have a
+        slot; a pair across cluster and separator only (cluster, separator)."""
+        K, s = self.member.shape
+        sep = np.append(self.separator, self.n_blocks)[self.adjacent]  # (K, r)
+        S = len(self.separator)
+        rows = [np.repeat(self.member, s, axis=1).ravel(), np.repeat(self.member, sep.shape[1], axis=1).ravel(),
+                np.repeat(self.separator, S)]
+        cols = [np.tile(self.member, (1, s)).ravel(), np.tile(sep, (1, s)).ravel(), np.tile(self.separator, S)]
+        return np.concatenate(rows).astype(np.int64), np.concatenate(cols).astype(np.int64)
+
+    def slot_of(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """The slot holding block (rows[i], cols[i]) of M₂₂, or the spare slot (the last, one past
+        `slots`) when the split does not read it (the other orientation of a cluster–separator pair,
+        or a pair the plan knows to be zero)."""
+        slot_rows, slot_cols = self.slots()
+        B = self.n_blocks + 1
+        keys = slot_rows * B + slot_cols
+        real = (slot_rows < self.n_blocks) & (slot_cols < self.n_blocks)
+        order = np.argsort(keys[real], kind="stable")
+        sorted_keys, sorted_slots = keys[real][order], np.flatnonzero(real)[order]
+        wanted = np.asarray(rows, np.int64) * B + np.asarray(cols, np.int64)
+        at = np.clip(np.searchsorted(sorted_keys, wanted), 0, max(len(sorted_keys) - 1, 0))
+        found = sorted_keys[at] == wanted if len(sorted_keys) else np.zeros(wanted.shape, bool)
+        return np.where(found, sorted_slots[at] if len(sorted_keys) else 0, len(keys))
 
 
 def _vertex_cover(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -94,20 +125,14 @@ def _plan_at(meetings: sp.csr_matrix, tau: int, width: int) -> ClusterPlan | Non
         return None
     _, component = np.unique(label[inside], return_inverse=True)
     sizes = np.bincount(component)
-    cluster_of_component = _pack(sizes, int(sizes.max()))
+    cluster = _pack(sizes, int(sizes.max()))[component]
     blocks_inside = np.flatnonzero(inside)
-    cluster = cluster_of_component[component]
     K = int(cluster.max()) + 1
     order = np.argsort(cluster, kind="stable")
     counts = np.bincount(cluster, minlength=K)
-    s = int(counts.max()) * width
-    D = n_blocks * width
-    member = np.full((K, s), D, np.int64)
-    position = np.arange(len(order)) - np.repeat(np.cumsum(counts) - counts, counts)
-    for j in range(width):
-        member[cluster[order], position * width + j] = blocks_inside[order] * width + j
-    sep_cols = (separator[:, None] * width + np.arange(width)[None, :]).ravel()
-    # the separator columns each cluster meets
+    member = np.full((K, int(counts.max())), n_blocks, np.int64)
+    member[cluster[order], np.arange(len(order)) - np.repeat(np.cumsum(counts) - counts, counts)] = blocks_inside[order]
+    # the separator blocks each cluster meets
     where_sep = -np.ones(n_blocks, np.int64)
     where_sep[separator] = np.arange(separator.size)
     block_cluster = -np.ones(n_blocks, np.int64)
@@ -115,15 +140,11 @@ def _plan_at(meetings: sp.csr_matrix, tau: int, width: int) -> ClusterPlan | Non
     links = (block_cluster[coo.row] >= 0) & (where_sep[coo.col] >= 0)
     pairs = np.unique(np.stack([block_cluster[coo.row[links]], where_sep[coo.col[links]]], 1), axis=0)
     per_cluster = np.bincount(pairs[:, 0], minlength=K) if pairs.size else np.zeros(K, np.int64)
-    r = int(per_cluster.max()) * width if pairs.size else 0
-    S = sep_cols.size
-    adjacent = np.full((K, r), S, np.int64)
+    adjacent = np.full((K, int(per_cluster.max(initial=0))), separator.size, np.int64)
     if pairs.size:
         start = np.cumsum(per_cluster) - per_cluster
-        slot = np.arange(len(pairs)) - start[pairs[:, 0]]
-        for j in range(width):
-            adjacent[pairs[:, 0], slot * width + j] = pairs[:, 1] * width + j
-    return ClusterPlan(member, sep_cols, adjacent)
+        adjacent[pairs[:, 0], np.arange(len(pairs)) - start[pairs[:, 0]]] = pairs[:, 1]
+    return ClusterPlan(member, separator, adjacent, n_blocks, width)
 
 
 def plan_clusters(meetings: sp.spmatrix, width: int) -> ClusterPlan | None:
@@ -145,27 +166,78 @@ def plan_clusters(meetings: sp.spmatrix, width: int) -> ClusterPlan | None:
     return best
 
 
-def clustered_logdet_and_quadratic(M: jax.Array, R: jax.Array, member: jax.Array, separator: jax.Array,
-                                   adjacent: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(log|M|, RᵀM⁻¹R) for the symmetric positive-definite ``M`` (D, D) whose entries outside the
-    plan's clusters and separator (`ClusterPlan`) are zero; ``R`` (D, c)."""
-    D, S = M.shape[0], separator.shape[0]
-    M = jax.lax.optimization_barrier(M)
-    Mp = jnp.pad(M, ((0, 1), (0, 1)))
-    Rp = jnp.pad(R, ((0, 1), (0, 0)))
-    padded = member == D
-    A = Mp[member[:, :, None], member[:, None, :]] + jax.vmap(jnp.diag)(padded.astype(M.dtype))
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class ClusterSlots:
+    """A `ClusterPlan` for the kernels: ``member``/``separator``/``adjacent`` as in the plan (blocks),
+    ``slot_row``/``slot_col`` (N,) the blocks of M₂₂ each slot holds (`ClusterPlan.slots`, then the
+    spare slot), ``row_pair`` (n, T, T) the slot of each row's pair of further-term blocks, and
+    ``pair``/``pair_transposed`` (P,) the slots of each pair of entries' Schur product and its transpose."""
+
+    member: jax.Array
+    separator: jax.Array
+    adjacent: jax.Array
+    slot_row: jax.Array
+    slot_col: jax.Array
+    row_pair: jax.Array
+    pair: jax.Array
+    pair_transposed: jax.Array
+
+    @property
+    def n_slots(self) -> int:
+        return int(self.slot_row.shape[0])
+
+
+def cluster_slots(plan: ClusterPlan, block: np.ndarray, pair_blocks: tuple[np.ndarray, np.ndarray]) -> ClusterSlots:
+    """The slots of ``plan`` for rows whose further-term blocks are ``block`` (n, T), and for the
+    Schur products of pairs of entries with blocks ``pair_blocks`` (first, second)."""
+    rows, cols = plan.slots()
+    spare = plan.n_blocks
+    n, T = block.shape
+    row_pair = plan.slot_of(np.repeat(block, T, axis=1).ravel(), np.tile(block, (1, T)).ravel()).reshape(n, T, T)
+    first, second = pair_blocks
+    i32 = lambda a: np.asarray(a, np.int32)  # noqa: E731
+    return ClusterSlots(member=i32(plan.member), separator=i32(plan.separator), adjacent=i32(plan.adjacent),
+                        slot_row=i32(np.append(rows, spare)), slot_col=i32(np.append(cols, spare)),
+                        row_pair=i32(row_pair), pair=i32(plan.slot_of(first, second)),
+                        pair_transposed=i32(plan.slot_of(second, first)))
+
+
+def clustered_logdet_and_quadratic(M: jax.Array, R: jax.Array, slots: ClusterSlots) -> tuple[jax.Array, jax.Array]:
+    """(log|M₂₂|, RᵀM₂₂⁻¹R) from M₂₂'s slots ``M`` (N, w, w) (`ClusterSlots`; M₂₂ symmetric
+    positive definite, zero outside the plan's clusters and separator) and ``R`` (D, c), D = B·w."""
+    K, s = slots.member.shape
+    S, r = slots.separator.shape[0], slots.adjacent.shape[1]
+    w = M.shape[-1]
+    n_blocks = R.shape[0] // w
+    A = M[: K * s * s].reshape(K, s, s, w, w).transpose(0, 1, 3, 2, 4).reshape(K, s * w, s * w)
+    padded = jnp.repeat(slots.member == n_blocks, w, axis=1).astype(M.dtype)
+    A = A + jax.vmap(jnp.diag)(padded)  # a padded position: a 1 on the diagonal, nothing else
+    Rb = jnp.pad(R.reshape(n_blocks, w, -1), ((0, 1), (0, 0), (0, 0)))
     L = _linalg.cholesky(A)
-    W_r = _linalg.solve_lower(L, Rp[member])
+    W_r = _linalg.solve_lower(L, Rb[slots.member].reshape(K, s * w, -1))
     logdet = jnp.sum(_linalg.logdet_from_cholesky(L))
     quad = jnp.einsum("ksc,ksd->cd", W_r, W_r)
     if S == 0:
         return logdet, quad
-    sep_cols = jnp.concatenate([separator, jnp.asarray([D], separator.dtype)])[adjacent]  # (K, r)
-    W_b = _linalg.solve_lower(L, Mp[member[:, :, None], sep_cols[:, None, :]])
-    update = jnp.zeros((S + 1, S + 1), M.dtype).at[adjacent[:, :, None], adjacent[:, None, :]].add(
-        jnp.einsum("ksa,ksb->kab", W_b, W_b))
-    shift = jnp.zeros((S + 1, R.shape[1]), M.dtype).at[adjacent].add(jnp.einsum("ksa,ksc->kac", W_b, W_r))
-    schur = M[separator[:, None], separator[None, :]] - update[:S, :S]
-    logdet_s, quad_s = _linalg.logdet_and_quadratic(schur, R[separator] - shift[:S])
+    coupling = M[K * s * s: K * s * (s + r)].reshape(K, s, r, w, w).transpose(0, 1, 3, 2, 4).reshape(K, s * w, r * w)
+    C = M[K * s * (s + r): K * s * (s + r) + S * S].reshape(S, S, w, w).transpose(0, 2, 1, 3).reshape(S * w, S * w)
+    W_b = _linalg.solve_lower(L, coupling)
+    cols = (slots.adjacent[:, :, None] * w + jnp.arange(w)).reshape(K, r * w)  # separator columns (padded: S·w)
+    update = jnp.zeros((S * w + 1, S * w + 1), M.dtype).at[cols[:, :, None], cols[:, None, :]].add(
+        jnp.einsum("ksa,ksb->kab", W_b, W_b), mode="drop")
+    shift = jnp.zeros((S * w + 1, R.shape[1]), M.dtype).at[cols].add(jnp.einsum("ksa,ksc->kac", W_b, W_r), mode="drop")
+    R_sep = Rb[slots.separator].reshape(S * w, -1)
+    logdet_s, quad_s = _linalg.logdet_and_quadratic(C - update[: S * w, : S * w], R_sep - shift[: S * w])
     return logdet + logdet_s, quad + quad_s
+
+
+def dense_from_slots(M: jax.Array, slots: ClusterSlots, n_blocks: int) -> jax.Array:
+    """M₂₂ (D × D) from its slots (for the conditional modes, once per fit)."""
+    w = M.shape[-1]
+    blocks = jnp.zeros((n_blocks + 1, n_blocks + 1, w, w), M.dtype)
+    K, s = slots.member.shape
+    cross = slice(K * s * s, K * s * (s + slots.adjacent.shape[1]))  # cluster–separator: add the transposes
+    blocks = blocks.at[slots.slot_row, slots.slot_col].set(M)
+    blocks = blocks.at[slots.slot_col[cross], slots.slot_row[cross]].set(jnp.swapaxes(M[cross], -1, -2))
+    return blocks[:n_blocks, :n_blocks].transpose(0, 2, 1, 3).reshape(n_blocks * w, n_blocks * w)

@@ -32,7 +32,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _linalg
-from ._clusters import clustered_logdet_and_quadratic, plan_clusters
+from ._clusters import ClusterSlots, cluster_slots, clustered_logdet_and_quadratic, dense_from_slots, plan_clusters
 from .errors import ModelTooLargeError
 
 # A dense block of D × D float64 needs about 6 copies of D² in a gradient evaluation.
@@ -87,8 +87,8 @@ class CrossedTerms:
     ``entry_group``/``entry_block`` (E,): each entry's leading level and block, sorted by level;
     ``pair_first``/``pair_second`` (P,): the pairs e ≤ f of entries of one leading level (the
     Schur update L₂₁L₂₁ᵀ is symmetric: each pair's block and its transpose);
-    ``cluster_member``/``cluster_separator``/``cluster_adjacent``: the split of the dense block into
-    clusters and a separator (`_clusters.ClusterPlan`), or None to factor it densely.
+    ``clusters``: the split of the dense block into clusters and a separator (`_clusters`), or None
+    to factor it densely.
     """
 
     Z: jax.Array
@@ -99,9 +99,7 @@ class CrossedTerms:
     pair_first: jax.Array
     pair_second: jax.Array
     layout: CrossedLayout = dataclasses.field(metadata=dict(static=True))
-    cluster_member: jax.Array | None = None
-    cluster_separator: jax.Array | None = None
-    cluster_adjacent: jax.Array | None = None
+    clusters: ClusterSlots | None = None
 
 
 def crossed_bytes(layout: CrossedLayout, n_entries: int, n_pairs: int) -> int:
@@ -178,14 +176,14 @@ def build_crossed_terms(lead_codes: np.ndarray, n_lead: int, codes: list[np.ndar
         first = np.repeat(np.arange(len(keys)), later)
         second = first + np.arange(len(first)) - np.repeat(np.cumsum(later) - later, later)
     i32 = lambda a: np.asarray(a, np.int32)  # noqa: E731
-    plan = None
-    if clusters and layout.dense_size >= CLUSTER_MIN_SIZE:
+    slots = None
+    if clusters and not layout.dense_coupling and layout.dense_size >= CLUSTER_MIN_SIZE:
         plan = plan_clusters(_meetings(entry_group, entry_block, block, n_lead, layout.n_blocks), w)
+        if plan is not None:
+            slots = cluster_slots(plan, block, (entry_block[first], entry_block[second]))
     return CrossedTerms(Z=Z, block=i32(block), row_entry=i32(row_entry.reshape(n, T)), entry_group=i32(entry_group),
                         entry_block=i32(entry_block), pair_first=i32(first), pair_second=i32(second), layout=layout,
-                        cluster_member=None if plan is None else i32(plan.member),
-                        cluster_separator=None if plan is None else i32(plan.separator),
-                        cluster_adjacent=None if plan is None else i32(plan.adjacent))
+                        clusters=slots)
 
 
 def _meetings(entry_group: np.ndarray, entry_block: np.ndarray, block: np.ndarray, n_lead: int,
@@ -203,8 +201,8 @@ def _meetings(entry_group: np.ndarray, entry_block: np.ndarray, block: np.ndarra
 class CrossedStats:
     """Sufficient statistics of a crossed model: the leader's (`SufficientStats`); the cross-products
     with the leader ``C``, per entry (E, q₁, w), or with a dense coupling all of Z₁ᵀZ₂ (m, B, q₁, w);
-    the other terms' ``G`` = Z₂ᵀZ₂ (B, B, w, w), ``ZtX`` (B, w, p) and ``Zty`` (B, w); and the
-    integer pattern of `CrossedTerms`."""
+    the other terms' ``G`` = Z₂ᵀZ₂ (B, B, w, w; with ``clusters``, only the slots the split reads,
+    (N, w, w)), ``ZtX`` (B, w, p) and ``Zty`` (B, w); and the integer pattern of `CrossedTerms`."""
 
     lead: NamedTuple
     C: jax.Array
@@ -216,9 +214,7 @@ class CrossedStats:
     pair_first: jax.Array
     pair_second: jax.Array
     layout: CrossedLayout = dataclasses.field(metadata=dict(static=True))
-    cluster_member: jax.Array | None = None
-    cluster_separator: jax.Array | None = None
-    cluster_adjacent: jax.Array | None = None
+    clusters: ClusterSlots | None = None
 
     # the pooled statistics, as `SufficientStats` names them
     XtX = property(lambda self: self.lead.XtX)
@@ -243,15 +239,17 @@ def crossed_stats(lead, y: jax.Array, X: jax.Array, Z1: jax.Array, group: jax.Ar
         C = C.reshape(layout.n_lead, B, Z1.shape[1], w)
     else:  # only the non-zero blocks (entries)
         C = jax.ops.segment_sum(cross, terms.row_entry.reshape(-1), E)
-    pair = (terms.block[:, :, None] * B + terms.block[:, None, :]).reshape(-1)
-    G = jax.ops.segment_sum((Zw[:, :, None, :, None] * terms.Z[:, None, :, None, :]).reshape(n * T * T, w, w), pair,
-                            B * B).reshape(B, B, w, w)
+    products = (Zw[:, :, None, :, None] * terms.Z[:, None, :, None, :]).reshape(n * T * T, w, w)
+    if terms.clusters is None:
+        pair = (terms.block[:, :, None] * B + terms.block[:, None, :]).reshape(-1)
+        G = jax.ops.segment_sum(products, pair, B * B).reshape(B, B, w, w)
+    else:  # only the slots of M₂₂ that the clustered split reads
+        G = jax.ops.segment_sum(products, terms.clusters.row_pair.reshape(-1), terms.clusters.n_slots)
     flat_block = terms.block.reshape(-1)
     ZtX = jax.ops.segment_sum((Zw[:, :, :, None] * X[:, None, None, :]).reshape(n * T, w, X.shape[1]), flat_block, B)
     Zty = jax.ops.segment_sum((Zw * y[:, None, None]).reshape(n * T, w), flat_block, B)
     return CrossedStats(lead, C, G, ZtX, Zty, terms.entry_group, terms.entry_block, terms.pair_first,
-                        terms.pair_second, layout, terms.cluster_member, terms.cluster_separator,
-                        terms.cluster_adjacent)
+                        terms.pair_second, layout, terms.clusters)
 
 
 def block_factors(lam: jax.Array, layout: CrossedLayout) -> jax.Array:
@@ -270,7 +268,7 @@ class _Blocks(NamedTuple):
     L1: jax.Array  # (m, q₁, q₁)
     W1: jax.Array  # (m, q₁, p + 1): L₁g⁻¹ Λ₁ᵀ Z₁gᵀ [X y]
     V: jax.Array  # (E, q₁, w): the non-zero blocks of L₂₁ᵀ; with a dense coupling all of L₂₁ᵀ, (m q₁, D)
-    M22: jax.Array  # (D, D): Λ₂ᵀZ₂ᵀZ₂Λ₂ + I − L₂₁L₂₁ᵀ
+    M22: jax.Array  # (D, D): Λ₂ᵀZ₂ᵀZ₂Λ₂ + I − L₂₁L₂₁ᵀ; with clusters its slots (N, w, w)
     B2: jax.Array  # (D, p + 1): Λ₂ᵀZ₂ᵀ[X y] − L₂₁ W₁
     lam1: jax.Array
     lamB: jax.Array
@@ -286,8 +284,10 @@ def _blocks(lam: jax.Array, stats: CrossedStats) -> _Blocks:
     W1 = _linalg.solve_lower(L1, jnp.einsum("ji,gjc->gic", lam1, jnp.concatenate([lead.ZtX, lead.Zty[:, :, None]], 2)))
     scaled = _linalg.solve_lower(L1, jnp.broadcast_to(lam1.T, (m, q1, q1)))  # L₁g⁻¹ Λ₁ᵀ
     D = B * w
-    M22 = jnp.einsum("aji,abjk,bkl->aibl", lamB, stats.G, lamB).reshape(D, D) + jnp.eye(D, dtype=lam.dtype)
     B2 = jnp.einsum("aji,ajc->aic", lamB, jnp.concatenate([stats.ZtX, stats.Zty[:, :, None]], 2)).reshape(D, -1)
+    if stats.clusters is not None:
+        return _clustered_blocks(lam, stats, L1, W1, scaled, B2, lam1, lamB)
+    M22 = jnp.einsum("aji,abjk,bkl->aibl", lamB, stats.G, lamB).reshape(D, D) + jnp.eye(D, dtype=lam.dtype)
     if layout.dense_coupling:  # L₂₁ᵀ = blockdiag(L₁g⁻¹Λ₁ᵀ) Z₁ᵀZ₂ Λ₂, dense: matrix products only
         L21t = jnp.einsum("gij,gbjk,bkl->gibl", scaled, stats.C, lamB).reshape(m * q1, D)
         return _Blocks(L1, W1, L21t, M22 - L21t.T @ L21t, B2 - L21t.T @ W1.reshape(m * q1, -1), lam1, lamB)
@@ -299,15 +299,32 @@ def _blocks(lam: jax.Array, stats: CrossedStats) -> _Blocks:
     return _Blocks(L1, W1, V, M22 - (half + half.T), B2 - coupled.reshape(D, -1), lam1, lamB)
 
 
+def _clustered_blocks(lam, stats: CrossedStats, L1, W1, scaled, B2, lam1, lamB) -> _Blocks:
+    """`_blocks` with M₂₂ held in the clustered split's slots (`_clusters.ClusterSlots`): the same
+    terms, each entry scattered to its slot instead of a dense D × D array."""
+    slots, B = stats.clusters, stats.layout.n_blocks
+    w = lamB.shape[-1]
+    lam_pad = jnp.concatenate([lamB, jnp.zeros((1, w, w), lam.dtype)])  # block B: padding
+    row, col = slots.slot_row, slots.slot_col
+    diagonal = ((row == col) & (row < B)).astype(lam.dtype)[:, None, None] * jnp.eye(w, dtype=lam.dtype)
+    M = jnp.einsum("nji,njk,nkl->nil", lam_pad[row], stats.G, lam_pad[col]) + diagonal
+    V = jnp.einsum("eij,ejk,ekl->eil", scaled[stats.entry_group], stats.C, lamB[stats.entry_block])
+    products = jnp.einsum("pia,pib->pab", V[stats.pair_first], V[stats.pair_second]) * _pair_weight(stats)[:, None, None]
+    n_slots = slots.n_slots
+    M = M - jax.ops.segment_sum(products, slots.pair, n_slots) \
+        - jax.ops.segment_sum(jnp.swapaxes(products, 1, 2), slots.pair_transposed, n_slots)
+    coupled = jax.ops.segment_sum(jnp.einsum("eia,eic->eac", V, W1[stats.entry_group]), stats.entry_block, B)
+    return _Blocks(L1, W1, V, M, B2 - coupled.reshape(B * w, -1), lam1, lamB)
+
+
 def crossed_reduction(lam: jax.Array, stats: CrossedStats):
     """(Σ log|L₁g|² + log|L₂₂|², W₁ᵀW₁ + W₂ᵀW₂): what eliminating all random effects takes from
     [[XᵀX, Xᵀy], [yᵀX, yᵀy]] (see `_kernels.deviance_terms`)."""
     blocks = _blocks(lam, stats)
-    if stats.cluster_member is None:
+    if stats.clusters is None:
         logdet22, quad = _linalg.logdet_and_quadratic(blocks.M22, blocks.B2)
     else:  # sparse: clusters and a separator (`_clusters`)
-        logdet22, quad = clustered_logdet_and_quadratic(blocks.M22, blocks.B2, stats.cluster_member,
-                                                        stats.cluster_separator, stats.cluster_adjacent)
+        logdet22, quad = clustered_logdet_and_quadratic(blocks.M22, blocks.B2, stats.clusters)
     return _linalg.logdet_from_cholesky(blocks.L1) + logdet22, jnp.einsum("gqc,gqd->cd", blocks.W1, blocks.W1) + quad
 
 
@@ -317,7 +334,8 @@ def crossed_modes(lam: jax.Array, stats: CrossedStats, beta: jax.Array, sigma2: 
     blocks = _blocks(lam, stats)
     m, q1 = blocks.W1.shape[0], blocks.W1.shape[1]
     B, w = stats.layout.n_blocks, stats.layout.width
-    M22_inv, _ = _linalg.spd_inverse_and_logdet(blocks.M22)
+    M22 = blocks.M22 if stats.clusters is None else dense_from_slots(blocks.M22, stats.clusters, B)
+    M22_inv, _ = _linalg.spd_inverse_and_logdet(M22)
     p = beta.shape[0]
     u2 = M22_inv @ (blocks.B2[:, p] - blocks.B2[:, :p] @ beta)  # L₂₂⁻ᵀ (c₂ − C₂ β̂)
     u2_blocks = u2.reshape(B, w)

@@ -40,7 +40,7 @@ def school_data(seed: int = 5, schools: int = 40, per_school: int = 30, switch: 
 
 def dense_twin(design):
     """The same design with its dense block factored densely."""
-    crossed = dataclasses.replace(design.crossed, cluster_member=None, cluster_separator=None, cluster_adjacent=None)
+    crossed = dataclasses.replace(design.crossed, clusters=None)
     return dataclasses.replace(design, crossed=crossed)
 
 
@@ -51,14 +51,21 @@ def model():
 
 def test_a_school_design_is_split_into_clusters_and_a_separator(model):
     crossed = model.design.crossed
-    assert crossed.layout.dense_size >= 256 and crossed.cluster_member is not None
-    K, s = crossed.cluster_member.shape
-    S = crossed.cluster_separator.shape[0]
-    D = crossed.layout.dense_size
-    members = np.asarray(crossed.cluster_member)
-    used = np.concatenate([members[members < D], np.asarray(crossed.cluster_separator)])
-    assert np.array_equal(np.sort(used), np.arange(D))  # every column once: in a cluster or the separator
-    assert s < D / 4 and S < D / 2
+    slots = crossed.clusters
+    assert crossed.layout.dense_size >= 256 and slots is not None
+    B = crossed.layout.n_blocks
+    members = np.asarray(slots.member)
+    K, s = members.shape
+    S = slots.separator.shape[0]
+    used = np.concatenate([members[members < B], np.asarray(slots.separator)])
+    assert np.array_equal(np.sort(used), np.arange(B))  # every level once: in a cluster or the separator
+    assert s < B / 4 and S < B / 2
+    # every pair of levels that meet has a slot (in one orientation at least), so M₂₂ loses nothing
+    rows, cols = np.asarray(slots.slot_row), np.asarray(slots.slot_col)
+    held = set(zip(rows.tolist(), cols.tolist()))
+    block = np.asarray(crossed.block)
+    for a, b in zip(block[:, 0], block[:, 1]):
+        assert (a, b) in held or (b, a) in held
 
 
 def test_the_plan_refuses_a_dense_pattern():
