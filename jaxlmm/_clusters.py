@@ -172,7 +172,8 @@ class ClusterSlots:
     """A `ClusterPlan` for the kernels: ``member``/``separator``/``adjacent`` as in the plan (blocks),
     ``slot_row``/``slot_col`` (N,) the blocks of M₂₂ each slot holds (`ClusterPlan.slots`, then the
     spare slot), ``row_pair`` (n, T, T) the slot of each row's pair of further-term blocks, and
-    ``pair``/``pair_transposed`` (P,) the slots of each pair of entries' Schur product and its transpose."""
+    ``pair``/``pair_transposed`` (P,) the slots of each pair of entries' Schur product and its transpose,
+    ``diagonal`` (B,) the slot of each block's diagonal."""
 
     member: jax.Array
     separator: jax.Array
@@ -182,6 +183,7 @@ class ClusterSlots:
     row_pair: jax.Array
     pair: jax.Array
     pair_transposed: jax.Array
+    diagonal: jax.Array
 
     @property
     def n_slots(self) -> int:
@@ -200,44 +202,96 @@ def cluster_slots(plan: ClusterPlan, block: np.ndarray, pair_blocks: tuple[np.nd
     return ClusterSlots(member=i32(plan.member), separator=i32(plan.separator), adjacent=i32(plan.adjacent),
                         slot_row=i32(np.append(rows, spare)), slot_col=i32(np.append(cols, spare)),
                         row_pair=i32(row_pair), pair=i32(plan.slot_of(first, second)),
-                        pair_transposed=i32(plan.slot_of(second, first)))
+                        pair_transposed=i32(plan.slot_of(second, first)),
+                        diagonal=i32(plan.slot_of(np.arange(spare), np.arange(spare))))
+
+
+def _split(M: jax.Array, slots: ClusterSlots, n_blocks: int):
+    """M₂₂'s slots as dense pieces: the clusters' blocks A (K, s·w, s·w) with 1 on the diagonal of
+    padded positions, their coupling to the separator (K, s·w, r·w) and the separator's C (S·w, S·w)."""
+    K, s = slots.member.shape
+    S, r = slots.separator.shape[0], slots.adjacent.shape[1]
+    w = M.shape[-1]
+    A = M[: K * s * s].reshape(K, s, s, w, w).transpose(0, 1, 3, 2, 4).reshape(K, s * w, s * w)
+    padded = jnp.repeat(slots.member == n_blocks, w, axis=1).astype(M.dtype)
+    A = A + jax.vmap(jnp.diag)(padded)  # a padded position: a 1 on the diagonal, nothing else
+    coupling = M[K * s * s: K * s * (s + r)].reshape(K, s, r, w, w).transpose(0, 1, 3, 2, 4).reshape(K, s * w, r * w)
+    C = M[K * s * (s + r): K * s * (s + r) + S * S].reshape(S, S, w, w).transpose(0, 2, 1, 3).reshape(S * w, S * w)
+    cols = (slots.adjacent[:, :, None] * w + jnp.arange(w)).reshape(K, r * w)  # separator columns (padded: S·w)
+    return A, coupling, C, cols
+
+
+def _schur(C: jax.Array, W_b: jax.Array, cols: jax.Array) -> jax.Array:
+    """C − Σ_k W_kᵀW_k scattered to each cluster's separator columns."""
+    n = C.shape[0]
+    update = jnp.zeros((n + 1, n + 1), C.dtype).at[cols[:, :, None], cols[:, None, :]].add(
+        jnp.einsum("ksa,ksb->kab", W_b, W_b), mode="drop")
+    return C - update[:n, :n]
+
+
+def _scatter_rows(values: jax.Array, cols: jax.Array, n: int) -> jax.Array:
+    """Σ_k values[k] (r, c) added at rows ``cols[k]`` of an (n, c) array (index n: dropped)."""
+    return jnp.zeros((n + 1, values.shape[-1]), values.dtype).at[cols].add(values, mode="drop")[:n]
 
 
 def clustered_logdet_and_quadratic(M: jax.Array, R: jax.Array, slots: ClusterSlots) -> tuple[jax.Array, jax.Array]:
     """(log|M₂₂|, RᵀM₂₂⁻¹R) from M₂₂'s slots ``M`` (N, w, w) (`ClusterSlots`; M₂₂ symmetric
     positive definite, zero outside the plan's clusters and separator) and ``R`` (D, c), D = B·w."""
     K, s = slots.member.shape
-    S, r = slots.separator.shape[0], slots.adjacent.shape[1]
     w = M.shape[-1]
     n_blocks = R.shape[0] // w
-    A = M[: K * s * s].reshape(K, s, s, w, w).transpose(0, 1, 3, 2, 4).reshape(K, s * w, s * w)
-    padded = jnp.repeat(slots.member == n_blocks, w, axis=1).astype(M.dtype)
-    A = A + jax.vmap(jnp.diag)(padded)  # a padded position: a 1 on the diagonal, nothing else
+    A, coupling, C, cols = _split(M, slots, n_blocks)
     Rb = jnp.pad(R.reshape(n_blocks, w, -1), ((0, 1), (0, 0), (0, 0)))
     L = _linalg.cholesky(A)
     W_r = _linalg.solve_lower(L, Rb[slots.member].reshape(K, s * w, -1))
     logdet = jnp.sum(_linalg.logdet_from_cholesky(L))
     quad = jnp.einsum("ksc,ksd->cd", W_r, W_r)
-    if S == 0:
+    if slots.separator.shape[0] == 0:
         return logdet, quad
-    coupling = M[K * s * s: K * s * (s + r)].reshape(K, s, r, w, w).transpose(0, 1, 3, 2, 4).reshape(K, s * w, r * w)
-    C = M[K * s * (s + r): K * s * (s + r) + S * S].reshape(S, S, w, w).transpose(0, 2, 1, 3).reshape(S * w, S * w)
     W_b = _linalg.solve_lower(L, coupling)
-    cols = (slots.adjacent[:, :, None] * w + jnp.arange(w)).reshape(K, r * w)  # separator columns (padded: S·w)
-    update = jnp.zeros((S * w + 1, S * w + 1), M.dtype).at[cols[:, :, None], cols[:, None, :]].add(
-        jnp.einsum("ksa,ksb->kab", W_b, W_b), mode="drop")
-    shift = jnp.zeros((S * w + 1, R.shape[1]), M.dtype).at[cols].add(jnp.einsum("ksa,ksc->kac", W_b, W_r), mode="drop")
-    R_sep = Rb[slots.separator].reshape(S * w, -1)
-    logdet_s, quad_s = _linalg.logdet_and_quadratic(C - update[: S * w, : S * w], R_sep - shift[: S * w])
+    n_sep = C.shape[0]
+    R_sep = Rb[slots.separator].reshape(n_sep, -1) - _scatter_rows(jnp.einsum("ksa,ksc->kac", W_b, W_r), cols, n_sep)
+    logdet_s, quad_s = _linalg.logdet_and_quadratic(_schur(C, W_b, cols), R_sep)
     return logdet + logdet_s, quad + quad_s
 
 
-def dense_from_slots(M: jax.Array, slots: ClusterSlots, n_blocks: int) -> jax.Array:
-    """M₂₂ (D × D) from its slots (for the conditional modes, once per fit)."""
-    w = M.shape[-1]
-    blocks = jnp.zeros((n_blocks + 1, n_blocks + 1, w, w), M.dtype)
+def clustered_solve_and_selected_inverse(M: jax.Array, R: jax.Array, slots: ClusterSlots
+                                         ) -> tuple[jax.Array, jax.Array]:
+    """(M₂₂⁻¹R (D, c), M₂₂⁻¹ at the slots (N, w, w), 0 in the spare one): what the conditional modes
+    and their covariances need, from the block-arrow form M₂₂⁻¹ = [[A⁻¹ + XΣXᵀ, −XΣ], [−ΣXᵀ, Σ]]
+    with X = A⁻¹Bᵀ and Σ the inverse of the separator's Schur complement."""
     K, s = slots.member.shape
-    cross = slice(K * s * s, K * s * (s + slots.adjacent.shape[1]))  # cluster–separator: add the transposes
-    blocks = blocks.at[slots.slot_row, slots.slot_col].set(M)
-    blocks = blocks.at[slots.slot_col[cross], slots.slot_row[cross]].set(jnp.swapaxes(M[cross], -1, -2))
-    return blocks[:n_blocks, :n_blocks].transpose(0, 2, 1, 3).reshape(n_blocks * w, n_blocks * w)
+    S, r = slots.separator.shape[0], slots.adjacent.shape[1]
+    w = M.shape[-1]
+    n_blocks = R.shape[0] // w
+    A, coupling, C, cols = _split(M, slots, n_blocks)
+    Rb = jnp.pad(R.reshape(n_blocks, w, -1), ((0, 1), (0, 0), (0, 0)))
+    L = _linalg.cholesky(A)
+    L_inv = _linalg.solve_lower(L, jnp.broadcast_to(jnp.eye(s * w, dtype=M.dtype), A.shape))
+    A_inv = jnp.einsum("kji,kjl->kil", L_inv, L_inv)
+    t = jnp.einsum("kij,kjc->kic", L_inv, Rb[slots.member].reshape(K, s * w, -1))
+    n_sep = S * w
+    if S == 0:
+        u_A, P_A = jnp.einsum("kji,kjc->kic", L_inv, t), A_inv
+        P_AS, P_S = jnp.zeros((K, s * w, 0), M.dtype), jnp.zeros((0, 0), M.dtype)
+        u_S = jnp.zeros((0, R.shape[1]), M.dtype)
+    else:
+        W_b = jnp.einsum("kij,kjc->kic", L_inv, coupling)
+        X = jnp.einsum("kji,kjc->kic", L_inv, W_b)  # A_k⁻¹ B_kᵀ
+        Sigma, _ = _linalg.spd_inverse_and_logdet(_schur(C, W_b, cols))
+        Sigma_pad = jnp.pad(Sigma, ((0, 1), (0, 1)))
+        u_S = Sigma @ (Rb[slots.separator].reshape(n_sep, -1)
+                       - _scatter_rows(jnp.einsum("ksa,ksc->kac", W_b, t), cols, n_sep))
+        u_adjacent = jnp.pad(u_S, ((0, 1), (0, 0)))[cols]  # (K, r·w, c)
+        u_A = jnp.einsum("kji,kjc->kic", L_inv, t - jnp.einsum("kia,kac->kic", W_b, u_adjacent))
+        Q = Sigma_pad[cols[:, :, None], cols[:, None, :]]
+        P_AS = -jnp.einsum("kia,kab->kib", X, Q)
+        P_A = A_inv - jnp.einsum("kib,kjb->kij", P_AS, X)
+        P_S = Sigma
+    slots_A = P_A.reshape(K, s, w, s, w).transpose(0, 1, 3, 2, 4).reshape(-1, w, w)
+    slots_AS = P_AS.reshape(K, s, w, r, w).transpose(0, 1, 3, 2, 4).reshape(-1, w, w)
+    slots_S = P_S.reshape(S, w, S, w).transpose(0, 2, 1, 3).reshape(-1, w, w)
+    P = jnp.concatenate([slots_A, slots_AS, slots_S, jnp.zeros((1, w, w), M.dtype)])
+    u = jnp.zeros((n_blocks + 1, w, R.shape[1]), M.dtype).at[slots.member].set(u_A.reshape(K, s, w, -1))
+    u = u.at[slots.separator].set(u_S.reshape(S, w, -1))
+    return u[:n_blocks].reshape(n_blocks * w, -1), P

@@ -32,7 +32,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _linalg
-from ._clusters import ClusterSlots, cluster_slots, clustered_logdet_and_quadratic, dense_from_slots, plan_clusters
+from ._clusters import (ClusterSlots, cluster_slots, clustered_logdet_and_quadratic, clustered_solve_and_selected_inverse,
+                        plan_clusters)
 from .errors import ModelTooLargeError
 
 # A dense block of D × D float64 needs about 6 copies of D² in a gradient evaluation.
@@ -334,10 +335,18 @@ def crossed_modes(lam: jax.Array, stats: CrossedStats, beta: jax.Array, sigma2: 
     blocks = _blocks(lam, stats)
     m, q1 = blocks.W1.shape[0], blocks.W1.shape[1]
     B, w = stats.layout.n_blocks, stats.layout.width
-    M22 = blocks.M22 if stats.clusters is None else dense_from_slots(blocks.M22, stats.clusters, B)
-    M22_inv, _ = _linalg.spd_inverse_and_logdet(M22)
     p = beta.shape[0]
-    u2 = M22_inv @ (blocks.B2[:, p] - blocks.B2[:, :p] @ beta)  # L₂₂⁻ᵀ (c₂ − C₂ β̂)
+    rhs = blocks.B2[:, p] - blocks.B2[:, :p] @ beta  # u₂ = M₂₂⁻¹ (c₂ − C₂ β̂)
+    slots = stats.clusters
+    if slots is None:
+        M22_inv, _ = _linalg.spd_inverse_and_logdet(blocks.M22)
+        u2 = M22_inv @ rhs
+        P = M22_inv.reshape(B, w, B, w)
+        cov_u2 = P[jnp.arange(B), :, jnp.arange(B), :]  # (B, w, w) diagonal blocks of M₂₂⁻¹
+    else:  # M₂₂⁻¹ at the clustered split's slots only
+        u2, P_slots = clustered_solve_and_selected_inverse(blocks.M22, rhs[:, None], slots)
+        u2 = u2[:, 0]
+        cov_u2 = P_slots[slots.diagonal]
     u2_blocks = u2.reshape(B, w)
     if stats.layout.dense_coupling:
         coupled = (blocks.V @ u2).reshape(m, q1)
@@ -346,13 +355,16 @@ def crossed_modes(lam: jax.Array, stats: CrossedStats, beta: jax.Array, sigma2: 
                                       stats.entry_group, m)
     r1 = blocks.W1[:, :, p] - blocks.W1[:, :, :p] @ beta - coupled
     u1 = _linalg.solve_upper_transposed(blocks.L1, r1)
-    P = M22_inv.reshape(B, w, B, w)
-    cov_u2 = P[jnp.arange(B), :, jnp.arange(B), :]  # (B, w, w) diagonal blocks of M₂₂⁻¹
     if stats.layout.dense_coupling:
         L21t = blocks.V.reshape(m, q1, B * w)
         inner = jnp.einsum("gia,ab,gjb->gij", L21t, M22_inv, L21t)
     else:
-        P_pairs = P[stats.entry_block[stats.pair_first], :, stats.entry_block[stats.pair_second], :]  # (P, w, w)
+        if slots is None:
+            P_pairs = P[stats.entry_block[stats.pair_first], :, stats.entry_block[stats.pair_second], :]  # (P, w, w)
+        else:  # a cluster–separator pair held the other way round: its transpose
+            spare = slots.n_slots - 1
+            P_pairs = jnp.where((slots.pair == spare)[:, None, None], jnp.swapaxes(P_slots[slots.pair_transposed], 1, 2),
+                                P_slots[slots.pair])
         products = jnp.einsum("pia,pab,pjb->pij", blocks.V[stats.pair_first], P_pairs, blocks.V[stats.pair_second])
         half = jax.ops.segment_sum(products * _pair_weight(stats)[:, None, None], stats.entry_group[stats.pair_first], m)
         inner = half + jnp.swapaxes(half, 1, 2)

@@ -99,6 +99,6 @@ def test_a_clustered_fit_equals_the_dense_fit(model):
         b = jax.tree.map(np.asarray, fit_arrays(dense_twin(model.design)))
     assert r.converged and r.llf == pytest.approx(float(b.llf), abs=1e-8)
     a = r._arrays
-    for field in ("theta", "beta", "sigma2", "vcov_beta", "ranef", "ranef_other"):
+    for field in ("theta", "beta", "sigma2", "vcov_beta", "ranef", "ranef_other", "ranef_cov", "ranef_other_cov"):
         np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-6, atol=1e-9, err_msg=field)
     assert list(r.random_effects) == ["student", "teacher", "school"]
