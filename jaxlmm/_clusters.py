@@ -24,17 +24,61 @@ every department, and M₂₂ is dense).
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.sparse as sp
-from scipy.sparse.csgraph import connected_components
 
 from . import _linalg
 
 THRESHOLDS = (1, 2, 3, 5, 8, 13)  # τ tried: the number of meetings that makes a strong link
 MIN_SAVING = 8.0  # the split is used when its flop count is at most 1/8 of the dense Cholesky's
+MAX_DENSITY = 0.1  # more links than this share of all pairs of levels: dense, no split tried
+
+
+class Meetings(NamedTuple):
+    """How often two levels of the further terms meet, as symmetric links ``rows``/``cols`` (both
+    orientations, no self-links) with ``counts``, among ``n`` levels."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    counts: np.ndarray
+    n: int
+
+    @classmethod
+    def from_pairs(cls, first: np.ndarray, second: np.ndarray, n: int) -> "Meetings":
+        """Count each unordered pair of levels (first[i], second[i]); pairs of a level with itself are dropped."""
+        first, second = np.asarray(first, np.int64), np.asarray(second, np.int64)
+        keep = first != second
+        lo, hi = np.minimum(first[keep], second[keep]), np.maximum(first[keep], second[keep])
+        keys, counts = np.unique(lo * n + hi, return_counts=True)
+        a, b = keys // n, keys % n
+        return cls(np.concatenate([a, b]), np.concatenate([b, a]), np.concatenate([counts, counts]), n)
+
+
+def connected_components(n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """The component (0, 1, ...) of each of ``n`` vertices joined by the edges (rows[i], cols[i]):
+    labels hooked to the smallest neighbour's, then pointer jumping, until nothing changes.
+
+    Examples:
+        >>> connected_components(5, np.array([0, 3]), np.array([1, 4])).tolist()
+        [0, 0, 1, 2, 2]
+    """
+    label = np.arange(n)
+    while True:
+        low = np.minimum(label[rows], label[cols])
+        hooked = label.copy()
+        np.minimum.at(hooked, label[rows], low)
+        np.minimum.at(hooked, label[cols], low)
+        while True:
+            jumped = hooked[hooked]
+            if np.array_equal(jumped, hooked):
+                break
+            hooked = jumped
+        if np.array_equal(hooked, label):
+            return np.unique(label, return_inverse=True)[1]
+        label = hooked
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,13 +156,12 @@ def _pack(sizes: np.ndarray, capacity: int) -> np.ndarray:
     return bins
 
 
-def _plan_at(meetings: sp.csr_matrix, tau: int, width: int) -> ClusterPlan | None:
-    n_blocks = meetings.shape[0]
-    strong = meetings.multiply(meetings >= tau).tocsr()
-    _, label = connected_components(strong, directed=False)
-    coo = meetings.tocoo()
-    across = label[coo.row] != label[coo.col]
-    separator = _vertex_cover(coo.row[across], coo.col[across])
+def _plan_at(meetings: Meetings, tau: int, width: int) -> ClusterPlan | None:
+    n_blocks, row, col = meetings.n, meetings.rows, meetings.cols
+    strong = meetings.counts >= tau
+    label = connected_components(n_blocks, row[strong], col[strong])
+    across = label[row] != label[col]
+    separator = _vertex_cover(row[across], col[across])
     inside = np.ones(n_blocks, bool)
     inside[separator] = False
     if not inside.any():
@@ -137,8 +180,8 @@ def _plan_at(meetings: sp.csr_matrix, tau: int, width: int) -> ClusterPlan | Non
     where_sep[separator] = np.arange(separator.size)
     block_cluster = -np.ones(n_blocks, np.int64)
     block_cluster[blocks_inside] = cluster
-    links = (block_cluster[coo.row] >= 0) & (where_sep[coo.col] >= 0)
-    pairs = np.unique(np.stack([block_cluster[coo.row[links]], where_sep[coo.col[links]]], 1), axis=0)
+    links = (block_cluster[row] >= 0) & (where_sep[col] >= 0)
+    pairs = np.unique(np.stack([block_cluster[row[links]], where_sep[col[links]]], 1), axis=0)
     per_cluster = np.bincount(pairs[:, 0], minlength=K) if pairs.size else np.zeros(K, np.int64)
     adjacent = np.full((K, int(per_cluster.max(initial=0))), separator.size, np.int64)
     if pairs.size:
@@ -147,15 +190,13 @@ def _plan_at(meetings: sp.csr_matrix, tau: int, width: int) -> ClusterPlan | Non
     return ClusterPlan(member, separator, adjacent, n_blocks, width)
 
 
-def plan_clusters(meetings: sp.spmatrix, width: int) -> ClusterPlan | None:
-    """The cheapest split of M₂₂ over the thresholds `THRESHOLDS`, from ``meetings`` (B × B, how
-    often two levels of the further terms meet; levels have ``width`` columns each), or None when
-    none is `MIN_SAVING` times cheaper than a dense factorisation."""
-    meetings = sp.csr_matrix(meetings, dtype=np.float64)
-    meetings.setdiag(0)
-    meetings.eliminate_zeros()
-    meetings = (meetings + meetings.T).tocsr()
-    D = meetings.shape[0] * width
+def plan_clusters(meetings: Meetings, width: int) -> ClusterPlan | None:
+    """The cheapest split of M₂₂ over the thresholds `THRESHOLDS`, from ``meetings`` (levels have
+    ``width`` columns each), or None when none is `MIN_SAVING` times cheaper than a dense
+    factorisation, or when more than `MAX_DENSITY` of all pairs of levels meet."""
+    D = meetings.n * width
+    if meetings.rows.size > MAX_DENSITY * meetings.n**2:
+        return None
     best = None
     for tau in THRESHOLDS:
         plan = _plan_at(meetings, tau, width)

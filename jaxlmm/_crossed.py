@@ -29,11 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import scipy.sparse as sp
-
 from . import _linalg
-from ._clusters import (ClusterSlots, cluster_slots, clustered_logdet_and_quadratic, clustered_solve_and_selected_inverse,
-                        plan_clusters)
+from ._clusters import (MAX_DENSITY, ClusterSlots, Meetings, cluster_slots, clustered_logdet_and_quadratic,
+                        clustered_solve_and_selected_inverse, plan_clusters)
 from .errors import ModelTooLargeError
 
 # A dense block of D × D float64 needs about 6 copies of D² in a gradient evaluation.
@@ -42,6 +40,7 @@ DENSE_COUPLING_MAX_FLOPS = 2e7
 # From this many rows of the dense block, `build_crossed_terms` looks for a clustered split of it
 # (`_clusters`); below, the dense factorisation takes well under a millisecond.
 CLUSTER_MIN_SIZE = 256
+BITMAP_MAX_BLOCKS = 4096  # a bool B × B bitmap (16 MiB at most) checks the density of M₂₂ first
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +178,8 @@ def build_crossed_terms(lead_codes: np.ndarray, n_lead: int, codes: list[np.ndar
     i32 = lambda a: np.asarray(a, np.int32)  # noqa: E731
     slots = None
     if clusters and not layout.dense_coupling and layout.dense_size >= CLUSTER_MIN_SIZE:
-        plan = plan_clusters(_meetings(entry_group, entry_block, block, n_lead, layout.n_blocks), w)
+        meetings = _meetings(entry_block, first, second, block, layout.n_blocks)
+        plan = None if meetings is None else plan_clusters(meetings, w)
         if plan is not None:
             slots = cluster_slots(plan, block, (entry_block[first], entry_block[second]))
     return CrossedTerms(Z=Z, block=i32(block), row_entry=i32(row_entry.reshape(n, T)), entry_group=i32(entry_group),
@@ -187,14 +187,22 @@ def build_crossed_terms(lead_codes: np.ndarray, n_lead: int, codes: list[np.ndar
                         clusters=slots)
 
 
-def _meetings(entry_group: np.ndarray, entry_block: np.ndarray, block: np.ndarray, n_lead: int,
-              n_blocks: int) -> sp.csr_matrix:
-    """(B × B) how often two blocks meet: in one row (Z₂ᵀZ₂) or at one leading level (L₂₁L₂₁ᵀ) — a
-    superset of the non-zero blocks of the dense block M₂₂."""
-    at_level = sp.csr_matrix((np.ones(len(entry_group)), (entry_group, entry_block)), shape=(n_lead, n_blocks))
-    n, T = block.shape
-    in_row = sp.csr_matrix((np.ones(n * T), (np.repeat(np.arange(n), T), block.ravel())), shape=(n, n_blocks))
-    return (at_level.T @ at_level + in_row.T @ in_row).tocsr()
+def _meetings(entry_block: np.ndarray, first: np.ndarray, second: np.ndarray, block: np.ndarray,
+              n_blocks: int) -> Meetings | None:
+    """How often two blocks meet: at one leading level (the pairs of entries ``first``, ``second``:
+    L₂₁L₂₁ᵀ) or in one row (Z₂ᵀZ₂) — a superset of the non-zero blocks of the dense block M₂₂. None
+    when more than `_clusters.MAX_DENSITY` of all pairs meet (a bitmap first: InstEval's 1.8 million
+    pairs are not sorted for nothing)."""
+    T = block.shape[1]
+    i, j = np.triu_indices(T, 1)
+    a = np.concatenate([entry_block[first], block[:, i].ravel()])
+    b = np.concatenate([entry_block[second], block[:, j].ravel()])
+    if n_blocks <= BITMAP_MAX_BLOCKS:
+        seen = np.zeros((n_blocks, n_blocks), bool)
+        seen[a, b] = seen[b, a] = True
+        if np.count_nonzero(seen) > MAX_DENSITY * n_blocks**2:
+            return None
+    return Meetings.from_pairs(a, b, n_blocks)
 
 
 @jax.tree_util.register_dataclass

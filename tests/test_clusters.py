@@ -8,10 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.sparse as sp
 
 import jaxlmm
-from jaxlmm._clusters import plan_clusters
+from jaxlmm._clusters import Meetings, connected_components, plan_clusters
 from jaxlmm._fit import _Objective, design_stats, fit_arrays
 from tests.hlo_checks import batched_lapack_calls
 
@@ -70,8 +69,28 @@ def test_a_school_design_is_split_into_clusters_and_a_separator(model):
 
 def test_the_plan_refuses_a_dense_pattern():
     rng = np.random.default_rng(0)
-    meetings = sp.csr_matrix(rng.integers(1, 20, (300, 300)))
-    assert plan_clusters(meetings, 1) is None
+    first, second = rng.integers(0, 300, 200_000), rng.integers(0, 300, 200_000)
+    assert plan_clusters(Meetings.from_pairs(first, second, 300), 1) is None
+
+
+def test_connected_components_agree_with_a_union_find():
+    rng = np.random.default_rng(1)
+    n = 500
+    rows, cols = rng.integers(0, n, 400), rng.integers(0, n, 400)
+    parent = list(range(n))
+
+    def find(v):
+        while parent[v] != v:
+            parent[v] = parent[parent[v]]
+            v = parent[v]
+        return v
+
+    for a, b in zip(rows, cols):
+        parent[find(a)] = find(b)
+    roots = np.array([find(v) for v in range(n)])
+    label = connected_components(n, np.concatenate([rows, cols]), np.concatenate([cols, rows]))
+    same = label[:, None] == label[None, :]
+    assert np.array_equal(same, roots[:, None] == roots[None, :])
 
 
 @pytest.mark.parametrize("reml", [1.0])
