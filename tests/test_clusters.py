@@ -121,3 +121,16 @@ def test_a_clustered_fit_equals_the_dense_fit(model):
     for field in ("theta", "beta", "sigma2", "vcov_beta", "ranef", "ranef_other", "ranef_cov", "ranef_other_cov"):
         np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-6, atol=1e-9, err_msg=field)
     assert list(r.random_effects) == ["student", "teacher", "school"]
+
+
+def test_fit_many_on_a_clustered_design(model):
+    """vmapped fits through the clustered split: the model's own response gives its single fit, and
+    2y + 1 the same θ with the REML log-likelihood lower by (n − p) log 2."""
+    y = np.asarray(model.design.y)  # no offset: the response itself
+    rl = model.fit_many(np.stack([y, 2 * y + 1], axis=1), progress=False)
+    single = model.fit()
+    assert bool(rl.converged.all())
+    assert float(rl.llf.iloc[0]) == pytest.approx(single.llf, abs=1e-7)
+    np.testing.assert_allclose(rl.theta[1], rl.theta[0], rtol=1e-5, atol=1e-7)
+    n, p = model.nobs, len(model.exog_names)
+    assert float(rl.llf.iloc[1]) == pytest.approx(float(rl.llf.iloc[0]) - (n - p) * np.log(2.0), abs=1e-6)
