@@ -150,14 +150,19 @@ def solve_theta(objective, stats, theta0: jax.Array, snappable, gtol: float, max
 FORWARD_OVER_REVERSE_MIN = 32
 
 
-def _forward_hessian(layout) -> bool | None:
-    """`minimize_newton`'s ``forward_hessian`` for a crossed layout (None: one factor). A small dense
-    block: False, forward-over-reverse, which takes its Hessian in about a quarter of the time of
+def _forward_hessian(crossed) -> bool | None:
+    """`minimize_newton`'s ``forward_hessian`` for a crossed model's terms or statistics (None: one
+    factor). A small dense block, or a large one split into clusters (`_clusters`): False,
+    forward-over-reverse, which takes its Hessian in about a quarter of the time of
     forward-over-forward there (psycholing maximal, 6 θ, a 64-row block: 2.6 against 9.5 ms; the fit
-    160 -> 46 ms), for 0.4 s more compilation. A large dense block (at least `LARGE_DENSE_SIZE` rows,
-    fitted by BFGS after one exact Hessian): the default, measured 3× faster there (InstEval, STAR). A
-    tiny block (Penicillin's 6 rows): the default too, which compiles 0.1-0.3 s faster for the same fit."""
-    if layout is not None and FORWARD_OVER_REVERSE_MIN <= layout.dense_size < LARGE_DENSE_SIZE:
+    160 -> 46 ms), for 0.4 s more compilation. A large dense block factored densely (at least
+    `LARGE_DENSE_SIZE` rows, fitted by BFGS after one exact Hessian): the default, measured 3× faster
+    there (InstEval). A tiny block (Penicillin's 6 rows): the default too, which compiles 0.1-0.3 s
+    faster for the same fit."""
+    if crossed is None:
+        return None
+    size = crossed.layout.dense_size
+    if FORWARD_OVER_REVERSE_MIN <= size and (size < LARGE_DENSE_SIZE or crossed.clusters is not None):
         return False
     return None
 
@@ -196,7 +201,7 @@ def fit_stats(
     lambda_index_np = np.asarray(lambda_index)
     lambda_index = jnp.asarray(lambda_index)
     objective = _Objective(tuple(map(tuple, lambda_index_np.tolist())),
-                           _forward_hessian(stats.layout if isinstance(stats, CrossedStats) else None))
+                           _forward_hessian(stats if isinstance(stats, CrossedStats) else None))
     reml = jnp.asarray(reml, theta0.dtype)
     data = (stats, reml, free)
     theta_raw, grad_norm, iterations, converged, hess_raw = solve_theta(
@@ -370,8 +375,8 @@ def inference(design: Design, theta: jax.Array, sigma2: jax.Array, reml: bool = 
     return info, varpar_jac, _vcov_jac_to_design_scale(vcov_jac, pre)
 
 
-# Crossed models whose dense block has at least LARGE_DENSE_SIZE rows, where each iteration costs
-# D × D factorisations: (1) start from one scale per term (the best of START_SCALES × Λ = I, term by
+# Crossed models whose dense block has at least LARGE_DENSE_SIZE rows and is factored densely (not
+# split into clusters, `_clusters`), where each iteration costs D × D factorisations: (1) start from one scale per term (the best of START_SCALES × Λ = I, term by
 # term; on InstEval exact Newton then takes 4 iterations instead of 18, which from Λ = I wander
 # through the non-convex region first), and (2) BFGS updates after one exact Hessian (a Hessian
 # costs about four gradients there: InstEval, 1,142 rows, 0.64 s against 0.17 s). Smaller models
@@ -419,7 +424,10 @@ def fit_design(
     pre, stats = design_stats(design)
     rows, cols = design.theta_positions
     dtype = jnp.result_type(design.y)
-    large_dense = design.crossed is not None and design.crossed.layout.dense_size >= LARGE_DENSE_SIZE
+    # A clustered block is cheap per evaluation: exact Newton from Λ = I (STAR: 6 iterations, 0.71 s
+    # warm and 4.3 s for a first fit, against 10 iterations, 0.76 s and 5.9 s with the scaled start and BFGS).
+    large_dense = (design.crossed is not None and design.crossed.clusters is None
+                   and design.crossed.layout.dense_size >= LARGE_DENSE_SIZE)
     if theta0 is None:
         theta0 = jnp.asarray(design.theta_start, dtype)
         if free is not None:
@@ -463,7 +471,7 @@ def fit_variance_model(design: Design, pre: Preconditioner, reml, gtol: float, m
     lambda_index_np = design.lambda_index_array
     lambda_index = jnp.asarray(lambda_index_np)
     objective = VarianceObjective(design.lambda_index, design.n_groups,
-                                  _forward_hessian(None if design.crossed is None else design.crossed.layout))
+                                  _forward_hessian(design.crossed))
     reml = jnp.asarray(reml, dtype)
     data = (rows, reml, None)
     if theta0 is None:
