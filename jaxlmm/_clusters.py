@@ -23,6 +23,7 @@ every department, and M₂₂ is dense).
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from typing import NamedTuple
 
@@ -127,32 +128,41 @@ class ClusterPlan:
         return np.where(found, sorted_slots[at] if len(sorted_keys) else 0, len(keys))
 
 
-def _vertex_cover(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """A small vertex cover of the edges (rows[i], cols[i]), greedily: the vertex on most uncovered edges first."""
-    chosen: list[int] = []
-    while rows.size:
-        counts = np.bincount(np.concatenate([rows, cols]))
-        v = int(np.argmax(counts))
-        chosen.append(v)
-        keep = (rows != v) & (cols != v)
-        rows, cols = rows[keep], cols[keep]
-    return np.asarray(chosen, np.int64)
+def _vertex_cover(rows: np.ndarray, cols: np.ndarray, n: int, limit: int) -> np.ndarray | None:
+    """A small vertex cover of the symmetric edges (rows[i], cols[i]) among ``n`` vertices, greedily
+    by degree (largest first, computed once): a vertex joins when one of its edges is not yet
+    covered. None when it would take more than ``limit`` vertices. O(edges + n)."""
+    order = np.argsort(rows, kind="stable")
+    neighbours = cols[order]
+    starts = np.searchsorted(rows[order], np.arange(n + 1))
+    degree = np.diff(starts)
+    chosen = np.zeros(n, bool)
+    count = 0
+    for v in np.argsort(-degree, kind="stable")[: np.count_nonzero(degree)]:
+        if not chosen[neighbours[starts[v]: starts[v + 1]]].all():
+            chosen[v] = True
+            count += 1
+            if count > limit:
+                return None
+    return np.flatnonzero(chosen)
 
 
 def _pack(sizes: np.ndarray, capacity: int) -> np.ndarray:
-    """Bins for items of ``sizes`` (first fit, largest first), each holding at most ``capacity``."""
-    order = np.argsort(-sizes, kind="stable")
-    loads: list[int] = []
+    """Bins for items of ``sizes`` (best fit, largest first: the fullest bin that still has room),
+    each holding at most ``capacity``. O(items log items)."""
+    room: list[tuple[int, int]] = []  # (room left, bin), sorted
     bins = np.empty(len(sizes), np.int64)
-    for i in order:
-        for b, load in enumerate(loads):
-            if load + sizes[i] <= capacity:
-                loads[b] += int(sizes[i])
-                bins[i] = b
-                break
+    n_bins = 0
+    for i in np.argsort(-sizes, kind="stable"):
+        size = int(sizes[i])
+        j = bisect.bisect_left(room, (size, -1))
+        if j < len(room):
+            left, b = room.pop(j)
         else:
-            loads.append(int(sizes[i]))
-            bins[i] = len(loads) - 1
+            left, b = capacity, n_bins
+            n_bins += 1
+        bisect.insort(room, (left - size, b))
+        bins[i] = b
     return bins
 
 
@@ -161,7 +171,10 @@ def _plan_at(meetings: Meetings, tau: int, width: int) -> ClusterPlan | None:
     strong = meetings.counts >= tau
     label = connected_components(n_blocks, row[strong], col[strong])
     across = label[row] != label[col]
-    separator = _vertex_cover(row[across], col[across])
+    # a separator of more than half the levels costs at least 1/8 of the dense factorisation
+    separator = _vertex_cover(row[across], col[across], n_blocks, n_blocks // 2)
+    if separator is None:
+        return None
     inside = np.ones(n_blocks, bool)
     inside[separator] = False
     if not inside.any():

@@ -135,3 +135,20 @@ def test_fit_many_on_a_clustered_design(model):
     np.testing.assert_allclose(rl.theta[1], rl.theta[0], rtol=1e-5, atol=1e-7)
     n, p = model.nobs, len(model.exog_names)
     assert float(rl.llf.iloc[1]) == pytest.approx(float(rl.llf.iloc[0]) - (n - p) * np.log(2.0), abs=1e-6)
+
+
+def test_the_separator_covers_every_link_between_clusters_and_packing_respects_capacity():
+    from jaxlmm._clusters import _pack, _vertex_cover
+
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(0, 2000, 5000), rng.integers(0, 2000, 5000)
+    m = Meetings.from_pairs(a, b, 2000)
+    cover = _vertex_cover(m.rows, m.cols, m.n, m.n)
+    chosen = np.zeros(m.n, bool)
+    chosen[cover] = True
+    assert np.all(chosen[m.rows] | chosen[m.cols])
+    assert _vertex_cover(m.rows, m.cols, m.n, 10) is None  # more than the limit: refused
+    sizes = rng.integers(1, 30, 3000)
+    bins = _pack(sizes, 40)
+    assert np.all(np.bincount(bins, weights=sizes) <= 40)
+    assert bins.max() + 1 <= 2 * np.ceil(sizes.sum() / 40) + 1  # best fit wastes less than half
