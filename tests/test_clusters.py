@@ -152,3 +152,22 @@ def test_the_separator_covers_every_link_between_clusters_and_packing_respects_c
     bins = _pack(sizes, 40)
     assert np.all(np.bincount(bins, weights=sizes) <= 40)
     assert bins.max() + 1 <= 2 * np.ceil(sizes.sum() / 40) + 1  # best fit wastes less than half
+
+
+def test_a_clustered_block_with_random_slopes_equals_the_dense_one():
+    """Two effects per teacher (width 2): the deviance and its gradient equal the dense factorisation's."""
+    df = school_data()
+    df["x"] = np.random.default_rng(1).normal(size=len(df))
+    m = jaxlmm.MixedLM.from_formula("y ~ grade + x + (1 | student) + (1 + x | teacher) + (1 | school)", df)
+    assert m.design.crossed.layout.width == 2 and m.design.crossed.clusters is not None
+    objective = _Objective(m.design.lambda_index)
+    with jaxlmm.float64():
+        theta = jnp.asarray(np.linspace(0.3, 0.9, m.design.n_theta))
+
+        @jax.jit
+        def value_and_grad(d, t):
+            return jax.value_and_grad(lambda u: objective(u, (design_stats(d)[1], 1.0, None)))(t)
+
+        got, want = (value_and_grad(d, theta) for d in (m.design, dense_twin(m.design)))
+    np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(got[1]), np.asarray(want[1]), rtol=1e-9, atol=1e-9)
