@@ -10,7 +10,7 @@ the fit: a padded group's block is ΛᵀZᵀZΛ + I = I, so its log-determinant 
 
 A crossed model's further terms are padded too, each to at least `LEVEL_FLOOR` levels: a padded
 level has no rows, so its row and column of the dense block are those of I. Small crossed models
-(Penicillin, Pastes' `(1|batch/cask)`) then share one program, with L₂₁ held dense.
+(Penicillin's size) then share one program, with L₂₁ held dense.
 """
 
 from __future__ import annotations

@@ -112,20 +112,24 @@ class ClusterPlan:
         cols = [np.tile(self.member, (1, s)).ravel(), np.tile(sep, (1, s)).ravel(), np.tile(self.separator, S)]
         return np.concatenate(rows).astype(np.int64), np.concatenate(cols).astype(np.int64)
 
-    def slot_of(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """The slot holding block (rows[i], cols[i]) of M₂₂, or the spare slot (the last, one past
-        `slots`) when the split does not read it (the other orientation of a cluster–separator pair,
-        or a pair the plan knows to be zero)."""
-        slot_rows, slot_cols = self.slots()
-        B = self.n_blocks + 1
-        keys = slot_rows * B + slot_cols
-        real = (slot_rows < self.n_blocks) & (slot_cols < self.n_blocks)
+
+class _SlotTable:
+    """Which slot holds block (a, b) of M₂₂ (`ClusterPlan.slots`), built once for every lookup."""
+
+    def __init__(self, slot_rows: np.ndarray, slot_cols: np.ndarray, n_blocks: int):
+        self.width = n_blocks + 1
+        self.spare = len(slot_rows)  # the slot one past the plan's: what the split does not read
+        keys = slot_rows * self.width + slot_cols
+        real = np.flatnonzero((slot_rows < n_blocks) & (slot_cols < n_blocks))
         order = np.argsort(keys[real], kind="stable")
-        sorted_keys, sorted_slots = keys[real][order], np.flatnonzero(real)[order]
-        wanted = np.asarray(rows, np.int64) * B + np.asarray(cols, np.int64)
-        at = np.clip(np.searchsorted(sorted_keys, wanted), 0, max(len(sorted_keys) - 1, 0))
-        found = sorted_keys[at] == wanted if len(sorted_keys) else np.zeros(wanted.shape, bool)
-        return np.where(found, sorted_slots[at] if len(sorted_keys) else 0, len(keys))
+        self.keys, self.slots = keys[real][order], real[order]
+
+    def __call__(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """The slot of each block (rows[i], cols[i]), or the spare slot when the split does not read it
+        (the other orientation of a cluster–separator pair, or a pair the plan knows to be zero)."""
+        wanted = np.asarray(rows, np.int64) * self.width + np.asarray(cols, np.int64)
+        at = np.minimum(np.searchsorted(self.keys, wanted), len(self.keys) - 1)
+        return np.where(self.keys[at] == wanted, self.slots[at], self.spare)
 
 
 def _vertex_cover(rows: np.ndarray, cols: np.ndarray, n: int, limit: int) -> np.ndarray | None:
@@ -248,31 +252,46 @@ def cluster_slots(plan: ClusterPlan, block: np.ndarray, pair_blocks: tuple[np.nd
     """The slots of ``plan`` for rows whose further-term blocks are ``block`` (n, T), and for the
     Schur products of pairs of entries with blocks ``pair_blocks`` (first, second)."""
     rows, cols = plan.slots()
-    spare = plan.n_blocks
+    B = plan.n_blocks
+    slot_of = _SlotTable(rows, cols, B)
     n, T = block.shape
-    row_pair = plan.slot_of(np.repeat(block, T, axis=1).ravel(), np.tile(block, (1, T)).ravel()).reshape(n, T, T)
+    row_pair = slot_of(np.repeat(block, T, axis=1).ravel(), np.tile(block, (1, T)).ravel()).reshape(n, T, T)
     first, second = pair_blocks
     i32 = lambda a: np.asarray(a, np.int32)  # noqa: E731
     return ClusterSlots(member=i32(plan.member), separator=i32(plan.separator), adjacent=i32(plan.adjacent),
-                        slot_row=i32(np.append(rows, spare)), slot_col=i32(np.append(cols, spare)),
-                        row_pair=i32(row_pair), pair=i32(plan.slot_of(first, second)),
-                        pair_transposed=i32(plan.slot_of(second, first)),
-                        diagonal=i32(plan.slot_of(np.arange(spare), np.arange(spare))))
+                        slot_row=i32(np.append(rows, B)), slot_col=i32(np.append(cols, B)),
+                        row_pair=i32(row_pair), pair=i32(slot_of(first, second)),
+                        pair_transposed=i32(slot_of(second, first)), diagonal=i32(slot_of(np.arange(B), np.arange(B))))
 
 
-def _split(M: jax.Array, slots: ClusterSlots, n_blocks: int):
-    """M₂₂'s slots as dense pieces: the clusters' blocks A (K, s·w, s·w) with 1 on the diagonal of
-    padded positions, their coupling to the separator (K, s·w, r·w) and the separator's C (S·w, S·w)."""
+class _Split(NamedTuple):
+    """M₂₂ and R by the split's roles, with the clusters factored: L (K, s·w, s·w) the Cholesky
+    factors of the clusters' blocks (1 on the diagonal of padded positions), ``coupling`` (K, s·w, r·w)
+    to the separator, C (S·w, S·w) the separator's block, ``cols`` (K, r·w) the separator columns
+    each cluster meets (padded: S·w), R_A (K, s·w, c) and R_S (S·w, c) the rows of R."""
+
+    L: jax.Array
+    coupling: jax.Array
+    C: jax.Array
+    cols: jax.Array
+    R_A: jax.Array
+    R_S: jax.Array
+
+
+def _split(M: jax.Array, R: jax.Array, slots: ClusterSlots) -> _Split:
     K, s = slots.member.shape
     S, r = slots.separator.shape[0], slots.adjacent.shape[1]
     w = M.shape[-1]
+    n_blocks = R.shape[0] // w
     A = M[: K * s * s].reshape(K, s, s, w, w).transpose(0, 1, 3, 2, 4).reshape(K, s * w, s * w)
     padded = jnp.repeat(slots.member == n_blocks, w, axis=1).astype(M.dtype)
     A = A + jax.vmap(jnp.diag)(padded)  # a padded position: a 1 on the diagonal, nothing else
     coupling = M[K * s * s: K * s * (s + r)].reshape(K, s, r, w, w).transpose(0, 1, 3, 2, 4).reshape(K, s * w, r * w)
     C = M[K * s * (s + r): K * s * (s + r) + S * S].reshape(S, S, w, w).transpose(0, 2, 1, 3).reshape(S * w, S * w)
-    cols = (slots.adjacent[:, :, None] * w + jnp.arange(w)).reshape(K, r * w)  # separator columns (padded: S·w)
-    return A, coupling, C, cols
+    cols = (slots.adjacent[:, :, None] * w + jnp.arange(w)).reshape(K, r * w)
+    Rb = jnp.pad(R.reshape(n_blocks, w, -1), ((0, 1), (0, 0), (0, 0)))
+    return _Split(_linalg.cholesky(A), coupling, C, cols, Rb[slots.member].reshape(K, s * w, -1),
+                  Rb[slots.separator].reshape(S * w, -1))
 
 
 def _schur(C: jax.Array, W_b: jax.Array, cols: jax.Array) -> jax.Array:
@@ -291,21 +310,15 @@ def _scatter_rows(values: jax.Array, cols: jax.Array, n: int) -> jax.Array:
 def clustered_logdet_and_quadratic(M: jax.Array, R: jax.Array, slots: ClusterSlots) -> tuple[jax.Array, jax.Array]:
     """(log|M₂₂|, RᵀM₂₂⁻¹R) from M₂₂'s slots ``M`` (N, w, w) (`ClusterSlots`; M₂₂ symmetric
     positive definite, zero outside the plan's clusters and separator) and ``R`` (D, c), D = B·w."""
-    K, s = slots.member.shape
-    w = M.shape[-1]
-    n_blocks = R.shape[0] // w
-    A, coupling, C, cols = _split(M, slots, n_blocks)
-    Rb = jnp.pad(R.reshape(n_blocks, w, -1), ((0, 1), (0, 0), (0, 0)))
-    L = _linalg.cholesky(A)
-    W_r = _linalg.solve_lower(L, Rb[slots.member].reshape(K, s * w, -1))
-    logdet = jnp.sum(_linalg.logdet_from_cholesky(L))
+    sp = _split(M, R, slots)
+    W_r = _linalg.solve_lower(sp.L, sp.R_A)
+    logdet = jnp.sum(_linalg.logdet_from_cholesky(sp.L))
     quad = jnp.einsum("ksc,ksd->cd", W_r, W_r)
     if slots.separator.shape[0] == 0:
         return logdet, quad
-    W_b = _linalg.solve_lower(L, coupling)
-    n_sep = C.shape[0]
-    R_sep = Rb[slots.separator].reshape(n_sep, -1) - _scatter_rows(jnp.einsum("ksa,ksc->kac", W_b, W_r), cols, n_sep)
-    logdet_s, quad_s = _linalg.logdet_and_quadratic(_schur(C, W_b, cols), R_sep)
+    W_b = _linalg.solve_lower(sp.L, sp.coupling)
+    R_sep = sp.R_S - _scatter_rows(jnp.einsum("ksa,ksc->kac", W_b, W_r), sp.cols, sp.C.shape[0])
+    logdet_s, quad_s = _linalg.logdet_and_quadratic(_schur(sp.C, W_b, sp.cols), R_sep)
     return logdet + logdet_s, quad + quad_s
 
 
@@ -318,24 +331,21 @@ def clustered_solve_and_selected_inverse(M: jax.Array, R: jax.Array, slots: Clus
     S, r = slots.separator.shape[0], slots.adjacent.shape[1]
     w = M.shape[-1]
     n_blocks = R.shape[0] // w
-    A, coupling, C, cols = _split(M, slots, n_blocks)
-    Rb = jnp.pad(R.reshape(n_blocks, w, -1), ((0, 1), (0, 0), (0, 0)))
-    L = _linalg.cholesky(A)
-    L_inv = _linalg.solve_lower(L, jnp.broadcast_to(jnp.eye(s * w, dtype=M.dtype), A.shape))
+    sp = _split(M, R, slots)
+    cols = sp.cols
+    L_inv = _linalg.solve_lower(sp.L, jnp.broadcast_to(jnp.eye(s * w, dtype=M.dtype), sp.L.shape))
     A_inv = jnp.einsum("kji,kjl->kil", L_inv, L_inv)
-    t = jnp.einsum("kij,kjc->kic", L_inv, Rb[slots.member].reshape(K, s * w, -1))
-    n_sep = S * w
+    t = jnp.einsum("kij,kjc->kic", L_inv, sp.R_A)
     if S == 0:
         u_A, P_A = jnp.einsum("kji,kjc->kic", L_inv, t), A_inv
         P_AS, P_S = jnp.zeros((K, s * w, 0), M.dtype), jnp.zeros((0, 0), M.dtype)
         u_S = jnp.zeros((0, R.shape[1]), M.dtype)
     else:
-        W_b = jnp.einsum("kij,kjc->kic", L_inv, coupling)
+        W_b = jnp.einsum("kij,kjc->kic", L_inv, sp.coupling)
         X = jnp.einsum("kji,kjc->kic", L_inv, W_b)  # A_k⁻¹ B_kᵀ
-        Sigma, _ = _linalg.spd_inverse_and_logdet(_schur(C, W_b, cols))
+        Sigma, _ = _linalg.spd_inverse_and_logdet(_schur(sp.C, W_b, cols))
         Sigma_pad = jnp.pad(Sigma, ((0, 1), (0, 1)))
-        u_S = Sigma @ (Rb[slots.separator].reshape(n_sep, -1)
-                       - _scatter_rows(jnp.einsum("ksa,ksc->kac", W_b, t), cols, n_sep))
+        u_S = Sigma @ (sp.R_S - _scatter_rows(jnp.einsum("ksa,ksc->kac", W_b, t), cols, S * w))
         u_adjacent = jnp.pad(u_S, ((0, 1), (0, 0)))[cols]  # (K, r·w, c)
         u_A = jnp.einsum("kji,kjc->kic", L_inv, t - jnp.einsum("kia,kac->kic", W_b, u_adjacent))
         Q = Sigma_pad[cols[:, :, None], cols[:, None, :]]

@@ -102,6 +102,12 @@ class CrossedTerms:
     clusters: ClusterSlots | None = None
 
 
+def dense_rows(crossed: "CrossedTerms | CrossedStats | None") -> int:
+    """The rows of the dense block factored as one dense matrix: D, or 0 for one grouping factor or
+    a block split into clusters (`_clusters`)."""
+    return 0 if crossed is None or crossed.clusters is not None else crossed.layout.dense_size
+
+
 def crossed_bytes(layout: CrossedLayout, n_entries: int, n_pairs: int) -> int:
     """Working memory of one crossed model's evaluation: about six D × D arrays in a gradient, and
     the entries' and pairs' blocks."""
@@ -277,7 +283,7 @@ class _Blocks(NamedTuple):
     L1: jax.Array  # (m, q₁, q₁)
     W1: jax.Array  # (m, q₁, p + 1): L₁g⁻¹ Λ₁ᵀ Z₁gᵀ [X y]
     V: jax.Array  # (E, q₁, w): the non-zero blocks of L₂₁ᵀ; with a dense coupling all of L₂₁ᵀ, (m q₁, D)
-    M22: jax.Array  # (D, D): Λ₂ᵀZ₂ᵀZ₂Λ₂ + I − L₂₁L₂₁ᵀ; with clusters its slots (N, w, w)
+    M22: jax.Array  # (D, D): Λ₂ᵀZ₂ᵀZ₂Λ₂ + I − L₂₁L₂₁ᵀ; with clusters, its slots (N, w, w)
     B2: jax.Array  # (D, p + 1): Λ₂ᵀZ₂ᵀ[X y] − L₂₁ W₁
     lam1: jax.Array
     lamB: jax.Array
@@ -294,36 +300,41 @@ def _blocks(lam: jax.Array, stats: CrossedStats) -> _Blocks:
     scaled = _linalg.solve_lower(L1, jnp.broadcast_to(lam1.T, (m, q1, q1)))  # L₁g⁻¹ Λ₁ᵀ
     D = B * w
     B2 = jnp.einsum("aji,ajc->aic", lamB, jnp.concatenate([stats.ZtX, stats.Zty[:, :, None]], 2)).reshape(D, -1)
-    if stats.clusters is not None:
-        return _clustered_blocks(lam, stats, L1, W1, scaled, B2, lam1, lamB)
-    M22 = jnp.einsum("aji,abjk,bkl->aibl", lamB, stats.G, lamB).reshape(D, D) + jnp.eye(D, dtype=lam.dtype)
     if layout.dense_coupling:  # L₂₁ᵀ = blockdiag(L₁g⁻¹Λ₁ᵀ) Z₁ᵀZ₂ Λ₂, dense: matrix products only
         L21t = jnp.einsum("gij,gbjk,bkl->gibl", scaled, stats.C, lamB).reshape(m * q1, D)
+        M22 = _dense_gram(lamB, stats.G)
         return _Blocks(L1, W1, L21t, M22 - L21t.T @ L21t, B2 - L21t.T @ W1.reshape(m * q1, -1), lam1, lamB)
     V = jnp.einsum("eij,ejk,ekl->eil", scaled[stats.entry_group], stats.C, lamB[stats.entry_block])
     products = jnp.einsum("pia,pib->pab", V[stats.pair_first], V[stats.pair_second]) * _pair_weight(stats)[:, None, None]
-    target = stats.entry_block[stats.pair_first] * B + stats.entry_block[stats.pair_second]
-    half = jax.ops.segment_sum(products, target, B * B).reshape(B, B, w, w).transpose(0, 2, 1, 3).reshape(D, D)
     coupled = jax.ops.segment_sum(jnp.einsum("eia,eic->eac", V, W1[stats.entry_group]), stats.entry_block, B)
-    return _Blocks(L1, W1, V, M22 - (half + half.T), B2 - coupled.reshape(D, -1), lam1, lamB)
+    if stats.clusters is None:
+        target = stats.entry_block[stats.pair_first] * B + stats.entry_block[stats.pair_second]
+        half = jax.ops.segment_sum(products, target, B * B).reshape(B, B, w, w).transpose(0, 2, 1, 3).reshape(D, D)
+        M22 = _dense_gram(lamB, stats.G) - (half + half.T)
+    else:
+        M22 = _slot_gram(lamB, stats) - _slot_schur(products, stats.clusters)
+    return _Blocks(L1, W1, V, M22, B2 - coupled.reshape(D, -1), lam1, lamB)
 
 
-def _clustered_blocks(lam, stats: CrossedStats, L1, W1, scaled, B2, lam1, lamB) -> _Blocks:
-    """`_blocks` with M₂₂ held in the clustered split's slots (`_clusters.ClusterSlots`): the same
-    terms, each entry scattered to its slot instead of a dense D × D array."""
-    slots, B = stats.clusters, stats.layout.n_blocks
-    w = lamB.shape[-1]
-    lam_pad = jnp.concatenate([lamB, jnp.zeros((1, w, w), lam.dtype)])  # block B: padding
+def _dense_gram(lamB: jax.Array, G: jax.Array) -> jax.Array:
+    """Λ₂ᵀZ₂ᵀZ₂Λ₂ + I as a dense D × D matrix, from G (B, B, w, w)."""
+    B, w = lamB.shape[0], lamB.shape[-1]
+    return jnp.einsum("aji,abjk,bkl->aibl", lamB, G, lamB).reshape(B * w, B * w) + jnp.eye(B * w, dtype=lamB.dtype)
+
+
+def _slot_gram(lamB: jax.Array, stats: CrossedStats) -> jax.Array:
+    """Λ₂ᵀZ₂ᵀZ₂Λ₂ + I at the clustered split's slots (`_clusters.ClusterSlots`), from G (N, w, w)."""
+    slots, B, w = stats.clusters, lamB.shape[0], lamB.shape[-1]
+    lam_pad = jnp.concatenate([lamB, jnp.zeros((1, w, w), lamB.dtype)])  # block B: padding
     row, col = slots.slot_row, slots.slot_col
-    diagonal = ((row == col) & (row < B)).astype(lam.dtype)[:, None, None] * jnp.eye(w, dtype=lam.dtype)
-    M = jnp.einsum("nji,njk,nkl->nil", lam_pad[row], stats.G, lam_pad[col]) + diagonal
-    V = jnp.einsum("eij,ejk,ekl->eil", scaled[stats.entry_group], stats.C, lamB[stats.entry_block])
-    products = jnp.einsum("pia,pib->pab", V[stats.pair_first], V[stats.pair_second]) * _pair_weight(stats)[:, None, None]
-    n_slots = slots.n_slots
-    M = M - jax.ops.segment_sum(products, slots.pair, n_slots) \
-        - jax.ops.segment_sum(jnp.swapaxes(products, 1, 2), slots.pair_transposed, n_slots)
-    coupled = jax.ops.segment_sum(jnp.einsum("eia,eic->eac", V, W1[stats.entry_group]), stats.entry_block, B)
-    return _Blocks(L1, W1, V, M, B2 - coupled.reshape(B * w, -1), lam1, lamB)
+    diagonal = ((row == col) & (row < B)).astype(lamB.dtype)[:, None, None] * jnp.eye(w, dtype=lamB.dtype)
+    return jnp.einsum("nji,njk,nkl->nil", lam_pad[row], stats.G, lam_pad[col]) + diagonal
+
+
+def _slot_schur(products: jax.Array, slots: ClusterSlots) -> jax.Array:
+    """L₂₁L₂₁ᵀ at the slots: each pair's product at its slot and its transpose at the transposed one."""
+    return (jax.ops.segment_sum(products, slots.pair, slots.n_slots)
+            + jax.ops.segment_sum(jnp.swapaxes(products, 1, 2), slots.pair_transposed, slots.n_slots))
 
 
 def crossed_reduction(lam: jax.Array, stats: CrossedStats):

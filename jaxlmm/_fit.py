@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _linalg
-from ._crossed import CrossedStats, crossed_stats
+from ._crossed import CrossedStats, crossed_stats, dense_rows
 from ._design import Design
 from ._kernels import (
     PenalisedSolution,
@@ -101,7 +101,7 @@ class _Objective(NamedTuple):
 @partial(jax.custom_jvp, nondiff_argnums=(0, 3, 4, 6, 7))
 def _argmin(objective, stats, theta0, snappable: tuple, gtol: float, max_iter, quasi_newton: bool, exact_final: bool):
     opt = minimize_newton(lambda t: objective(t, stats), theta0, jnp.asarray(snappable), gtol=gtol, max_iter=max_iter,
-                          quasi_newton=quasi_newton, forward_hessian=getattr(objective, "forward_hessian", None),
+                          quasi_newton=quasi_newton, forward_hessian=objective.forward_hessian,
                           exact_final=exact_final)
     report = jnp.stack([opt.projected_grad_norm, opt.iterations.astype(theta0.dtype), opt.converged.astype(theta0.dtype)])
     return opt.x, report, opt.hess
@@ -155,14 +155,14 @@ def _forward_hessian(crossed) -> bool | None:
     factor). A small dense block, or a large one split into clusters (`_clusters`): False,
     forward-over-reverse, which takes its Hessian in about a quarter of the time of
     forward-over-forward there (psycholing maximal, 6 θ, a 64-row block: 2.6 against 9.5 ms; the fit
-    160 -> 46 ms), for 0.4 s more compilation. A large dense block factored densely (at least
-    `LARGE_DENSE_SIZE` rows, fitted by BFGS after one exact Hessian): the default, measured 3× faster
-    there (InstEval). A tiny block (Penicillin's 6 rows): the default too, which compiles 0.1-0.3 s
-    faster for the same fit."""
+    160 -> 46 ms; STAR, clustered: 0.74 against 0.98 s a fit), for 0.4-1 s more compilation. A large
+    block factored densely (at least `LARGE_DENSE_SIZE` rows, fitted by BFGS after one exact
+    Hessian): the default, whose Hessian compiles in 1.5 s against 2.2 s on InstEval (it runs in 643
+    against 500 ms since the blocked inverse of `_linalg`). A tiny block (Penicillin's 6 rows): the
+    default too, which compiles 0.1-0.3 s faster for the same fit."""
     if crossed is None:
         return None
-    size = crossed.layout.dense_size
-    if FORWARD_OVER_REVERSE_MIN <= size and (size < LARGE_DENSE_SIZE or crossed.clusters is not None):
+    if crossed.layout.dense_size >= FORWARD_OVER_REVERSE_MIN and dense_rows(crossed) < LARGE_DENSE_SIZE:
         return False
     return None
 
@@ -376,8 +376,8 @@ def inference(design: Design, theta: jax.Array, sigma2: jax.Array, reml: bool = 
 
 
 # Crossed models whose dense block has at least LARGE_DENSE_SIZE rows and is factored densely (not
-# split into clusters, `_clusters`), where each iteration costs D × D factorisations: (1) start from one scale per term (the best of START_SCALES × Λ = I, term by
-# term; on InstEval exact Newton then takes 4 iterations instead of 18, which from Λ = I wander
+# split into clusters, `_clusters`), where each iteration costs D × D factorisations: (1) start
+# from one scale per term (the best of START_SCALES × Λ = I, term by term; on InstEval exact Newton then takes 4 iterations instead of 18, which from Λ = I wander
 # through the non-convex region first), and (2) BFGS updates after one exact Hessian (a Hessian
 # costs about four gradients there: InstEval, 1,142 rows, 0.64 s against 0.17 s). Smaller models
 # start from Λ = I as lme4 does: on Pixel (REML) the scaled start leads Newton to a local optimum
@@ -426,8 +426,7 @@ def fit_design(
     dtype = jnp.result_type(design.y)
     # A clustered block is cheap per evaluation: exact Newton from Λ = I (STAR: 6 iterations, 0.71 s
     # warm and 4.3 s for a first fit, against 10 iterations, 0.76 s and 5.9 s with the scaled start and BFGS).
-    large_dense = (design.crossed is not None and design.crossed.clusters is None
-                   and design.crossed.layout.dense_size >= LARGE_DENSE_SIZE)
+    large_dense = dense_rows(design.crossed) >= LARGE_DENSE_SIZE
     if theta0 is None:
         theta0 = jnp.asarray(design.theta_start, dtype)
         if free is not None:

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from ._buckets import from_bucket, to_bucket
+from ._crossed import dense_rows
 from ._design import Design
 from ._fit import LARGE_DENSE_SIZE, FitArrays, fit_design, fit_quick
 from ._program_cache import OPTIMISE_AFTER, count_use, shape_key
@@ -33,9 +34,7 @@ QUICK_ROWS_MAX = 200_000
 
 def quick_pays(design: Design) -> bool:
     """Whether the quick program suits ``design``'s first fits (compilation outweighs the fit)."""
-    crossed = design.crossed
-    dense = 0 if crossed is None or crossed.clusters is not None else crossed.layout.dense_size
-    return dense < LARGE_DENSE_SIZE and int(np.shape(design.y)[0]) <= QUICK_ROWS_MAX
+    return dense_rows(design.crossed) < LARGE_DENSE_SIZE and int(np.shape(design.y)[0]) <= QUICK_ROWS_MAX
 
 
 def fit_single(design: Design, reml: bool, gtol: float = 1e-6) -> FitArrays:
