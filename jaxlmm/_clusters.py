@@ -290,8 +290,9 @@ def _split(M: jax.Array, R: jax.Array, slots: ClusterSlots) -> _Split:
     C = M[K * s * (s + r): K * s * (s + r) + S * S].reshape(S, S, w, w).transpose(0, 2, 1, 3).reshape(S * w, S * w)
     cols = (slots.adjacent[:, :, None] * w + jnp.arange(w)).reshape(K, r * w)
     Rb = jnp.pad(R.reshape(n_blocks, w, -1), ((0, 1), (0, 0), (0, 0)))
-    return _Split(_linalg.cholesky(A), coupling, C, cols, Rb[slots.member].reshape(K, s * w, -1),
-                  Rb[slots.separator].reshape(S * w, -1))
+    c = Rb.shape[-1]  # explicit: the separator may be empty (a nested pattern)
+    return _Split(_linalg.cholesky(A), coupling, C, cols, Rb[slots.member].reshape(K, s * w, c),
+                  Rb[slots.separator].reshape(S * w, c))
 
 
 def _schur(C: jax.Array, W_b: jax.Array, cols: jax.Array) -> jax.Array:
@@ -357,5 +358,5 @@ def clustered_solve_and_selected_inverse(M: jax.Array, R: jax.Array, slots: Clus
     slots_S = P_S.reshape(S, w, S, w).transpose(0, 2, 1, 3).reshape(-1, w, w)
     P = jnp.concatenate([slots_A, slots_AS, slots_S, jnp.zeros((1, w, w), M.dtype)])
     u = jnp.zeros((n_blocks + 1, w, R.shape[1]), M.dtype).at[slots.member].set(u_A.reshape(K, s, w, -1))
-    u = u.at[slots.separator].set(u_S.reshape(S, w, -1))
+    u = u.at[slots.separator].set(u_S.reshape(S, w, R.shape[1]))
     return u[:n_blocks].reshape(n_blocks * w, -1), P

@@ -52,49 +52,6 @@ class RandomBlock:
 
 
 @dataclasses.dataclass(frozen=True)
-class NestedSpec:
-    """Encoder of a random intercept for a factor nested in the grouping factor, ``(1 | g:h)``.
-
-    Within each level of g, the levels of h seen in fitting are numbered 0, 1, …; column j of the
-    encoding indicates the j-th level of h within the row's g. Levels not seen in fitting encode to
-    zeros (their prediction is population-level).
-    """
-
-    outer: str
-    inner: tuple[str, ...]
-    mapping: tuple  # ((g_label, h_label), j) pairs
-    width: int
-
-    @classmethod
-    def learn(cls, data: pd.DataFrame, outer: str, inner: tuple[str, ...]) -> "NestedSpec":
-        g = _group_values(outer, data).astype(str).to_numpy()
-        h = data[list(inner)].astype(str).agg(":".join, axis=1).to_numpy()
-        mapping = {}
-        for gl in np.unique(g):
-            for j, hl in enumerate(np.unique(h[g == gl])):
-                mapping[(gl, hl)] = j
-        width = max(mapping.values()) + 1
-        return cls(outer, tuple(inner), tuple(sorted(mapping.items())), width)
-
-    @property
-    def names(self) -> list[str]:
-        label = ":".join(self.inner)
-        return [f"{label}[{j}]" for j in range(self.width)]
-
-    def get_model_matrix(self, data: pd.DataFrame, na_action: str = "ignore") -> pd.DataFrame:
-        g = _group_values(self.outer, data).astype(str).to_numpy()
-        _formula.check_columns_exist(list(self.inner), data, ":".join(self.inner))
-        h = data[list(self.inner)].astype(str).agg(":".join, axis=1).to_numpy()
-        lookup = dict(self.mapping)
-        out = np.zeros((len(data), self.width))
-        for i, key in enumerate(zip(g, h)):
-            j = lookup.get(key)
-            if j is not None:
-                out[i, j] = 1.0
-        return pd.DataFrame(out, columns=self.names, index=data.index)
-
-
-@dataclasses.dataclass(frozen=True)
 class FactorTerms:
     """One grouping factor of a crossed model with the random-effect columns of all its terms:
     ``levels`` seen in fitting, display ``columns`` (e.g. ``("Intercept", "c")``), their ``names``
@@ -151,8 +108,8 @@ def _group_values(expr: str, data: pd.DataFrame) -> pd.Series:
     parts = [p.strip() for p in expr.split(":")]
     if any("/" in p for p in parts):
         raise FormulaError(
-            f"nested grouping '{expr}' (several grouping factors) is not supported yet: jaxlmm fits one "
-            "grouping factor. Fit '(1 | outer)' with the inner factor as a fixed effect, or wait for nested support."
+            f"grouping expression '{expr}' contains '/': write nested factors as formula terms, "
+            "'(1 | outer/inner)' or '(1 | outer) + (1 | outer:inner)'."
         )
     _formula.check_columns_exist(parts, data, expr)
     if len(parts) == 1:
@@ -444,24 +401,12 @@ class MixedLM:
                 expanded.append(t)
         terms = expanded
         group_exprs = sorted({t.group for t in terms}, key=lambda g: (g.count(":"), g))
-        group_expr = group_exprs[0]
-        terms, group_expr, labels = _nest_by_data(terms, group_exprs, group_expr, data)
-        group_exprs = sorted({t.group for t in terms}, key=lambda g: (g.count(":"), g))
-        nested_terms = [t for t in terms if t.group != group_expr]
-        terms = [t for t in terms if t.group == group_expr]
-        crossed = any(not t.group.startswith(group_expr + ":") or not _is_intercept(t.expr) for t in nested_terms)
-        if crossed:
+        if len(group_exprs) > 1:  # several factors, nested or crossed: one term per factor (`_crossed`)
             if vc_terms:
-                raise FormulaError("vc_formula cannot be combined with crossed grouping factors; write the components as "
+                raise FormulaError("vc_formula cannot be combined with several grouping factors; write the components as "
                                    "'(1 | factor)' terms.")
-            return cls._from_crossed_terms(parsed, terms + nested_terms, data, formula, missing, labels, row_terms,
-                                           resid_formula)
-        for t in nested_terms:
-            if not _is_intercept(t.expr):
-                raise FormulaError(
-                    f"'({t.expr} | {t.group})': only random intercepts are supported for nested factors; "
-                    f"write '(1 | {t.group})'."
-                )
+            return cls._from_crossed_terms(parsed, terms, data, formula, missing, row_terms, resid_formula)
+        group_expr = group_exprs[0]
         if not terms:
             terms = [_formula.RandomTerm("0", group_expr, True)]  # no effects for the outer factor itself
 
@@ -470,10 +415,7 @@ class MixedLM:
             + ([resid_expr] if resid_expr else []),
             data,
         )
-        group_cols = [p.strip() for p in group_expr.split(":")]
-        for t in nested_terms:
-            group_cols += [p.strip() for p in t.group.split(":")]
-        group_cols = list(dict.fromkeys(group_cols))
+        group_cols = list(dict.fromkeys(p.strip() for p in group_expr.split(":")))
         if any("/" in c for c in group_cols):
             _group_values(group_expr, data)  # raises the nested-grouping error
         _formula.check_columns_exist(group_cols, data, formula)
@@ -503,14 +445,6 @@ class MixedLM:
                     blocks.append(RandomBlock(tuple(cols[i] for i in idx), True))
             z_cols.append(np.asarray(mm, dtype=float))
             z_names += cols
-        for t in nested_terms:
-            inner = tuple(p.strip() for p in t.group[len(group_expr) + 1 :].split(":"))
-            nspec = NestedSpec.learn(data, group_expr, inner)
-            random_specs.append((nspec, False))
-            frame = nspec.get_model_matrix(data)
-            blocks.append(RandomBlock(tuple(frame.columns), False, tied=True, label=labels.get(t.group, t.group)))
-            z_cols.append(frame.to_numpy())
-            z_names += list(frame.columns)
         for name, expr in vc_terms:
             mm = _formula.model_matrix(expr, data, f"variance component {name!r}", formula)
             random_specs.append((mm.model_spec, False))
@@ -554,7 +488,7 @@ class MixedLM:
         return self
 
     @classmethod
-    def _from_crossed_terms(cls, parsed, terms, data: pd.DataFrame, formula: str, missing: str, labels: dict,
+    def _from_crossed_terms(cls, parsed, terms, data: pd.DataFrame, formula: str, missing: str,
                             row_terms: RowTerms = RowTerms(), resid_formula: str | None = None):
         """A model whose random terms are on several factors that are not nested in one: the leading
         factor (most levels) per level, the others through `CrossedTerms` (see `_crossed`)."""
@@ -571,7 +505,7 @@ class MixedLM:
         y = _formula.response_vector(parsed.response, data)
         fixed_mm = _formula.model_matrix(parsed.fixed, data, "fixed-effects matrix", formula)
         X = np.asarray(fixed_mm, dtype=float)
-        factors = _crossed_factor_terms(terms, data, formula, labels)
+        factors = _crossed_factor_terms(terms, data, formula)
         built_bad = ~np.isfinite(y) | ~np.all(np.isfinite(X), axis=1)
         for _, Zf, _, _ in factors:
             built_bad |= ~np.all(np.isfinite(Zf), axis=1)
@@ -583,7 +517,7 @@ class MixedLM:
                     "transform."
                 )
             keep = ~built_bad
-            self = cls._from_crossed_terms(parsed, terms, data.loc[keep], formula, missing, labels, row_terms,
+            self = cls._from_crossed_terms(parsed, terms, data.loc[keep], formula, missing, row_terms,
                                            resid_formula)
             self.row_index = row_index[keep]
             self.n_dropped += n_dropped + int(built_bad.sum())
@@ -595,20 +529,20 @@ class MixedLM:
         layout_terms = build_crossed_terms(
             lead[2], len(lead[0].levels), [c for _, _, c, _ in others], [len(f.levels) for f, _, _, _ in others],
             [Zf for _, Zf, _, _ in others], [(int(a), w) for a, w in zip(starts[1:], widths[1:])], widths[0],
-            tuple(labels.get(f.factor, f.factor) for f, _, _, _ in others),
+            tuple(f.factor for f, _, _, _ in others),
         )
         for f, Zf, codes, _ in others:  # the leading factor is checked with the design below
-            _warn_if_absorbed_by_fixed_effects(X, Zf, codes, len(f.levels), labels.get(f.factor, f.factor),
+            _warn_if_absorbed_by_fixed_effects(X, Zf, codes, len(f.levels), f.factor,
                                                list(fixed_mm.columns))
         spec = ModelSpec(fixed_mm.model_spec, (), None, parsed.response)
         w_arr, o_arr = row_arrays(data, row_terms)
         resid = None if resid_formula is None else resid_design(resid_formula, data)
         self = cls.__new__(cls)
         self.factor_terms = tuple(f for f, _, _, _ in factors)
-        self.crossed_factors = tuple((labels.get(f.factor, f.factor), len(f.levels)) for f in self.factor_terms)
+        self.crossed_factors = tuple((f.factor, len(f.levels)) for f in self.factor_terms)
         g = _group_values(lead[0].factor, data).astype(str)
         self._init_checked(y, parsed.response, X, list(fixed_mm.columns), lead[1], list(lead[0].names), g, blocks, spec,
-                           n_dropped, labels.get(lead[0].factor, lead[0].factor), crossed=layout_terms,
+                           n_dropped, lead[0].factor, crossed=layout_terms,
                            re_names=[n for f in self.factor_terms for n in f.names], weights=w_arr, offset=o_arr,
                            offset_name=row_terms.offset_name, resid=resid)
         self.row_index = row_index
@@ -800,7 +734,7 @@ def _groups_column(groups, data: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return out, name
 
 
-def _crossed_factor_terms(terms, data: pd.DataFrame, formula: str, labels: dict):
+def _crossed_factor_terms(terms, data: pd.DataFrame, formula: str):
     """Group the random terms of a crossed model by factor (terms on one factor amalgamated), most
     levels first (the leading factor). Returns [(FactorTerms, Z, codes, blocks)]."""
     by_factor: dict[str, list] = {}
@@ -810,10 +744,9 @@ def _crossed_factor_terms(terms, data: pd.DataFrame, formula: str, labels: dict)
     for factor, fterms in by_factor.items():
         values = _group_values(factor, data).astype(str)
         levels = pd.Index(np.unique(values.to_numpy()))
-        label = labels.get(factor, factor)
         if len(levels) < 2:
-            raise DataError(f"the grouping factor {label!r} has {len(levels)} level: a random effect needs at least 2 "
-                            f"levels; drop the term '(… | {label})'.")
+            raise DataError(f"the grouping factor {factor!r} has {len(levels)} level: a random effect needs at least 2 "
+                            f"levels; drop the term '(… | {factor})'.")
         cols, names, blocks, zs, specs = [], [], [], [], []
         for t in fterms:
             if t.expr.strip() == "0":
@@ -821,26 +754,26 @@ def _crossed_factor_terms(terms, data: pd.DataFrame, formula: str, labels: dict)
             mm = _formula.model_matrix(t.expr, data, "random-effects matrix", formula)
             specs.append(mm.model_spec)
             these = list(mm.columns)
-            named = [label if c == "Intercept" else f"{c}|{label}" for c in these]  # lme4's "(Intercept)" of the factor
+            named = [factor if c == "Intercept" else f"{c}|{factor}" for c in these]  # lme4's "(Intercept)" of the factor
             if t.correlated:
-                blocks.append(RandomBlock(tuple(named), True, factor=label))
+                blocks.append(RandomBlock(tuple(named), True, factor=factor))
             else:
                 for idx in mm.model_spec.term_indices.values():
-                    blocks.append(RandomBlock(tuple(named[i] for i in idx), True, factor=label))
+                    blocks.append(RandomBlock(tuple(named[i] for i in idx), True, factor=factor))
             cols += these
             names += named
             zs.append(np.asarray(mm, dtype=float))
         if len(set(cols)) != len(cols):
             dup = sorted({c for c in cols if cols.count(c) > 1})
             raise IdentifiabilityError(
-                f"the random-effect column(s) {', '.join(map(repr, dup))} appear in more than one term for {label!r}; "
+                f"the random-effect column(s) {', '.join(map(repr, dup))} appear in more than one term for {factor!r}; "
                 "each random effect can appear once (write one term, e.g. '(1 + x1 + x2 | g)')."
             )
         if len(cols) >= len(levels):
             raise IdentifiabilityError(
-                f"the term(s) on {label!r} have {len(cols)} random effects per level ({', '.join(cols)}) but {label!r} has "
+                f"the term(s) on {factor!r} have {len(cols)} random effects per level ({', '.join(cols)}) but {factor!r} has "
                 f"only {len(levels)} levels: their {len(cols)}×{len(cols)} covariance cannot be estimated. Use fewer "
-                f"effects for {label!r} (e.g. '(1 | {label})'), or uncorrelated effects '(… || {label})'."
+                f"effects for {factor!r} (e.g. '(1 | {factor})'), or uncorrelated effects '(… || {factor})'."
             )
         info = FactorTerms(factor, levels, tuple(cols), tuple(names), tuple(specs))
         out.append((info, np.concatenate(zs, axis=1), levels.get_indexer(values), blocks))
@@ -902,36 +835,6 @@ def _one_group_crossed_terms(vc_terms, group_name: str, expr: str, data: pd.Data
 def _is_intercept(expr: str) -> bool:
     """Whether a random-effect expression is a random intercept alone (``1``)."""
     return expr.replace(" ", "") in ("1", "1+0", "0+1")
-
-
-def _nested_in(inner: str, outer: str, data: pd.DataFrame) -> bool:
-    """Whether every level of ``inner`` occurs within a single level of ``outer`` (in the rows where
-    both are known): a nested factor, even if its labels do not repeat across ``outer``."""
-    try:
-        a, b = _group_values(inner, data), _group_values(outer, data)
-    except (DataError, FormulaError):
-        return False
-    both = pd.DataFrame({"inner": a.to_numpy(), "outer": b.to_numpy()}).dropna()
-    return bool(len(both)) and bool((both.groupby("inner", sort=False)["outer"].nunique() <= 1).all())
-
-
-def _nest_by_data(terms, group_exprs, group_expr, data):
-    """Random intercepts of factors nested in another factor by the data (uniquely labelled inner
-    levels, e.g. ``(x | school) + (1 | class)`` with class labels unique across schools) are the
-    nested terms ``(1 | school:class)``, displayed under their own name. Returns the terms, the
-    outer factor and {rewritten group: display name}."""
-    if len(group_exprs) < 2:
-        return terms, group_expr, {}
-    for outer in group_exprs:
-        others = [g for g in group_exprs if g != outer and not g.startswith(outer + ":")]
-        intercepts = all(_is_intercept(t.expr) for t in terms if t.group in others)
-        several = _group_values(outer, data).nunique(dropna=True) >= 2 if intercepts and others else False
-        if others and intercepts and several and all(_nested_in(g, outer, data) for g in others):
-            labels = {f"{outer}:{g}": g for g in others}
-            rewritten = [_formula.RandomTerm(t.expr, f"{outer}:{t.group}", t.correlated) if t.group in others else t
-                         for t in terms]
-            return rewritten, outer, labels
-    return terms, group_expr, {}
 
 
 def _warn_if_absorbed_by_fixed_effects(X, Z, codes, m: int, group_label: str, x_names) -> None:

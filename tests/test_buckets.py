@@ -135,6 +135,7 @@ def test_models_of_one_bucket_share_one_compiled_program(monkeypatch):
 @pytest.mark.parametrize("name,formula,reml", [
     ("penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)", True),
     ("psycholing", "rt ~ c + (1 + c | subj) + (1 + c | item)", False),
+    ("pastes", "strength ~ 1 + (1 | batch/cask)", True),
 ])
 def test_a_bucketed_crossed_fit_equals_the_unpadded_one(name, formula, reml):
     """Rows, leading levels, fixed-effect columns and the further terms' levels padded (L₂₁ dense):
@@ -162,8 +163,11 @@ def test_small_crossed_models_share_one_compiled_program(monkeypatch):
     fewer = load("penicillin").query("plate != 'a' and sample != 'F'")
     r1 = jaxlmm.MixedLM.from_formula("diameter ~ 1 + (1 | plate) + (1 | sample)", fewer).fit(reml=False)
     r2 = jaxlmm.MixedLM.from_formula("diameter ~ 1 + (1 | plate) + (1 | sample)", load("penicillin").iloc[6:]).fit()
+    # nested factors are terms like crossed ones: Pastes' casks within batches run the same program
+    r3 = jaxlmm.MixedLM.from_formula("strength ~ 1 + (1 | batch/cask)", load("pastes")).fit()
     assert len(_program_cache._loaded) == programs
     assert r1.converged and r2.converged and r1.nobs == 115 and r2.nobs == 138
+    assert r3.converged and list(r3.random_effects) == ["batch:cask", "batch"]
     assert list(r1.random_effects) == ["plate", "sample"] and len(r1.random_effects["sample"]) == 5
 
 

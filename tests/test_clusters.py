@@ -171,3 +171,26 @@ def test_a_clustered_block_with_random_slopes_equals_the_dense_one():
         got, want = (value_and_grad(d, theta) for d in (m.design, dense_twin(m.design)))
     np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(got[1]), np.asarray(want[1]), rtol=1e-9, atol=1e-9)
+
+
+def test_a_nested_design_splits_with_an_empty_separator_and_fits_as_the_dense_one():
+    """Classes within 300 schools, `(1 | school/klass)`: the schools never meet, so the block splits
+    into clusters with no separator; the fit equals the dense factorisation's, modes included."""
+    rng = np.random.default_rng(8)
+    school = np.repeat(np.arange(300), 12)
+    klass = np.tile(np.repeat(np.arange(3), 4), 300)
+    df = pd.DataFrame({"school": school.astype(str), "klass": klass.astype(str), "x": rng.normal(size=school.size)})
+    df["y"] = 0.5 * df.x + rng.normal(size=300)[school] + 0.6 * rng.normal(size=900)[school * 3 + klass] \
+        + rng.normal(size=school.size)
+    m = jaxlmm.MixedLM.from_formula("y ~ x + (1 | school/klass)", df)
+    slots = m.design.crossed.clusters
+    assert slots is not None and slots.separator.shape[0] == 0
+    r = m.fit()
+    with jaxlmm.float64():
+        b = jax.tree.map(np.asarray, fit_arrays(dense_twin(m.design)))
+    assert r.converged and r.llf == pytest.approx(float(b.llf), abs=1e-8)
+    for field in ("theta", "beta", "ranef", "ranef_other", "ranef_cov", "ranef_other_cov"):
+        want = np.asarray(getattr(b, field))
+        np.testing.assert_allclose(getattr(r._arrays, field), want, rtol=1e-5, atol=1e-6 * np.abs(want).max(),
+                                   err_msg=field)
+    assert list(r.vcomp.index) == ["Var(school:klass)", "Var(school)", "Residual"]
