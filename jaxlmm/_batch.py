@@ -515,7 +515,8 @@ def fit_many(
     with float64():
         arrays = _run_across_processes(run, [Yc.T.copy(), M.T.copy()], theta0, batch_size, progress, "fitting",
                                        len(devices))
-    problems = _response_problems(values, M, np.asarray(model.design.group), model.ngroups, p, q)
+    problems = _response_problems(values, M, np.asarray(model.design.group), model.ngroups, p,
+                                  _random_effects_with_data(model.design, M))
     bad = problems != ""
     if bad.any():
         arrays = FitArrays(
@@ -546,19 +547,39 @@ def keeps_results(results_on) -> bool:
     return results_on == "all" or jax.process_index() == int(results_on)
 
 
-def _response_problems(Y: np.ndarray, M: np.ndarray, group: np.ndarray, n_groups: int, p: int, q: int) -> np.ndarray:
-    """Per response, the reason it cannot be fitted (as `MixedLM` would raise for it alone), or ""."""
+def _levels_with_data(codes: np.ndarray, n_levels: int, used: np.ndarray) -> np.ndarray:
+    """Per response (column of ``used``), how many of the levels have rows (one pass over the rows)."""
+    rows_per_level = np.zeros((n_levels, used.shape[1]))
+    np.add.at(rows_per_level, codes, used)
+    return (rows_per_level > 0).sum(axis=0)
+
+
+def _random_effects_with_data(design, M: np.ndarray) -> np.ndarray:
+    """Per response, its random effects that have rows: the leading factor's columns for each level with
+    data, plus, in a crossed model, each other term's columns for each of its levels with data."""
+    used = M > 0
+    count = _levels_with_data(np.asarray(design.group), design.n_groups, used) * design.Z.shape[1]
+    crossed = design.crossed
+    if crossed is not None:
+        layout, block = crossed.layout, np.asarray(crossed.block)
+        for k, ((_, size), levels) in enumerate(zip(layout.columns, layout.level_counts)):
+            count = count + size * _levels_with_data(block[:, k] - layout.offsets[k], levels, used)
+    return count
+
+
+def _response_problems(Y: np.ndarray, M: np.ndarray, group: np.ndarray, n_groups: int, p: int,
+                       n_effects: np.ndarray) -> np.ndarray:
+    """Per response, the reason it cannot be fitted (as `MixedLM` would raise for it alone), or "";
+    ``n_effects``: its random effects with data (`_random_effects_with_data`)."""
     used = M > 0
     n = used.sum(axis=0)
-    rows_per_group = np.zeros((n_groups, Y.shape[1]))
-    np.add.at(rows_per_group, group, used)  # one pass over rows, not a loop over responses
-    groups_with_data = (rows_per_group > 0).sum(axis=0)
+    groups_with_data = _levels_with_data(group, n_groups, used)
     masked = np.where(used, Y, np.nan)
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
         spread = np.nanmax(masked, axis=0) - np.nanmin(masked, axis=0)
     out = np.full(Y.shape[1], "", dtype=object)
-    out[(groups_with_data * q >= n) | (n <= p)] = "too few observations for the random effects"
+    out[(n_effects >= n) | (n <= p)] = "too few observations for the random effects"
     out[groups_with_data < 2] = "fewer than 2 groups with data"
     out[(n > 0) & ~(spread > 0)] = "constant response"
     out[n == 0] = "no observations"

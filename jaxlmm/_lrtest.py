@@ -58,6 +58,11 @@ def _same_data(a: "MixedLMResults", b: "MixedLMResults") -> bool:
             and np.allclose(wa, wb))
 
 
+def _terms(r: "MixedLMResults") -> list[str]:
+    """A model's random effects as 'column | factor' (lme4's bars), sorted."""
+    return sorted(f"{column} | {factor}" for factor, column in r.model.random_terms)
+
+
 def lrtest(small: "MixedLMResults", large: "MixedLMResults") -> LRTestResult:
     """χ² likelihood-ratio test of ``small`` against the ``large`` model it is nested in.
 
@@ -89,11 +94,11 @@ def lrtest(small: "MixedLMResults", large: "MixedLMResults") -> LRTestResult:
             "the two models have the same number of parameters, so neither is nested in the other; "
             "compare non-nested models with AIC/BIC instead."
         )
-    if not set(fe_small) <= set(fe_large) or not set(small.model.exog_re_names) <= set(large.model.exog_re_names):
+    if not set(fe_small) <= set(fe_large) or not small.model.random_terms <= large.model.random_terms:
         raise DataError(
             "the smaller model is not nested in the larger one: its fixed effects "
-            f"{fe_small} / random effects {small.model.exog_re_names} are not a subset of "
-            f"{fe_large} / {large.model.exog_re_names}. Compare non-nested models with AIC/BIC."
+            f"{fe_small} / random effects {_terms(small)} are not a subset of "
+            f"{fe_large} / {_terms(large)}. Compare non-nested models with AIC/BIC."
         )
     notes = []
     refitted = False

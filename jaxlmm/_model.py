@@ -568,6 +568,15 @@ class MixedLM:
         return names + ["Residual"] + self.resid_param_names
 
     @property
+    def random_terms(self) -> frozenset[tuple[str, str]]:
+        """The random effects as (grouping factor, column) pairs, e.g. ``("batch:cask", "Intercept")``:
+        what decides whether one model's random effects are nested in another's (`jaxlmm.lrtest`),
+        however each model was written."""
+        if self.factor_terms:
+            return frozenset((f.factor, c) for f in self.factor_terms for c in f.columns)
+        return frozenset((self.group_name, n) for n in self.exog_re_names)
+
+    @property
     def resid_param_names(self) -> list[str]:
         """Names of the residual-variance parameters δ (log variance ratios; none without a model)."""
         return [] if self.resid_model is None else [f"log σ² ratio: {n}" for n in self.resid_model.names]

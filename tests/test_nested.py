@@ -108,3 +108,26 @@ def test_components_counted_per_group_not_by_the_widest_group():
     ll, _ = dense_terms_loglik(data.y.to_numpy(), ones, [(data.g.to_numpy(), ones, [[variances["Var(g)"]]]),
                                                           (cask, ones, [[variances["Var(g:cask)"]]])], r.scale, True)
     assert r.llf == pytest.approx(ll, abs=1e-8)
+
+
+def test_fit_many_and_lrtest_on_nested_terms():
+    """fit_many counts each factor's own random effects (30 casks + 10 batches < 60 rows, not 2 names
+    × 30 levels): the model's own response gives its single fit, a response with missing rows gives the
+    fit without them; lrtest sees (1 | batch:cask) nested in (1 | batch/cask)."""
+    df = jaxlmm.datasets.load("pastes")
+    m = jaxlmm.MixedLM.from_formula("strength ~ 1 + (1 | batch/cask)", df)
+    single = m.fit()
+    y = df.strength.to_numpy()
+    holed = y.copy()
+    holed[[0, 7, 31]] = np.nan
+    rb = m.fit_many(np.column_stack([y, holed]), progress=False)
+    assert (rb.problems == "").all() and bool(rb.converged.all())
+    assert float(rb.llf.iloc[0]) == pytest.approx(single.llf, abs=1e-7)
+    dropped = jaxlmm.MixedLM.from_formula("strength ~ 1 + (1 | batch/cask)", df.drop(index=[0, 7, 31])).fit()
+    assert float(rb.llf.iloc[1]) == pytest.approx(dropped.llf, abs=1e-7)
+    small = jaxlmm.MixedLM.from_formula("strength ~ 1 + (1 | batch:cask)", df).fit()
+    test = jaxlmm.lrtest(small, single)
+    assert test.df == 1 and test.statistic == pytest.approx(2 * (single.llf - small.llf), abs=1e-9)
+    other = jaxlmm.MixedLM.from_formula("strength ~ 1 + (1 | batch)", df).fit()
+    with pytest.raises(jaxlmm.DataError, match="not nested"):
+        jaxlmm.lrtest(other, jaxlmm.MixedLM.from_formula("strength ~ 1 + (1 | batch:cask) + (1 | cask)", df).fit())
