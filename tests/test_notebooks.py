@@ -9,7 +9,6 @@ running them checks the text as well as the code. Committed notebooks must have 
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
