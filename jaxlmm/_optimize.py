@@ -44,6 +44,16 @@ def bfgs_update(H: jax.Array, step: jax.Array, grad_change: jax.Array) -> jax.Ar
 FORWARD_HESSIAN_MAX = 6
 
 
+def positive_definite(H: jax.Array) -> jax.Array:
+    """V |Λ| Vᵀ, with eigenvalues floored at 1e-10 of the largest: the matrix Newton's steps use in
+    place of ``H`` (`minimize_newton`), and a positive definite start for BFGS updates — from an
+    indefinite exact Hessian (common far from the optimum) the updates stay indefinite and BFGS stalls.
+    Unchanged (to rounding) when ``H`` is positive definite already."""
+    evals, evecs = _linalg.eigh_one_at_a_time(H)
+    scale = jnp.maximum(jnp.max(jnp.abs(evals)), 1e-300)
+    return (evecs * jnp.maximum(jnp.abs(evals), 1e-10 * scale)) @ evecs.T
+
+
 def value_and_forward_grad(fun: Callable[[jax.Array], jax.Array], x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(f(x), ∇f(x)) by forward mode: one JVP per coordinate direction, vmapped."""
     eye = jnp.eye(x.shape[0], dtype=x.dtype)
@@ -131,7 +141,7 @@ def minimize_newton(
 
     def evaluate_bfgs(x, state: _State):
         f, g = value_grad(x)
-        return f, g, bfgs_update(state.H, x - state.x, g - state.g)
+        return f, g, bfgs_update(positive_definite(state.H), x - state.x, g - state.g)
 
     n = x0.shape[0]
     snappable = jnp.asarray(snappable, bool)

@@ -258,13 +258,16 @@ def test_sparse_and_dense_coupling_give_the_same_fit(three_factors, monkeypatch)
     assert not sparse.design.crossed.layout.dense_coupling and sparse.design.crossed.pair_first.size > 0
     r_dense, r_sparse = dense.fit(), sparse.fit()
     assert r_sparse.llf == pytest.approx(r_dense.llf, abs=1e-9)
-    np.testing.assert_allclose(r_sparse.vcomp.values, r_dense.vcomp.values, rtol=1e-6)
+    # both stop within gtol, by BFGS (this block has 32 rows or more): a near-zero covariance agrees to
+    # 1e-6 of the largest variance, not of itself
+    np.testing.assert_allclose(r_sparse.vcomp.values, r_dense.vcomp.values, rtol=1e-6,
+                               atol=1e-6 * np.abs(r_dense.vcomp.values).max())
     for factor in r_dense.random_effects:
-        np.testing.assert_allclose(r_sparse.random_effects[factor].values, r_dense.random_effects[factor].values,
-                                   atol=1e-8)
+        modes = r_dense.random_effects[factor].values
+        np.testing.assert_allclose(r_sparse.random_effects[factor].values, modes, atol=1e-6 * np.abs(modes).max())
         lev = r_dense.random_effects[factor].index[0]
-        np.testing.assert_allclose(r_sparse.random_effects_cov[factor][lev].values,
-                                   r_dense.random_effects_cov[factor][lev].values, atol=1e-8)
+        cov = r_dense.random_effects_cov[factor][lev].values
+        np.testing.assert_allclose(r_sparse.random_effects_cov[factor][lev].values, cov, atol=1e-6 * np.abs(cov).max())
 
 
 def test_fit_datasets_of_crossed_models_equals_separate_fits(three_factors):

@@ -72,3 +72,27 @@ def test_quasi_newton_reaches_the_exact_newton_optimum_on_lmm_deviances():
     assert np.all(np.asarray(exact.converged)) and np.all(np.asarray(quasi.converged))
     np.testing.assert_allclose(np.asarray(quasi.fun), np.asarray(exact.fun), rtol=1e-13)
     np.testing.assert_allclose(np.asarray(quasi.x), np.asarray(exact.x), atol=1e-5)
+
+
+def test_bfgs_from_an_indefinite_exact_start_converges():
+    """Subjects × items (psycholing) from Λ = I, where the exact Hessian is indefinite: BFGS starts
+    from its positive definite counterpart V|Λ|Vᵀ and reaches exact Newton's optimum (updating the
+    indefinite matrix itself, it stalled at 200 iterations with a gradient of 1.4)."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    df = pd.read_csv(Path(__file__).parent / "data" / "psycholing.csv")
+    design = jaxlmm.MixedLM.from_formula("rt ~ c + (1 | subj) + (1 | item)", df).design
+    objective = _Objective(design.lambda_index)
+    with float64():
+        stats = design_stats(design)[1]
+        f = lambda t: objective(t, (stats, 0.0, None))  # noqa: E731
+        theta0 = jnp.asarray(design.theta_start, jnp.float64)
+        assert np.linalg.eigvalsh(np.asarray(jax.hessian(f)(theta0))).min() < 0
+        snappable = jnp.ones(2, bool)
+        exact = jax.jit(lambda t: minimize_newton(f, t, snappable))(theta0)
+        quasi = jax.jit(lambda t: minimize_newton(f, t, snappable, quasi_newton=True))(theta0)
+    assert bool(exact.converged) and bool(quasi.converged) and int(quasi.iterations) < 40
+    assert float(quasi.fun) == pytest.approx(float(exact.fun), rel=1e-13)
+    np.testing.assert_allclose(np.abs(np.asarray(quasi.x)), np.abs(np.asarray(exact.x)), rtol=1e-5)
