@@ -53,6 +53,14 @@ MAX_CONCURRENT_CHUNKS = 8
 AUTO_BATCH_MAX = 128
 
 
+def quasi_round_cap(n_theta: int) -> int:
+    """The quasi-Newton round's iteration cap: BFGS needs more iterations with more θ (psycholing's
+    6: about 24 from Λ = I), and a member it leaves continues by exact Newton, whose Hessian costs
+    many gradients in such models (fit_many of 200 psycholing responses: 33-43 s with a cap of 12,
+    nearly all of it in the exact rounds)."""
+    return max(QUASI_ROUND_MAX_ITER, 6 * (int(n_theta) - 1))  # 12 up to 3 θ (sleepstudy), 30 for 6
+
+
 # ---- kernels --------------------------------------------------------------------------------------
 def _fit_responses_impl(design: Design, Y, M, theta0, reml: bool, gtol: float, max_iter,
                         quasi_newton: bool = QUASI_NEWTON) -> FitArrays:
@@ -147,7 +155,7 @@ def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: 
     out: FitArrays | None = None
     start_theta = np.array(theta0)
     pending = np.arange(k)
-    total, cap = 0, FIRST_ROUND_MAX_ITER if not QUASI_NEWTON else QUASI_ROUND_MAX_ITER
+    total, cap = 0, FIRST_ROUND_MAX_ITER if not QUASI_NEWTON else quasi_round_cap(theta0.shape[1])
 
     def fit_chunk(rows, size, cap, quasi):
         idx = np.concatenate([rows, np.full(size - rows.size, rows[0])])
