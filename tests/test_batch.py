@@ -197,3 +197,21 @@ def test_a_batch_shape_called_again_and_again_switches_to_the_optimised_program(
     for r in runs[1:]:
         np.testing.assert_allclose(r.llf, runs[0].llf, atol=1e-8)
         np.testing.assert_allclose(r.fe_params, runs[0].fe_params, rtol=1e-8)
+
+
+def test_a_warm_start_on_the_boundary_does_not_trap_the_other_chunks():
+    """Responses simulated from a singular fit (psycholing maximal: a correlation of +1): most fits
+    put a relative standard deviation exactly at 0, and so does the first chunk's median θ. Started
+    there, the other chunks could not leave 0 (the deviance is even in it) and stopped below their
+    maximum; every member must equal its own single fit."""
+    from pathlib import Path
+
+    df = pd.read_csv(Path(__file__).parent / "data" / "psycholing.csv")
+    m = jaxlmm.MixedLM.from_formula("rt ~ c + (1 + c | subj) + (1 + c | item)", df)
+    fit = m.fit(warn=False)
+    rng = np.random.default_rng(0)
+    Y = np.asarray(fit.fittedvalues)[:, None] + rng.normal(0.0, np.sqrt(fit.scale), (len(df), 48))
+    rb = m.fit_many(Y, batch_size=16, progress=False)
+    single = np.array([m.with_response(Y[:, j]).fit(warn=False).llf for j in range(Y.shape[1])])
+    assert bool(rb.converged.all())
+    np.testing.assert_allclose(rb.llf.values, single, atol=1e-6)
