@@ -6,9 +6,10 @@
 The responses are simulated from the model's own REML fit (fitted values plus noise at σ̂, seed 0).
 jaxlmm runs in a fresh process without the persistent cache and calls ``fit_many`` four times: the
 first call compiles the quick batched program, the third compiles the optimised one (tiered
-compilation), the fourth is warm. lme4 runs ``refit(m, y)`` over the same responses in one Rscript
-(the model built once, as lme4's users do for simulations). Both are REML; the table compares the
-summed log-likelihoods (same optimum: equal to rounding).
+compilation), the fourth is warm. lme4 fits the same responses in one Rscript, twice: a fresh
+``lmer`` for each, and ``refit(m, y)`` (the model built once, as lme4's users do for simulations).
+All are REML; the summed log-likelihoods show who reached the maximum (``refit`` starts from the
+original fit's θ, on the boundary here, and stays near it).
 """
 
 from __future__ import annotations
