@@ -37,9 +37,11 @@ from .errors import ModelTooLargeError
 # A dense block of D × D float64 needs about 6 copies of D² in a gradient evaluation.
 DENSE_MAX_BYTES = 4 * 2**30
 DENSE_COUPLING_MAX_FLOPS = 2e7
-# From this many rows of the dense block, `build_crossed_terms` looks for a clustered split of it
-# (`_clusters`); below, the dense factorisation takes well under a millisecond.
-CLUSTER_MIN_SIZE = 256
+# From this many rows of the dense block (with a sparse coupling: below, L₂₁ is held dense when its
+# product is cheap), `build_crossed_terms` looks for a clustered split of it (`_clusters`); below, the
+# dense factorisation takes well under a millisecond. A nested pattern splits into single levels: 600
+# classes in 200 schools, `(1 | school/class)`, fits in 2.1 ms warm clustered against 40 ms dense.
+CLUSTER_MIN_SIZE = 64
 BITMAP_MAX_BLOCKS = 4096  # a bool B × B bitmap (16 MiB at most) checks the density of M₂₂ first
 
 
