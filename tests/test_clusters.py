@@ -173,11 +173,11 @@ def test_a_clustered_block_with_random_slopes_equals_the_dense_one():
     np.testing.assert_allclose(np.asarray(got[1]), np.asarray(want[1]), rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("schools, classes", [(300, 3), (150, 6)])
+@pytest.mark.parametrize("schools, classes", [(300, 3), (150, 6), (80, 3)])
 def test_a_nested_design_splits_with_an_empty_separator_and_fits_as_the_dense_one(schools, classes):
     """Classes within schools, `(1 | school/klass)`: the schools never meet, so the block splits
-    into clusters with no separator (from 64 schools, once L₂₁ is not held dense); the fit equals
-    the dense factorisation's, modes included."""
+    into clusters with no separator (from 64 schools; at 80 schools L₂₁ would be held dense, and
+    the split is preferred); the fit equals the dense factorisation's, modes included."""
     rng = np.random.default_rng(8)
     school = np.repeat(np.arange(schools), 4 * classes)
     klass = np.tile(np.repeat(np.arange(classes), 4), schools)
