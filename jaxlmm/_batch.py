@@ -229,9 +229,8 @@ def _warm_start(converged_theta: np.ndarray, default: np.ndarray) -> np.ndarray:
     unchanged, so at a zero diagonal entry its derivative is 0 and Newton never moves it (200
     psycholing-maximal responses: 8 of them stopped up to 2.3 below their maximum log-likelihood)."""
     warm = np.median(converged_theta, axis=0)
-    diagonal = default != 0
-    lifted = np.where(diagonal, np.maximum(np.abs(warm), WARM_START_FLOOR * np.abs(default)), warm)
-    return np.where(diagonal & (warm < 0), -lifted, lifted)
+    floor = WARM_START_FLOOR * np.abs(default)  # 0 off the diagonal: those entries are left as they are
+    return np.where(np.abs(warm) < floor, np.copysign(floor, warm), warm)
 
 
 def _concurrent_chunks(n_devices: int | None = None) -> int:
@@ -539,8 +538,7 @@ def fit_many(
     with float64():
         arrays = _run_across_processes(run, [Yc.T.copy(), M.T.copy()], theta0, batch_size, progress, "fitting",
                                        len(devices))
-    problems = _response_problems(values, M, np.asarray(model.design.group), model.ngroups, p,
-                                  _random_effects_with_data(model.design, M))
+    problems = _response_problems(values, M, model.design, p)
     bad = problems != ""
     if bad.any():
         arrays = FitArrays(
@@ -578,26 +576,19 @@ def _levels_with_data(codes: np.ndarray, n_levels: int, used: np.ndarray) -> np.
     return (rows_per_level > 0).sum(axis=0)
 
 
-def _random_effects_with_data(design, M: np.ndarray) -> np.ndarray:
-    """Per response, its random effects that have rows: the leading factor's columns for each level with
-    data, plus, in a crossed model, each other term's columns for each of its levels with data."""
+def _response_problems(Y: np.ndarray, M: np.ndarray, design: Design, p: int) -> np.ndarray:
+    """Per response, the reason it cannot be fitted (as `MixedLM` would raise for it alone), or "".
+    Its random effects with data: the leading factor's columns for each level with rows, plus, in a
+    crossed model, each other term's columns for each of its levels with rows."""
     used = M > 0
-    count = _levels_with_data(np.asarray(design.group), design.n_groups, used) * design.Z.shape[1]
+    n = used.sum(axis=0)
+    groups_with_data = _levels_with_data(np.asarray(design.group), design.n_groups, used)
+    n_effects = groups_with_data * design.Z.shape[1]
     crossed = design.crossed
     if crossed is not None:
         layout, block = crossed.layout, np.asarray(crossed.block)
         for k, ((_, size), levels) in enumerate(zip(layout.columns, layout.level_counts)):
-            count = count + size * _levels_with_data(block[:, k] - layout.offsets[k], levels, used)
-    return count
-
-
-def _response_problems(Y: np.ndarray, M: np.ndarray, group: np.ndarray, n_groups: int, p: int,
-                       n_effects: np.ndarray) -> np.ndarray:
-    """Per response, the reason it cannot be fitted (as `MixedLM` would raise for it alone), or "";
-    ``n_effects``: its random effects with data (`_random_effects_with_data`)."""
-    used = M > 0
-    n = used.sum(axis=0)
-    groups_with_data = _levels_with_data(group, n_groups, used)
+            n_effects = n_effects + size * _levels_with_data(block[:, k] - layout.offsets[k], levels, used)
     masked = np.where(used, Y, np.nan)
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns

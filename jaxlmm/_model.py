@@ -407,8 +407,6 @@ class MixedLM:
                                    "'(1 | factor)' terms.")
             return cls._from_crossed_terms(parsed, terms, data, formula, missing, row_terms, resid_formula)
         group_expr = group_exprs[0]
-        if not terms:
-            terms = [_formula.RandomTerm("0", group_expr, True)]  # no effects for the outer factor itself
 
         used = _formula.required_columns(
             [f"{parsed.response} ~ {parsed.fixed}"] + [t.expr for t in terms if t.expr != "0"] + [v for _, v in vc_terms]
@@ -416,8 +414,6 @@ class MixedLM:
             data,
         )
         group_cols = list(dict.fromkeys(p.strip() for p in group_expr.split(":")))
-        if any("/" in c for c in group_cols):
-            _group_values(group_expr, data)  # raises the nested-grouping error
         _formula.check_columns_exist(group_cols, data, formula)
         used_cols = list(dict.fromkeys(used + group_cols + row_terms.columns))
         data, row_index, n_dropped = _drop_missing_rows(data, used_cols, missing)
@@ -490,8 +486,8 @@ class MixedLM:
     @classmethod
     def _from_crossed_terms(cls, parsed, terms, data: pd.DataFrame, formula: str, missing: str,
                             row_terms: RowTerms = RowTerms(), resid_formula: str | None = None):
-        """A model whose random terms are on several factors that are not nested in one: the leading
-        factor (most levels) per level, the others through `CrossedTerms` (see `_crossed`)."""
+        """A model whose random terms are on several factors, crossed or nested: the leading factor
+        (most levels) per level, the others through `CrossedTerms` (see `_crossed`)."""
         used = _formula.required_columns(
             [f"{parsed.response} ~ {parsed.fixed}"] + [t.expr for t in terms if t.expr != "0"]
             + ([resid_expression(resid_formula)] if resid_formula else []), data
@@ -839,11 +835,6 @@ def _one_group_crossed_terms(vc_terms, group_name: str, expr: str, data: pd.Data
             return None
         factors.append(match.group(1) or match.group(2))
     return [_formula.RandomTerm("1", f, True) for f in factors]
-
-
-def _is_intercept(expr: str) -> bool:
-    """Whether a random-effect expression is a random intercept alone (``1``)."""
-    return expr.replace(" ", "") in ("1", "1+0", "0+1")
 
 
 def _warn_if_absorbed_by_fixed_effects(X, Z, codes, m: int, group_label: str, x_names) -> None:

@@ -44,14 +44,20 @@ def bfgs_update(H: jax.Array, step: jax.Array, grad_change: jax.Array) -> jax.Ar
 FORWARD_HESSIAN_MAX = 6
 
 
-def positive_definite(H: jax.Array) -> jax.Array:
-    """V |Λ| Vᵀ, with eigenvalues floored at 1e-10 of the largest: the matrix Newton's steps use in
-    place of ``H`` (`minimize_newton`), and a positive definite start for BFGS updates — from an
-    indefinite exact Hessian (common far from the optimum) the updates stay indefinite and BFGS stalls.
-    Unchanged (to rounding) when ``H`` is positive definite already."""
+def _absolute_eigen(H: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(|Λ|, V) of symmetric ``H`` = V Λ Vᵀ, the eigenvalues' magnitudes floored at 1e-10 of the largest."""
     evals, evecs = _linalg.eigh_one_at_a_time(H)
     scale = jnp.maximum(jnp.max(jnp.abs(evals)), 1e-300)
-    return (evecs * jnp.maximum(jnp.abs(evals), 1e-10 * scale)) @ evecs.T
+    return jnp.maximum(jnp.abs(evals), 1e-10 * scale), evecs
+
+
+def positive_definite(H: jax.Array) -> jax.Array:
+    """V |Λ| Vᵀ (`_absolute_eigen`): the matrix Newton's steps use in place of ``H``
+    (`minimize_newton`), and a positive definite start for BFGS updates — from an indefinite exact
+    Hessian (common far from the optimum) the updates stay indefinite and BFGS stalls. Unchanged (to
+    rounding) when ``H`` is positive definite already."""
+    absvals, evecs = _absolute_eigen(H)
+    return (evecs * absvals) @ evecs.T
 
 
 def value_and_forward_grad(fun: Callable[[jax.Array], jax.Array], x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -147,9 +153,7 @@ def minimize_newton(
     snappable = jnp.asarray(snappable, bool)
 
     def newton_proposal(state: _State):
-        evals, evecs = _linalg.eigh_one_at_a_time(state.H)
-        scale = jnp.maximum(jnp.max(jnp.abs(evals)), 1e-300)
-        absvals = jnp.maximum(jnp.abs(evals), 1e-10 * scale)
+        absvals, evecs = _absolute_eigen(state.H)
         projected = evecs.T @ state.g
         step = -evecs @ (projected / absvals)
         decrement = jnp.sum(projected * projected / absvals)
