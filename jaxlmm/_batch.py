@@ -34,6 +34,7 @@ from ._crossed import crossed_bytes
 from ._memory_maps import release_if_needed
 from ._design import Design
 from ._fit import FitArrays, fit_design
+from ._lapack_threads import one_lapack_thread
 from ._program_cache import OPTIMISE_AFTER, count_use, shape_key
 from ._results import MixedLMResults, _norm_ppf, _norm_sf
 from .errors import ConvergenceWarning, DataError, SingularFitWarning, check_positive, check_reml
@@ -159,8 +160,9 @@ def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: 
 
     def fit_chunk(rows, size, cap, quasi):
         idx = np.concatenate([rows, np.full(size - rows.size, rows[0])])
-        part = run([x[idx] for x in inputs], start_theta[idx], cap, quasi)
-        return jax.tree.map(lambda a: np.asarray(a)[: rows.size], part)
+        with one_lapack_thread():
+            part = run([x[idx] for x in inputs], start_theta[idx], cap, quasi)
+            return jax.tree.map(lambda a: np.asarray(a)[: rows.size], part)
 
     workers = _concurrent_chunks(n_devices)
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -37,6 +37,7 @@ from jax.scipy.linalg import cho_solve
 
 from . import _linalg
 from ._config import QUICK_COMPILE_OPTIONS, float64
+from ._lapack_threads import one_lapack_thread
 from .errors import DataError
 
 MAX_ROWS = 6000
@@ -190,10 +191,10 @@ def kenward_roger(design, varpar) -> KenwardRoger:
     resid = np.ones(n) if weights is None else 1.0 / np.asarray(weights, float)[keep]
     blocked = None if design.crossed is not None else _group_blocks(design, keep, resid)
     if blocked is not None:
-        with float64():
+        with float64(), one_lapack_thread():
             out = _group_program(*(jnp.asarray(a) for a in blocked), jnp.asarray(np.asarray(varpar, float)),
                                  lambda_index=tuple(design.lambda_index))
-        return KenwardRoger(*(np.asarray(a) for a in out))
+            return KenwardRoger(*(np.asarray(a) for a in out))
     if n > MAX_ROWS:
         raise DataError(f"ddf='kenward-roger' builds dense {n:,} × {n:,} covariance matrices; it is limited to "
                         f"{MAX_ROWS:,} observations. Use ddf='satterthwaite' for larger models.")
@@ -206,12 +207,12 @@ def kenward_roger(design, varpar) -> KenwardRoger:
             Zs.append(Zc[:, k, :size])
             codes.append(block[:, k])
             blocks.append((int(start), int(size)))
-    with float64():
+    with float64(), one_lapack_thread():
         out = _programs[n <= QUICK_ROWS](jnp.asarray(np.asarray(design.X, float)[keep]), tuple(map(jnp.asarray, Zs)),
                                    tuple(map(jnp.asarray, codes)), jnp.asarray(resid),
                                    jnp.asarray(np.asarray(varpar, float)), blocks=tuple(blocks),
                                    lambda_index=tuple(design.lambda_index))
-    return KenwardRoger(*(np.asarray(a) for a in out))
+        return KenwardRoger(*(np.asarray(a) for a in out))
 
 
 def kenward_roger_f(L: np.ndarray, beta: np.ndarray, kr: KenwardRoger, rhs: np.ndarray | None = None

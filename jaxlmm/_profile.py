@@ -33,6 +33,7 @@ from . import _linalg
 from ._config import QUICK_COMPILE_OPTIONS, float64
 from ._design import theta_on_diagonal, theta_positions
 from ._fit import _variance_rows, _varpar, design_stats
+from ._lapack_threads import one_lapack_thread
 from ._kernels import LOG_2PI, deviance_at_scale, penalised_solution, relative_factor, residual_dof
 from ._optimize import minimize_newton
 from ._variance_model import VarianceRows, variance_stats
@@ -322,7 +323,7 @@ class Profiler:
             size = _bucket(rows.size)
             pad = size - rows.size
             vals = values[rows]
-            with float64():
+            with float64(), one_lapack_thread():
                 sol = solve_points(
                     self._stats, self._b0, self._R_inv,
                     jnp.asarray(np.concatenate([local, np.repeat(local[:1], pad)])),
@@ -330,7 +331,7 @@ class Profiler:
                     jnp.asarray(np.concatenate([start, np.repeat(start[:1], pad, axis=0)])),
                     lambda_index=self.lambda_index, fixed=fixed, n_groups=self.n_groups,
                 )
-            sol = jax.tree_util.tree_map(lambda a: np.asarray(a)[: rows.size], sol)
+                sol = jax.tree_util.tree_map(lambda a: np.asarray(a)[: rows.size], sol)
             out["deviance"][rows] = sol.deviance
             out["slope"][rows] = sol.slope
             out["converged"][rows] = sol.converged

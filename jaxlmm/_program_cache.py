@@ -27,6 +27,7 @@ import jaxlib
 import numpy as np
 
 from ._config import QUICK_COMPILE_OPTIONS
+from ._lapack_threads import one_lapack_thread
 
 _loaded: dict[str, Callable] = {}
 
@@ -86,7 +87,8 @@ def call_quick(name: str, fn: Callable, args: tuple, static: tuple = ()) -> dict
     if program is None:
         program = _load_or_export(folder, key, lambda *flat: fn(*jax.tree.unflatten(treedef, flat)), leaves)
         _loaded[key] = program
-    return program(*leaves)
+    with one_lapack_thread():
+        return jax.block_until_ready(program(*leaves))
 
 
 def _load_or_export(folder: Path | None, key: str, flat_fn: Callable, leaves: list) -> Callable:

@@ -20,6 +20,7 @@ from ._buckets import from_bucket, to_bucket
 from ._crossed import dense_rows
 from ._design import Design
 from ._fit import LARGE_DENSE_SIZE, FitArrays, fit_design, fit_quick
+from ._lapack_threads import one_lapack_thread
 from ._program_cache import OPTIMISE_AFTER, count_use, shape_key
 
 _optimised = jax.jit(partial(fit_design, inference=True), static_argnums=(2, 3))
@@ -42,7 +43,8 @@ def fit_single(design: Design, reml: bool, gtol: float = 1e-6) -> FitArrays:
     `OPTIMISE_AFTER` fits of this shape, then the shape's own optimised program (at once for a
     design whose fit outweighs compilation, `quick_pays`)."""
     if not quick_pays(design) or count_use(shape_key("fit_single", design, float(gtol))) >= OPTIMISE_AFTER:
-        return jax.tree.map(np.asarray, _optimised(design, np.float64(bool(reml)), float(gtol), 200))
+        with one_lapack_thread():
+            return jax.tree.map(np.asarray, _optimised(design, np.float64(bool(reml)), float(gtol), 200))
     bucket = to_bucket(design)
     arrays = fit_quick(bucket.design, bool(reml), bucket.free, float(gtol))
     return from_bucket(jax.tree.map(np.asarray, arrays), bucket, design)
