@@ -426,10 +426,11 @@ def fit_design(
     dtype = jnp.result_type(design.y)
     large_dense = dense_rows(design.crossed) >= LARGE_DENSE_SIZE
     # A dense block of FORWARD_OVER_REVERSE_MIN rows or more, factored densely or split into clusters:
-    # an exact Hessian costs many gradients there, and BFGS from Λ = I (after an exact first step, with
-    # an exact Hessian at the end) takes more but much cheaper iterations. Measured warm: psycholing
-    # maximal 38 -> 22 ms (24 iterations against 9), its intercept model 3.4 -> 2.4 ms, STAR 0.87 ->
-    # 0.64 s; Penicillin's and Pastes' tiny blocks stay with exact Newton (0.6-0.7 ms against 0.6-1.2 ms).
+    # an exact Hessian costs many gradients there, and BFGS from Λ = I (from a multiple of I, with an
+    # exact Hessian at the end: `minimize_newton`'s ``exact_final``) takes more but much cheaper
+    # iterations. Measured warm: psycholing maximal 38 -> 14 ms (20 iterations against 9), STAR 0.87
+    # -> 0.28-0.34 s; Penicillin's and Pastes' tiny blocks stay with exact Newton (0.6-0.7 ms against
+    # 0.6-1.2 ms).
     bfgs_pays = design.crossed is not None and design.crossed.layout.dense_size >= FORWARD_OVER_REVERSE_MIN
     if theta0 is None:
         theta0 = jnp.asarray(design.theta_start, dtype)
