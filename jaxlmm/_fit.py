@@ -98,20 +98,22 @@ class _Objective(NamedTuple):
         return profiled_deviance(theta, stats, jnp.asarray(self.lambda_index), reml)
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(0, 3, 4, 6, 7))
-def _argmin(objective, stats, theta0, snappable: tuple, gtol: float, max_iter, quasi_newton: bool, exact_final: bool):
+@partial(jax.custom_jvp, nondiff_argnums=(0, 3, 4, 6, 7, 8))
+def _argmin(objective, stats, theta0, snappable: tuple, gtol: float, max_iter, quasi_newton: bool, exact_final: bool,
+            exact_start: bool):
     opt = minimize_newton(lambda t: objective(t, stats), theta0, jnp.asarray(snappable), gtol=gtol, max_iter=max_iter,
                           quasi_newton=quasi_newton, forward_hessian=objective.forward_hessian,
-                          exact_final=exact_final)
+                          exact_final=exact_final, exact_start=exact_start)
     report = jnp.stack([opt.projected_grad_norm, opt.iterations.astype(theta0.dtype), opt.converged.astype(theta0.dtype)])
     return opt.x, report, opt.hess
 
 
 @_argmin.defjvp
-def _argmin_jvp(objective, snappable, gtol, quasi_newton, exact_final, primals, tangents):
+def _argmin_jvp(objective, snappable, gtol, quasi_newton, exact_final, exact_start, primals, tangents):
     stats, theta0, max_iter = primals
     stats_dot = tangents[0]
-    theta, report, hess_at_end = _argmin(objective, stats, theta0, snappable, gtol, max_iter, quasi_newton, exact_final)
+    theta, report, hess_at_end = _argmin(objective, stats, theta0, snappable, gtol, max_iter, quasi_newton, exact_final,
+                                         exact_start)
     held = jnp.asarray(snappable) & (theta == 0)
     grad_theta = jax.grad(objective)
     # Exact Newton ends with the exact Hessian at θ̂ (the loop's last accepted evaluation): reusing
@@ -126,7 +128,7 @@ def _argmin_jvp(objective, snappable, gtol, quasi_newton, exact_final, primals, 
 
 
 def solve_theta(objective, stats, theta0: jax.Array, snappable, gtol: float, max_iter=200, quasi_newton: bool = False,
-                exact_final: bool = False):
+                exact_final: bool = False, exact_start: bool = True):
     """θ̂ = argmin_θ objective(θ, stats), differentiable with respect to ``stats`` by the implicit
     function theorem.
 
@@ -137,12 +139,12 @@ def solve_theta(objective, stats, theta0: jax.Array, snappable, gtol: float, max
     the boundary (rather than NaN from a singular Hessian).
 
     Returns θ̂, the optimiser's report (projected gradient norm, iterations, converged) and its last
-    Hessian (exact unless ``quasi_newton`` without ``exact_final``, see `minimize_newton`; not
-    differentiated).
+    Hessian (exact unless ``quasi_newton`` without ``exact_final``, see `minimize_newton`, as for
+    ``exact_start``; not differentiated).
     """
     snappable = tuple(bool(v) for v in np.asarray(snappable))
     theta, report, hess = _argmin(objective, stats, theta0, snappable, float(gtol), max_iter, bool(quasi_newton),
-                                  bool(exact_final))
+                                  bool(exact_final), bool(exact_start))
     report, hess = jax.lax.stop_gradient((report, hess))
     return theta, report[0], report[1].astype(jnp.int32), report[2] > 0.5, hess
 
@@ -191,8 +193,10 @@ def estimates_at(theta: jax.Array, stats, lambda_index: jax.Array, reml) -> _Est
 def fit_stats(
     stats, lambda_index, theta0, snappable, rows, cols, reml, gtol: float = 1e-6, max_iter: int = 200,
     quasi_newton: bool = False, inference: bool = False, free: jax.Array | None = None, exact_final: bool = False,
+    exact_start: bool = True,
 ) -> FitArrays:
-    """Fit from sufficient statistics (see `fit_arrays`; ``exact_final``: see `minimize_newton`).
+    """Fit from sufficient statistics (see `fit_arrays`; ``exact_final``, ``exact_start``: see
+    `minimize_newton`).
 
     θ is optimised over all of Rᵏ — the deviance depends on Λ only through Λ Λᵀ, so no bounds are
     needed and a zero variance is an interior point, not a corner — then put in canonical form.
@@ -205,7 +209,7 @@ def fit_stats(
     reml = jnp.asarray(reml, theta0.dtype)
     data = (stats, reml, free)
     theta_raw, grad_norm, iterations, converged, hess_raw = solve_theta(
-        objective, data, theta0, snappable, gtol, max_iter, quasi_newton, exact_final
+        objective, data, theta0, snappable, gtol, max_iter, quasi_newton, exact_final, exact_start
     )
     if free is not None:
         theta_raw = jnp.where(free, theta_raw, 0.0)
@@ -456,6 +460,7 @@ def fit_design(
         inference,
         free,
         exact_final,
+        exact_start=not bfgs_pays,
     )
     return _to_design_scale(fit, pre, reml)
 
