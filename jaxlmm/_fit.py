@@ -551,7 +551,7 @@ def fit_quick(design: Design, reml: bool, free: np.ndarray, gtol: float = 1e-6, 
         return {name: value for name, value in fit._asdict().items() if value is not None}
 
     out = call_quick("fit_design", run, (design, np.float64(bool(reml)), np.asarray(free, bool)),
-                     static=(float(gtol), int(max_iter)))
+                     static=(float(gtol), int(max_iter)), lapack=design.crossed is not None)
     return FitArrays(**out)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import nullcontext
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -75,10 +76,12 @@ def _key(program: tuple) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
-def call_quick(name: str, fn: Callable, args: tuple, static: tuple = ()) -> dict:
+def call_quick(name: str, fn: Callable, args: tuple, static: tuple = (), lapack: bool = True) -> dict:
     """``fn(*args)`` compiled with `QUICK_COMPILE_OPTIONS`; ``fn`` returns a dict of arrays and its
     result depends on ``args`` (a pytree) and on ``static`` only. With the persistent cache on, the
     traced program is saved on first use and loaded by later processes (see the module docstring).
+    ``lapack``: the program makes large LAPACK calls, run on one thread (`one_lapack_thread`; about
+    25 µs a call, skipped for programs whose LAPACK calls are small enough for one thread anyway).
     """
     leaves, treedef = jax.tree.flatten(args)
     folder = _folder()
@@ -87,7 +90,7 @@ def call_quick(name: str, fn: Callable, args: tuple, static: tuple = ()) -> dict
     if program is None:
         program = _load_or_export(folder, key, lambda *flat: fn(*jax.tree.unflatten(treedef, flat)), leaves)
         _loaded[key] = program
-    with one_lapack_thread():
+    with one_lapack_thread() if lapack else nullcontext():
         return jax.block_until_ready(program(*leaves))
 
 
