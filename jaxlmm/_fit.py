@@ -23,6 +23,7 @@ from ._kernels import (
     residual_dof,
     sufficient_stats,
 )
+from ._lapack_threads import one_lapack_thread
 from ._optimize import minimize_newton
 from ._program_cache import call_quick
 from ._variance_model import VarianceObjective, VarianceRows, variance_stats
@@ -572,7 +573,11 @@ def fit_arrays(design: Design, reml: bool = True, *, gtol: float = 1e-6, max_ite
         >>> round(float(fit.beta[1]), 4), slope_grad.shape
         (10.4673, (180,))
     """
-    return _fit_design_jit(design, bool(reml), float(gtol), int(max_iter))
+    if design.crossed is None or any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(design)):
+        return _fit_design_jit(design, bool(reml), float(gtol), int(max_iter))
+    # Called on data, not traced: a crossed model's LAPACK calls run on one thread (`_lapack_threads`).
+    with one_lapack_thread():
+        return jax.block_until_ready(_fit_design_jit(design, bool(reml), float(gtol), int(max_iter)))
 
 
 @partial(jax.jit, static_argnames=("reml",))

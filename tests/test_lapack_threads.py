@@ -83,3 +83,27 @@ def test_a_fit_of_a_crossed_model_restores_the_setting(enabled):
     r = jaxlmm.MixedLM.from_formula("diameter ~ 1 + (1 | plate) + (1 | sample)",
                                     jaxlmm.datasets.load("penicillin")).fit()
     assert r.converged and _threads() == before
+
+
+def test_fit_arrays_on_a_crossed_design_runs_in_the_scope_and_under_jit_outside_it(enabled, monkeypatch):
+    """Called on data, `fit_arrays` of a crossed design runs its program on one LAPACK thread; traced
+    (inside the user's own `jax.jit`), it only traces, and the setting is the user's throughout."""
+    import jax
+
+    design = jaxlmm.MixedLM.from_formula("diameter ~ 1 + (1 | plate) + (1 | sample)",
+                                         jaxlmm.datasets.load("penicillin")).design
+    entered = []
+    original = _lapack_threads.one_lapack_thread
+
+    def recording():
+        entered.append(True)
+        return original()
+
+    monkeypatch.setattr("jaxlmm._fit.one_lapack_thread", recording)
+    before = _threads()
+    with jaxlmm.float64():
+        fit = jaxlmm.fit_arrays(design)
+        assert len(entered) == 1 and _threads() == before
+        traced = jax.jit(lambda d: jaxlmm.fit_arrays(d).llf)(design)
+    assert len(entered) == 1 and _threads() == before
+    assert float(traced) == pytest.approx(float(fit.llf), abs=1e-9)
