@@ -304,7 +304,8 @@ def mem_gib() -> float | None:
         return None
 
 
-def thread_env(keys=("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS", "JAX_PLATFORMS")) -> dict:
+def thread_env(keys=("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "JAXLMM_LAPACK_THREADS", "XLA_FLAGS",
+                     "JAX_PLATFORMS")) -> dict:
     """The thread-related environment variables, ``(unset)`` where not set."""
     return {k: os.environ.get(k, "(unset)") for k in keys}
 
