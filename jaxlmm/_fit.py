@@ -444,7 +444,8 @@ def fit_design(
         if large_dense:
             theta0 = scaled_start(_Objective(design.lambda_index), (stats, jnp.asarray(reml, dtype), free), theta0,
                                   term_theta_groups(design))
-    # A single fit by BFGS: after an exact start, with an exact Hessian at the end from the same loop.
+    # A single fit by BFGS from a multiple of I, with an exact Hessian at the end from the same loop;
+    # batches of such models start BFGS the same way (`minimize_newton`'s ``exact_start``).
     exact_final = (large_dense or bfgs_pays) and not quasi_newton
     quasi_newton = quasi_newton or large_dense or bfgs_pays
     fit = fit_stats(
@@ -573,10 +574,10 @@ def fit_arrays(design: Design, reml: bool = True, *, gtol: float = 1e-6, max_ite
         >>> round(float(fit.beta[1]), 4), slope_grad.shape
         (10.4673, (180,))
     """
-    if design.crossed is None or any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(design)):
-        return _fit_design_jit(design, bool(reml), float(gtol), int(max_iter))
-    # Called on data, not traced: a crossed model's LAPACK calls run on one thread (`_lapack_threads`).
-    with one_lapack_thread():
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(design)):
+        return _fit_design_jit(design, bool(reml), float(gtol), int(max_iter))  # traced: the caller's program
+    # Called on data: a crossed model's LAPACK calls run on one thread (`_lapack_threads`).
+    with one_lapack_thread(design.crossed is not None):
         return jax.block_until_ready(_fit_design_jit(design, bool(reml), float(gtol), int(max_iter)))
 
 

@@ -78,9 +78,10 @@ def lapack_pools() -> list[_Pool]:
 
 
 @contextmanager
-def one_lapack_thread() -> Iterator[None]:
+def one_lapack_thread(needed: bool = True) -> Iterator[None]:
     """Run the block with jaxlib's LAPACK on one thread (see the module docstring); callers block on
-    the program's results inside it, since JAX dispatches asynchronously.
+    the program's results inside it, since JAX dispatches asynchronously. ``needed=False``: leave the
+    setting alone (a program whose LAPACK calls, if any, are small: a one-factor model's).
 
     Examples:
         >>> from jaxlmm._lapack_threads import one_lapack_thread
@@ -88,6 +89,9 @@ def one_lapack_thread() -> Iterator[None]:
         ...     pass
     """
     global _depth
+    if not needed:
+        yield
+        return
     with _lock:
         if _depth == 0 and _enabled():
             for pool in lapack_pools():

@@ -42,7 +42,7 @@ def bfgs_update(H: jax.Array, step: jax.Array, grad_change: jax.Array) -> jax.Ar
 
 
 FORWARD_HESSIAN_MAX = 6
-FIRST_STEP = 1.0  # the length of the first BFGS step of ``exact_final`` (θ units: relative SDs)
+FIRST_STEP = 1.0  # the length of the first BFGS step without an exact start (θ units: relative SDs)
 
 
 def _absolute_eigen(H: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -124,15 +124,16 @@ def minimize_newton(
     takes either evaluation through `lax.cond`, ending with an exact evaluation at the solution, so
     that the result's Hessian is exact there (what inference needs) and the Hessian program is
     compiled once instead of twice (InstEval: 1.5-2 s less compilation). Under `vmap` a `cond`
-    computes both branches: batches keep the two loops (``exact_start=False``: one BFGS loop started
-    as below, for crossed models with a dense block of 32+ rows: `fit_many` of 200 psycholing
-    responses 5.2 -> 3.6 s warm; sleepstudy's 4,000 take twice as long that way and keep the exact
-    step). The ``exact_final`` loop takes no exact Hessian before
-    the end: BFGS starts from ‖∇f‖/`FIRST_STEP` · I, a first step of length `FIRST_STEP` down the
-    gradient (``exact_steps`` is not used). An exact start cost more than the iterations it saved:
-    its Newton steps from Λ = I were often rejected (each rejection another exact Hessian) —
-    psycholing's maximal model 24 -> 20 iterations and 20 -> 14 ms warm, STAR 11 -> 12 and 431 -> 277
-    ms, InstEval 5 -> 12 and 2.49 -> 2.35 s.
+    computes both branches: batches keep the two loops.
+
+    ``exact_start=False`` (with ``quasi_newton``): BFGS starts from ‖∇f‖/`FIRST_STEP` · I, a first
+    step of length `FIRST_STEP` down the gradient, instead of ``exact_steps`` exact Newton steps (with
+    ``exact_final``: one exact evaluation at the start). For crossed models with a dense block of
+    32+ rows an exact start cost more than the iterations it saved: its Newton steps from Λ = I were
+    often rejected, each rejection another exact Hessian — single fits of psycholing's maximal model
+    24 -> 20 iterations and 20 -> 14 ms warm, STAR 11 -> 12 and 431 -> 277 ms, InstEval 5 -> 12 and
+    2.49 -> 2.35 s; `fit_many` of 200 psycholing responses 5.2 -> 3.6 s warm. Sleepstudy's 4,000
+    responses take twice as long that way and keep the exact step.
 
     ``forward_hessian`` (default: for up to ``FORWARD_HESSIAN_MAX`` variables) takes the Hessian
     by forward-over-forward differentiation instead of forward-over-reverse: for a few variables
@@ -178,14 +179,15 @@ def minimize_newton(
         return state.phase != _DONE
 
     def start_or_bfgs(x, state: _State):
-        """BFGS, starting from ‖∇f‖/`FIRST_STEP` · I (see ``exact_final``)."""
+        """BFGS, starting from ‖∇f‖/`FIRST_STEP` · I (see ``exact_start``)."""
         f, g, H = evaluate_bfgs(x, state)
         first = jnp.eye(n, dtype=x.dtype) * (jnp.sqrt(jnp.sum(g * g)) / FIRST_STEP)
         return f, g, jnp.where(state.phase == _START, first, H)
 
     def evaluate_mixed(x, state: _State):
-        """Exact at the end only; at the start, f and ∇f with a multiple of I (see ``exact_final``)."""
-        return jax.lax.cond(state.phase == _FINAL, evaluate_exact, start_or_bfgs, x, state)
+        """Exact at the end, and at the start with ``exact_start``; BFGS otherwise."""
+        exact = (state.phase == _FINAL) | (exact_start & (state.phase == _START))
+        return jax.lax.cond(exact, evaluate_exact, start_or_bfgs, x, state)
 
     def make_body(evaluate_step, cap, final: bool, keep_rejected_hessian, end_exact: bool = False):
         """The loop body; ``final``: reaching ``cap`` ends the minimisation (snap, then done);

@@ -33,8 +33,8 @@ from . import _linalg
 from ._config import QUICK_COMPILE_OPTIONS, float64
 from ._design import theta_on_diagonal, theta_positions
 from ._fit import _variance_rows, _varpar, design_stats
-from ._lapack_threads import one_lapack_thread
 from ._kernels import LOG_2PI, deviance_at_scale, penalised_solution, relative_factor, residual_dof
+from ._lapack_threads import one_lapack_thread
 from ._optimize import minimize_newton
 from ._variance_model import VarianceRows, variance_stats
 from .errors import ConvergenceWarning, DataError

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from contextlib import nullcontext
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -90,7 +89,7 @@ def call_quick(name: str, fn: Callable, args: tuple, static: tuple = (), lapack:
     if program is None:
         program = _load_or_export(folder, key, lambda *flat: fn(*jax.tree.unflatten(treedef, flat)), leaves)
         _loaded[key] = program
-    with one_lapack_thread() if lapack else nullcontext():
+    with one_lapack_thread(lapack):
         return jax.block_until_ready(program(*leaves))
 
 

@@ -11,7 +11,6 @@ compute the same fit (`tests/test_buckets.py`).
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from functools import partial
 
 import jax
@@ -44,7 +43,7 @@ def fit_single(design: Design, reml: bool, gtol: float = 1e-6) -> FitArrays:
     `OPTIMISE_AFTER` fits of this shape, then the shape's own optimised program (at once for a
     design whose fit outweighs compilation, `quick_pays`)."""
     if not quick_pays(design) or count_use(shape_key("fit_single", design, float(gtol))) >= OPTIMISE_AFTER:
-        with one_lapack_thread() if design.crossed is not None else nullcontext():
+        with one_lapack_thread(design.crossed is not None):
             return jax.tree.map(np.asarray, _optimised(design, np.float64(bool(reml)), float(gtol), 200))
     bucket = to_bucket(design)
     arrays = fit_quick(bucket.design, bool(reml), bucket.free, float(gtol))

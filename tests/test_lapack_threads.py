@@ -95,15 +95,24 @@ def test_fit_arrays_on_a_crossed_design_runs_in_the_scope_and_under_jit_outside_
     entered = []
     original = _lapack_threads.one_lapack_thread
 
-    def recording():
-        entered.append(True)
-        return original()
+    def recording(needed=True):
+        entered.append(needed)
+        return original(needed)
 
     monkeypatch.setattr("jaxlmm._fit.one_lapack_thread", recording)
     before = _threads()
     with jaxlmm.float64():
         fit = jaxlmm.fit_arrays(design)
-        assert len(entered) == 1 and _threads() == before
+        assert entered == [True] and _threads() == before
         traced = jax.jit(lambda d: jaxlmm.fit_arrays(d).llf)(design)
     assert len(entered) == 1 and _threads() == before
     assert float(traced) == pytest.approx(float(fit.llf), abs=1e-9)
+
+
+def test_a_scope_that_is_not_needed_leaves_the_setting_and_does_not_count(enabled):
+    before = _threads()
+    with one_lapack_thread(False):
+        assert _threads() == before
+        with one_lapack_thread():  # the first scope that limits is this one, and it restores on exit
+            assert all(n == 1 for n in _threads())
+        assert _threads() == before

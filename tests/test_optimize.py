@@ -36,14 +36,16 @@ def test_rosenbrock_minimum(quasi_newton):
     np.testing.assert_allclose(np.asarray(res.x), 1.0, atol=1e-6)
 
 
-def test_an_exact_final_evaluation_leaves_the_exact_hessian_at_the_minimum():
+@pytest.mark.parametrize("exact_start", [True, False])
+def test_an_exact_final_evaluation_leaves_the_exact_hessian_at_the_minimum(exact_start):
     """``exact_final``: BFGS in one loop with the exact evaluations (one `lax.cond`), then an exact
-    evaluation at the solution: the same minimum as the two loops, and the exact Hessian there."""
+    evaluation at the solution: the same minimum as the two loops, and the exact Hessian there —
+    from an exact start or from a multiple of I."""
     with float64():
         x0, held = jnp.array([-1.2, 1.0, 0.8]), jnp.zeros(3, bool)
         two_loops = minimize_newton(rosenbrock, x0, held, gtol=1e-9, quasi_newton=True)
         one_loop = jax.jit(lambda x: minimize_newton(rosenbrock, x, held, gtol=1e-9, quasi_newton=True,
-                                                     exact_final=True))(x0)
+                                                     exact_final=True, exact_start=exact_start))(x0)
         exact = jax.hessian(rosenbrock)(one_loop.x)
     assert bool(one_loop.converged) and bool(two_loops.converged)
     np.testing.assert_allclose(np.asarray(one_loop.x), 1.0, atol=1e-6)
