@@ -283,11 +283,14 @@ def _split(M: jax.Array, R: jax.Array, slots: ClusterSlots) -> _Split:
     S, r = slots.separator.shape[0], slots.adjacent.shape[1]
     w = M.shape[-1]
     n_blocks = R.shape[0] // w
-    A = M[: K * s * s].reshape(K, s, s, w, w).transpose(0, 1, 3, 2, 4).reshape(K, s * w, s * w)
+    # One split rather than three slices: its transpose in the gradient is one concatenation, where
+    # each slice's is a pad to all N slots (STAR: 0.9 ms of a 13 ms gradient).
+    A, coupling, C, _ = jnp.split(M, [K * s * s, K * s * (s + r), K * s * (s + r) + S * S])
+    A = A.reshape(K, s, s, w, w).transpose(0, 1, 3, 2, 4).reshape(K, s * w, s * w)
     padded = jnp.repeat(slots.member == n_blocks, w, axis=1).astype(M.dtype)
     A = A + jax.vmap(jnp.diag)(padded)  # a padded position: a 1 on the diagonal, nothing else
-    coupling = M[K * s * s: K * s * (s + r)].reshape(K, s, r, w, w).transpose(0, 1, 3, 2, 4).reshape(K, s * w, r * w)
-    C = M[K * s * (s + r): K * s * (s + r) + S * S].reshape(S, S, w, w).transpose(0, 2, 1, 3).reshape(S * w, S * w)
+    coupling = coupling.reshape(K, s, r, w, w).transpose(0, 1, 3, 2, 4).reshape(K, s * w, r * w)
+    C = C.reshape(S, S, w, w).transpose(0, 2, 1, 3).reshape(S * w, S * w)
     cols = (slots.adjacent[:, :, None] * w + jnp.arange(w)).reshape(K, r * w)
     Rb = jnp.pad(R.reshape(n_blocks, w, -1), ((0, 1), (0, 0), (0, 0)))
     c = Rb.shape[-1]  # explicit: the separator may be empty (a nested pattern)
