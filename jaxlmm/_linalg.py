@@ -84,9 +84,11 @@ def eigh_one_at_a_time(A: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 # From this size up, a triangular inverse halves the matrix recursively and skips the zero blocks
 # of the triangles (`_lower_inverse`, `_lower_gram`): measured on 2 CPU cores (D = 1,454, STAR's
-# dense block) L⁻¹ 62 -> 47 ms and L⁻ᵀL⁻¹ 85 -> 45 ms; below it one triangular solve and one
-# product are as fast.
-BLOCKED_INVERSE_MIN = 512
+# dense block) L⁻¹ 62 -> 47 ms and L⁻ᵀL⁻¹ 85 -> 45 ms. Since LAPACK runs on one thread
+# (`_lapack_threads`), XLA's products beat its triangular solve from a few hundred rows: 256 rather
+# than 512 makes STAR's 310-row separator blocked, its warm fit 267-273 -> 234-259 ms (interleaved
+# fresh processes), for 0.06-0.3 s more compilation of a 4.8 s first fit; InstEval is unchanged.
+BLOCKED_INVERSE_MIN = 256
 
 
 def _lower_inverse(L: jax.Array) -> jax.Array:
