@@ -1,5 +1,8 @@
 """The console script: summaries on stdout, clear errors on stderr with exit status 2."""
 
+import subprocess
+import sys
+
 import pandas as pd
 import pytest
 
@@ -70,3 +73,25 @@ def test_fit_many_writes_one_tidy_row_per_response_and_term(tmp_path, capsys):
         np.testing.assert_allclose(rows.loc[alone.vcomp.index, "estimate"], alone.vcomp, rtol=1e-5)
     assert main(["fit-many", str(path), "Days + (1 | Subject)", "--out", str(out)]) == 2
     assert "right-hand side" in capsys.readouterr().err
+
+
+_RUN_COMMAND = """
+import atexit, gc, sys
+atexit.register(lambda: print("frozen at exit:", gc.get_freeze_count() > 0))
+sys.argv = ["jaxlmm"] + sys.argv[1:]
+from jaxlmm.cli import run
+run()
+"""
+
+
+@pytest.mark.parametrize("argv, code", [(["example"], 0), (["fit", "no-such-file.csv", "y ~ x + (1 | g)"], 2)])
+def test_command_exits_with_mains_code_and_skips_the_final_collection(argv, code):
+    """The ``jaxlmm`` command (`cli.run`) prints what `main` prints, exits with its code, and
+    freezes the garbage collector for the interpreter's shutdown only after all of that."""
+    proc = subprocess.run([sys.executable, "-c", _RUN_COMMAND, *argv], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == code, proc.stderr
+    assert proc.stdout.rstrip().endswith("frozen at exit: True")
+    if code == 0:
+        assert "Formula: Reaction ~ Days + (Days | Subject)" in proc.stdout
+    else:
+        assert "cannot read 'no-such-file.csv'" in proc.stderr
