@@ -212,6 +212,7 @@ def main(argv=None) -> int:
         print(f"{label:62s} jaxlmm {ours:7.3f} s   lme4 {theirs if theirs is not None else float('nan'):7.3f} s"
               f"   ratio {ratio:5.2f}   target {target}", flush=True)
 
+    bytecode = _common.compile_jaxlmm_bytecode()
     with tempfile.TemporaryDirectory(prefix="jaxlmm-latency-") as tmp:
         cache = str(Path(tmp) / "cache")
         Path(cache).mkdir()
@@ -281,7 +282,10 @@ def main(argv=None) -> int:
     lines = ["# Latency of a new model (fresh processes)", "",
              f"Machine: {os.cpu_count()} cores; load average {results['loadavg_start']:.2f} at start, "
              f"{results['loadavg_end']:.2f} at end. Medians of {args.repeats} fresh processes per figure; "
-             "lme4 measured in the same run by `Rscript` (library load included in process figures).", "",
+             "lme4 measured in the same run by `Rscript` (library load included in process figures). "
+             + ("jaxlmm's modules were compiled to bytecode first, as `pip install` does (this environment sets "
+                "`PYTHONDONTWRITEBYTECODE=1`, and an editable install would recompile them in every process)."
+                if bytecode else "Compiling jaxlmm's modules to bytecode failed: each process compiled them."), "",
              "| what | jaxlmm (s) | lme4 (s) | ratio | target |", "|---|---:|---:|---:|---|"]
     for label, ours, theirs, ratio, target in rows:
         lines.append(f"| {label.strip()} | {ours:.3f} | {'' if theirs is None else f'{theirs:.3f}'} | "
