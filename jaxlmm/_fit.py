@@ -24,6 +24,7 @@ from ._kernels import (
     sufficient_stats,
 )
 from ._lapack_threads import one_lapack_thread
+from ._memory_maps import release_if_needed
 from ._optimize import minimize_newton
 from ._program_cache import call_quick
 from ._variance_model import VarianceObjective, VarianceRows, variance_stats
@@ -578,7 +579,11 @@ def fit_arrays(design: Design, reml: bool = True, *, gtol: float = 1e-6, max_ite
     """
     if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(design)):
         return _fit_design_jit(design, bool(reml), float(gtol), int(max_iter))  # traced: the caller's program
-    # Called on data: a crossed model's LAPACK calls run on one thread (`_lapack_threads`).
+    # Called on data: near the memory-map limit, compiled programs are released first (a loop over
+    # many shapes, or over ``max_iter``, compiles one program each: about 1,100 maps for a crossed
+    # model, and XLA aborted the process after about 55 of them); a crossed model's LAPACK calls run
+    # on one thread (`_lapack_threads`).
+    release_if_needed()
     with one_lapack_thread(design.crossed is not None):
         return jax.block_until_ready(_fit_design_jit(design, bool(reml), float(gtol), int(max_iter)))
 

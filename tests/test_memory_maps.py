@@ -43,3 +43,20 @@ def test_nothing_happens_below_the_limit():
     with warnings.catch_warnings():
         warnings.simplefilter("error", jaxlmm.ResourceLimitWarning)
         assert _memory_maps.release_if_needed() is False
+
+
+def test_near_the_limit_fit_arrays_on_data_clears_compiled_programs(monkeypatch):
+    """`fit_arrays` called on data is an entry point too: a loop over many shapes (or over
+    ``max_iter``, a static argument) compiles a program each time."""
+    design = jaxlmm.MixedLM.from_formula("Yield ~ 1 + (1 | Batch)", jaxlmm.datasets.load("dyestuff")).design
+    with jaxlmm.float64():
+        first = jaxlmm.fit_arrays(design)
+        monkeypatch.setitem(_memory_maps._state, "near_limit", True)  # as a compilation near the limit marks it
+        monkeypatch.setattr(_memory_maps, "LIMIT_FRACTION", 0.0)  # and the count is still above it
+        cleared = []
+        real_clear = _memory_maps.jax.clear_caches
+        monkeypatch.setattr(_memory_maps.jax, "clear_caches", lambda: (cleared.append(1), real_clear()))
+        with pytest.warns(jaxlmm.ResourceLimitWarning, match="max_map_count"):
+            again = jaxlmm.fit_arrays(design)
+    assert cleared == [1]
+    assert float(again.llf) == pytest.approx(float(first.llf), abs=1e-10)  # compiled again, same answer
