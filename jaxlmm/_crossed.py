@@ -70,10 +70,6 @@ class CrossedLayout:
         return self.n_blocks * self.width
 
     @property
-    def term_of_block(self) -> np.ndarray:
-        return np.repeat(np.arange(len(self.level_counts)), self.level_counts)
-
-    @property
     def offsets(self) -> np.ndarray:
         """The first global block id of each term."""
         return np.concatenate([[0], np.cumsum(self.level_counts)[:-1]]).astype(np.int64)
@@ -280,16 +276,12 @@ def term_factors(lam: jax.Array, layout: CrossedLayout) -> jax.Array:
     return jnp.stack([jnp.pad(lam[a: a + s, a: a + s], ((0, w - s), (0, w - s))) for a, s in layout.columns])
 
 
-def block_factors(lam: jax.Array, layout: CrossedLayout) -> jax.Array:
-    """Λ_b (B, w, w) of every block of the non-leading terms."""
-    return term_factors(lam, layout)[layout.term_of_block]
-
-
 def factors_at(lam_terms: jax.Array, blocks: jax.Array, layout: CrossedLayout) -> jax.Array:
-    """Λ_b (…, w, w) at an array of block ids (id B, padding: 0) from the terms' ``lam_terms``,
-    as a product with the blocks' one-hot terms rather than a gather: a gather's transpose in the
-    gradient is a scatter-add of every slot or entry into a few terms, which XLA serialises (STAR:
-    0.6 ms of a 13 ms gradient for 36k entries, more for 219k slots)."""
+    """Λ_b (…, w, w) at an array of block ids (id B, padding: 0) from the terms' ``lam_terms``:
+    Σ_t [b in term t] Λ_t, elementwise, rather than a gather, whose transpose in the gradient is a
+    scatter-add of every slot or entry into a few terms that XLA serialises (STAR: 0.6 ms of a 13 ms
+    gradient for 36k entries, more for 219k slots). An einsum with the one-hot matrix was slower
+    still (a dot whose inner size is the number of terms)."""
     starts = layout.offsets
     ends = starts + np.asarray(layout.level_counts)
     blocks = blocks[..., None, None]

@@ -581,7 +581,7 @@ def fit_arrays(design: Design, reml: bool = True, *, gtol: float = 1e-6, max_ite
         return _fit_design_jit(design, bool(reml), float(gtol), int(max_iter))  # traced: the caller's program
     # Called on data: near the memory-map limit, compiled programs are released first (a loop over
     # many shapes, or over ``max_iter``, compiles one program each: about 1,100 maps for a crossed
-    # model, and XLA aborted the process after about 55 of them); a crossed model's LAPACK calls run
+    # model, and LLVM aborted the process after a few dozen of them); a crossed model's LAPACK calls run
     # on one thread (`_lapack_threads`).
     release_if_needed()
     with one_lapack_thread(design.crossed is not None):
