@@ -545,6 +545,13 @@ def _variance_rows(design: Design, pre: Preconditioner) -> VarianceRows:
 _fit_design_jit = jax.jit(fit_design, static_argnums=(1, 2, 3))
 
 
+def large_lapack_calls(design: Design) -> bool:
+    """Whether a fit of ``design`` makes LAPACK calls large enough to run on one thread
+    (`one_lapack_thread`): a crossed model's dense or clustered blocks. A one-factor model's calls, if
+    any, are small, and the scope would cost about 25 µs of a 0.5 ms sleepstudy fit."""
+    return design.crossed is not None
+
+
 def fit_quick(design: Design, reml: bool, free: np.ndarray, gtol: float = 1e-6, max_iter: int = 200) -> FitArrays:
     """One fit with its inference, as `MixedLM.fit` runs it on a design padded to its shape bucket
     (``free``: see `fit_design`): compiled with quick options, kept on disk across processes
@@ -556,7 +563,7 @@ def fit_quick(design: Design, reml: bool, free: np.ndarray, gtol: float = 1e-6, 
         return {name: value for name, value in fit._asdict().items() if value is not None}
 
     out = call_quick("fit_design", run, (design, np.float64(bool(reml)), np.asarray(free, bool)),
-                     static=(float(gtol), int(max_iter)), lapack=design.crossed is not None)
+                     static=(float(gtol), int(max_iter)), lapack=large_lapack_calls(design))
     return FitArrays(**out)
 
 
@@ -581,10 +588,9 @@ def fit_arrays(design: Design, reml: bool = True, *, gtol: float = 1e-6, max_ite
         return _fit_design_jit(design, bool(reml), float(gtol), int(max_iter))  # traced: the caller's program
     # Called on data: near the memory-map limit, compiled programs are released first (a loop over
     # many shapes, or over ``max_iter``, compiles one program each: about 1,100 maps for a crossed
-    # model, and LLVM aborted the process after a few dozen of them); a crossed model's LAPACK calls run
-    # on one thread (`_lapack_threads`).
+    # model, and LLVM aborted the process after a few dozen of them).
     release_if_needed()
-    with one_lapack_thread(design.crossed is not None):
+    with one_lapack_thread(large_lapack_calls(design)):
         return jax.block_until_ready(_fit_design_jit(design, bool(reml), float(gtol), int(max_iter)))
 
 

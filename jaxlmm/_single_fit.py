@@ -19,7 +19,7 @@ import numpy as np
 from ._buckets import from_bucket, to_bucket
 from ._crossed import dense_rows
 from ._design import Design
-from ._fit import LARGE_DENSE_SIZE, FitArrays, fit_design, fit_quick
+from ._fit import LARGE_DENSE_SIZE, FitArrays, fit_design, fit_quick, large_lapack_calls
 from ._lapack_threads import one_lapack_thread
 from ._program_cache import OPTIMISE_AFTER, count_use, shape_key
 
@@ -43,7 +43,7 @@ def fit_single(design: Design, reml: bool, gtol: float = 1e-6) -> FitArrays:
     `OPTIMISE_AFTER` fits of this shape, then the shape's own optimised program (at once for a
     design whose fit outweighs compilation, `quick_pays`)."""
     if not quick_pays(design) or count_use(shape_key("fit_single", design, float(gtol))) >= OPTIMISE_AFTER:
-        with one_lapack_thread(design.crossed is not None):
+        with one_lapack_thread(large_lapack_calls(design)):
             return jax.tree.map(np.asarray, _optimised(design, np.float64(bool(reml)), float(gtol), 200))
     bucket = to_bucket(design)
     arrays = fit_quick(bucket.design, bool(reml), bucket.free, float(gtol))
