@@ -171,7 +171,7 @@ def load_frame(spec: dict):
 # jaxlmm first fit in a fresh process
 
 _CHILD = r"""
-import json, resource, sys
+import json, resource, sys, time
 spec = json.loads(sys.argv[1])
 import jaxlmm
 sys.path.insert(0, spec["bench_dir"])
@@ -182,9 +182,12 @@ rss_before = status_kib("VmRSS")
 peak_before = status_kib("VmHWM")
 reset_ok = reset_peak()
 r, t_fit, msgs = timed_reml_fit(spec["formula"], df)
+t0 = time.perf_counter()
+str(r.summary())
+t_summary = time.perf_counter() - t0
 peak_fit = status_kib("VmHWM")
 print("@@RESULT@@" + json.dumps({
-    "first_fit_s": t_fit, "llf": float(r.llf), "converged": bool(r.converged), "n_iter": int(r.n_iter),
+    "first_fit_s": t_fit, "first_summary_s": t_summary, "llf": float(r.llf), "converged": bool(r.converged), "n_iter": int(r.n_iter),
     "rss_before_fit_kib": rss_before, "peak_before_fit_kib": peak_before, "peak_fit_kib": peak_fit,
     "peak_reset_ok": reset_ok, "peak_process_kib": max(peak_before, peak_fit),
     "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "nobs": int(r.nobs),
@@ -216,16 +219,26 @@ def bench_jaxlmm_warm(spec: dict, df, repeats: int) -> dict:
         t_warmup = time.perf_counter() - t0
         for _ in range(OPTIMISE_AFTER):  # past the quick tier: a refit loop's steady state
             m.fit(reml=True)
-    times = []
+    times, with_summary = [], []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for _ in range(repeats):
             t0 = time.perf_counter()
             r = m.fit(reml=True)
             times.append(time.perf_counter() - t0)
+        # fit + summary(): a large crossed model's fit leaves its inference to the summary (`_fit.defers`);
+        # warm-up summaries past the quick tier of those programs first
+        for _ in range(OPTIMISE_AFTER + 1):
+            str(m.fit(reml=True).summary())
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            str(m.fit(reml=True).summary())
+            with_summary.append(time.perf_counter() - t0)
     return {
         "fit_s": statistics.median(times),
         "fit_times": times,
+        "fit_summary_s": statistics.median(with_summary),
+        "fit_summary_times": with_summary,
         "build_s": t_build,
         "warmup_fit_s": t_warmup,
         "llf": float(r.llf),
@@ -349,11 +362,14 @@ def build_tables(results: dict) -> dict:
         "jaxlmm 1st fit, no cache",
         "jaxlmm 1st fit, warm cache",
         "jaxlmm warm fit",
+        "jaxlmm warm fit + summary",
         "jaxlmm iters",
         "lme4",
         "lme4 fevals",
         "lme4 / jaxlmm warm",
+        "lme4 / jaxlmm warm fit + summary",
         "lme4 / jaxlmm 1st (no cache)",
+        "jaxlmm 1st summary, no cache",
     ]
     llf_h = ["model", "jaxlmm llf", "lme4 logLik", "jaxlmm − lme4", "jaxlmm converged", "lme4 singular", "check"]
     mem_h = ["model (run)", "rows", "RSS before fit", "peak RSS during 1st fit", "added by 1st fit",
@@ -375,11 +391,14 @@ def build_tables(results: dict) -> dict:
                 fmt_t(j1),
                 fmt_t(_get(r, "jaxlmm", "first_fit_warmcache", "first_fit_s")),
                 fmt_t(jw),
+                fmt_t(_get(r, "jaxlmm", "fit_summary_s")),
                 "—" if _get(r, "jaxlmm", "n_iter") is None else str(r["jaxlmm"]["n_iter"]),
                 lm_txt,
                 "—" if feval is None else str(feval),
                 fmt_ratio(lm, jw),
+                fmt_ratio(lm, _get(r, "jaxlmm", "fit_summary_s")),
                 fmt_ratio(lm, j1),
+                fmt_t(_get(r, "jaxlmm", "first_fit_nocache", "first_summary_s")),
             ]
         )
         lj, ll = _get(r, "jaxlmm", "llf"), _get(r, "lme4", "llf")
@@ -443,7 +462,11 @@ def write_markdown(results: dict, tables: dict, path: Path) -> None:
         "loading excluded), i.e. formula, design, JIT compilation and one fit. *No cache*: `JAXLMM_NO_CACHE=1`; "
         "*warm cache*: `JAXLMM_CACHE_DIR` populated by an earlier process.",
         "- *jaxlmm warm fit*: median over repeats of `m.fit(reml=True)` on a prebuilt model, in one process after "
-        "warm-up fits past the quick tier of the first fits — fit only (the one-off `from_formula` time is in the JSON as `build_s`). *iters*: `r.n_iter`.",
+        "warm-up fits past the quick tier of the first fits — fit only (the one-off `from_formula` time is in the JSON as `build_s`). *iters*: `r.n_iter`. "
+        "A crossed model with a dense block of 32+ rows leaves its exact Hessian and conditional covariances to "
+        "the results (`_fit.defers`), so *warm fit + summary* (the median of `str(m.fit().summary())`, after "
+        "warm-up summaries) is shown too; its ratio compares it with lme4's `lmer()` alone, without lme4's summary. "
+        "*1st summary, no cache*: `str(r.summary())` right after the first fit in the fresh process.",
         "- *lme4*: `lmer(..., REML = TRUE)` timed in R, model frame and design included. Small models: median per "
         "fit over batches after a warm-up fit; insteval and star: a single fit without a warm-up of that model "
         "(lme4's code loaded beforehand by a sleepstudy fit). *fevals*: `m@optinfo$feval`.",

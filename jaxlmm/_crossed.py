@@ -365,9 +365,11 @@ def crossed_reduction(lam: jax.Array, stats: CrossedStats):
     return _linalg.logdet_from_cholesky(blocks.L1) + logdet22, jnp.einsum("gqc,gqd->cd", blocks.W1, blocks.W1) + quad
 
 
-def crossed_modes(lam: jax.Array, stats: CrossedStats, beta: jax.Array, sigma2: jax.Array):
+def crossed_modes(lam: jax.Array, stats: CrossedStats, beta: jax.Array, sigma2: jax.Array, covariances: bool = True):
     """Conditional modes and covariances: (leader's b (m, q₁), their covariances (m, q₁, q₁),
-    the other blocks' b (B, w), their covariances (B, w, w)), conditional on β̂ as lme4's ``condVar``."""
+    the other blocks' b (B, w), their covariances (B, w, w)), conditional on β̂ as lme4's ``condVar``.
+    ``covariances=False``: the covariances are None (what the modes alone need is left to XLA's
+    dead-code elimination)."""
     blocks = _blocks(lam, stats)
     m, q1 = blocks.W1.shape[0], blocks.W1.shape[1]
     B, w = stats.layout.n_blocks, stats.layout.width
@@ -391,6 +393,11 @@ def crossed_modes(lam: jax.Array, stats: CrossedStats, beta: jax.Array, sigma2: 
                                       stats.entry_group, m)
     r1 = blocks.W1[:, :, p] - blocks.W1[:, :, :p] @ beta - coupled
     u1 = _linalg.solve_upper_transposed(blocks.L1, r1)
+    lam1, lamB = blocks.lam1, blocks.lamB
+    b1 = jnp.einsum("ij,gj->gi", lam1, u1)
+    b2 = jnp.einsum("aij,aj->ai", lamB, u2_blocks)
+    if not covariances:
+        return b1, None, b2, None
     if stats.layout.dense_coupling:
         L21t = blocks.V.reshape(m, q1, B * w)
         inner = jnp.einsum("gia,ab,gjb->gij", L21t, M22_inv, L21t)
@@ -406,9 +413,6 @@ def crossed_modes(lam: jax.Array, stats: CrossedStats, beta: jax.Array, sigma2: 
         inner = half + jnp.swapaxes(half, 1, 2)
     L1_inv = _linalg.solve_lower(blocks.L1, jnp.broadcast_to(jnp.eye(q1, dtype=lam.dtype), blocks.L1.shape))
     cov_u1 = jnp.einsum("gki,gkl,glj->gij", L1_inv, jnp.eye(q1, dtype=lam.dtype) + inner, L1_inv)
-    lam1, lamB = blocks.lam1, blocks.lamB
-    b1 = jnp.einsum("ij,gj->gi", lam1, u1)
-    b2 = jnp.einsum("aij,aj->ai", lamB, u2_blocks)
     cov1 = sigma2 * jnp.einsum("ij,gjk,lk->gil", lam1, cov_u1, lam1)
     cov2 = sigma2 * jnp.einsum("aij,ajk,alk->ail", lamB, cov_u2, lamB)
     return b1, cov1, b2, cov2

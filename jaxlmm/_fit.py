@@ -25,7 +25,7 @@ from ._kernels import (
 )
 from ._lapack_threads import one_lapack_thread
 from ._memory_maps import release_if_needed
-from ._optimize import minimize_newton
+from ._optimize import FORWARD_HESSIAN_MAX, minimize_newton
 from ._program_cache import call_quick
 from ._variance_model import VarianceObjective, VarianceRows, variance_stats
 
@@ -48,7 +48,7 @@ class FitArrays(NamedTuple):
     vcov_beta: jax.Array
     varpar: jax.Array
     ranef: jax.Array
-    ranef_cov: jax.Array
+    ranef_cov: jax.Array | None  # None: left to the results layer (`fit_design`'s ``deferred``)
     converged: jax.Array
     grad_norm: jax.Array
     iterations: jax.Array
@@ -154,6 +154,16 @@ def solve_theta(objective, stats, theta0: jax.Array, snappable, gtol: float, max
 FORWARD_OVER_REVERSE_MIN = 32
 
 
+def exact_hessian(objective: "_Objective", theta: jax.Array, data) -> jax.Array:
+    """The Hessian of ``objective`` in θ at ``theta``, by the mode its ``forward_hessian`` names
+    (as `minimize_newton`'s: None, forward over forward up to `FORWARD_HESSIAN_MAX` θ)."""
+    forward = objective.forward_hessian
+    if forward is None:
+        forward = theta.shape[0] <= FORWARD_HESSIAN_MAX
+    inner = jax.jacfwd(objective) if forward else jax.grad(objective)
+    return jax.jacfwd(inner)(theta, data)
+
+
 def _forward_hessian(crossed) -> bool | None:
     """`minimize_newton`'s ``forward_hessian`` for a crossed model's terms or statistics (None: one
     factor). A small dense block, or a large one split into clusters (`_clusters`): False,
@@ -181,24 +191,25 @@ class _Estimates(NamedTuple):
     modes: tuple  # (ranef, ranef_cov, ranef_other, ranef_other_cov)
 
 
-def estimates_at(theta: jax.Array, stats, lambda_index: jax.Array, reml) -> _Estimates:
+def estimates_at(theta: jax.Array, stats, lambda_index: jax.Array, reml, covariances: bool = True) -> _Estimates:
     """β̂, σ̂², the random-effects covariance, vcov(β̂) and the conditional modes at θ (``stats`` are
-    those of the fitted model: for a residual-variance model, at its δ̂)."""
+    those of the fitted model: for a residual-variance model, at its δ̂); ``covariances``: see
+    `conditional_modes`."""
     sol = penalised_solution(theta, stats, lambda_index)
     sigma2 = sol.pwrss / residual_dof(stats, reml)
     lam = relative_factor(theta, lambda_index)
     A_inv = _linalg.cho_solve(sol.A_chol, jnp.eye(sol.A_chol.shape[0], dtype=theta.dtype))
     return _Estimates(sol, sigma2, sigma2 * lam @ lam.T, sigma2 * A_inv,
-                      conditional_modes(theta, sol, lambda_index, sigma2))
+                      conditional_modes(theta, sol, lambda_index, sigma2, covariances))
 
 
 def fit_stats(
     stats, lambda_index, theta0, snappable, rows, cols, reml, gtol: float = 1e-6, max_iter: int = 200,
     quasi_newton: bool = False, inference: bool = False, free: jax.Array | None = None, exact_final: bool = False,
-    exact_start: bool = True,
+    exact_start: bool = True, covariances: bool = True,
 ) -> FitArrays:
     """Fit from sufficient statistics (see `fit_arrays`; ``exact_final``, ``exact_start``: see
-    `minimize_newton`).
+    `minimize_newton`; ``covariances``: see `conditional_modes`).
 
     θ is optimised over all of Rᵏ — the deviance depends on Λ only through Λ Λᵀ, so no bounds are
     needed and a zero variance is an interior point, not a corner — then put in canonical form.
@@ -217,7 +228,7 @@ def fit_stats(
         theta_raw = jnp.where(free, theta_raw, 0.0)
     sign = canonical_signs(theta_raw, lambda_index_np)
     theta = theta_raw * sign
-    est = estimates_at(theta, stats, lambda_index, reml)
+    est = estimates_at(theta, stats, lambda_index, reml, covariances)
     sigma2 = est.sigma2
     ranef, ranef_cov, ranef_other, ranef_other_cov = est.modes
     if inference:
@@ -364,11 +375,11 @@ def _vcov_jac_to_design_scale(vcov_jac: jax.Array, pre: Preconditioner) -> jax.A
     return jnp.einsum("ij,qjk,lk->qil", pre.R_inv, vcov_jac, pre.R_inv)
 
 
-@partial(jax.jit, static_argnames=("reml",))
-def inference(design: Design, theta: jax.Array, sigma2: jax.Array, reml: bool = True, delta: jax.Array | None = None):
-    """`inference_arrays` of a fitted design (for fits made without ``inference=True``, such as
-    the members of a batch): (information, varpar_jac, vcov_beta_jac). A design with a residual
-    variance model needs its fitted ``delta``."""
+def inference_of(design: Design, theta: jax.Array, sigma2: jax.Array, reml: bool = True,
+                 delta: jax.Array | None = None):
+    """`inference_arrays` of a fitted design (for fits made without ``inference=True``: the members
+    of a batch, a ``deferred`` fit): (information, varpar_jac, vcov_beta_jac). A design with a
+    residual variance model needs its fitted ``delta``. `inference` is its jitted form."""
     pre, stats = design_stats(design)
     if design.resid_design is not None:
         params = jnp.concatenate([theta, delta, jnp.reshape(sigma2, (1,))])
@@ -376,9 +387,23 @@ def inference(design: Design, theta: jax.Array, sigma2: jax.Array, reml: bool = 
         return info, varpar_jac, _vcov_jac_to_design_scale(vcov_jac, pre)
     rows, cols = design.theta_positions
     lambda_index = jnp.asarray(design.lambda_index_array)
-    hess = jax.hessian(profiled_deviance)(theta, stats, lambda_index, reml)
+    objective = _Objective(design.lambda_index, _forward_hessian(design.crossed))
+    hess = exact_hessian(objective, theta, (stats, reml, None))
     info, varpar_jac, vcov_jac = inference_arrays(hess, stats, theta, sigma2, lambda_index, rows, cols, reml)
     return info, varpar_jac, _vcov_jac_to_design_scale(vcov_jac, pre)
+
+
+inference = jax.jit(inference_of, static_argnames=("reml",))
+
+
+def conditional_covariances(design: Design, theta: jax.Array, sigma2: jax.Array):
+    """(ranef_cov, ranef_other_cov) at a fitted θ̂ and σ̂²: the conditional covariances of the random
+    effects that a ``deferred`` fit (`fit_design`) leaves out."""
+    _, stats = design_stats(design)
+    lambda_index = jnp.asarray(design.lambda_index_array)
+    _, cov, _, cov_other = conditional_modes(theta, penalised_solution(theta, stats, lambda_index), lambda_index,
+                                             sigma2)
+    return cov, cov_other
 
 
 # Crossed models whose dense block has at least LARGE_DENSE_SIZE rows and is factored densely (not
@@ -423,7 +448,8 @@ def scaled_start(objective, stats, theta0: jax.Array, groups) -> jax.Array:
 
 def fit_design(
     design: Design, reml: bool = True, gtol: float = 1e-6, max_iter: int = 200, theta0: jax.Array | None = None,
-    quasi_newton: bool = False, inference: bool = False, free: jax.Array | None = None,
+    quasi_newton: bool = False, inference: bool = False, free: jax.Array | None = None, deferred: bool = False,
+    covariances: bool = True,
 ) -> FitArrays:
     """`fit_arrays` without the jit (for composing inside other transformed functions).
 
@@ -431,7 +457,12 @@ def fit_design(
     cheaper iterations, the better choice for large vmapped batches. ``inference=True`` also fills
     `FitArrays`' inference fields (`inference_arrays`), so that a summary compiles nothing more.
     ``free`` (bool per θ) holds the other θ at 0 (a shape bucket's template; not for differentiation).
+    ``deferred=True`` (a crossed model, `defers`; not with ``inference``): no exact Hessian at θ̂ and no
+    conditional covariances (``ranef_cov``, ``ranef_other_cov`` None): the results layer computes
+    them when first asked (`inference`, `conditional_covariances`).
     """
+    if deferred and inference:
+        raise ValueError("fit_design: deferred=True leaves the inference to the results layer; pass inference=False.")
     if design.resid_design is not None:  # its statistics change with δ: only the preconditioner is fixed
         pre = precondition(design.y, design.X, _row_weights(design))
         return _to_design_scale(fit_variance_model(design, pre, reml, gtol, max_iter, theta0, inference), pre, reml)
@@ -455,7 +486,7 @@ def fit_design(
                                   term_theta_groups(design))
     # A single fit by BFGS from a multiple of I, with an exact Hessian at the end from the same loop;
     # batches of such models start BFGS the same way (`minimize_newton`'s ``exact_start``).
-    exact_final = (large_dense or bfgs_pays) and not quasi_newton
+    exact_final = (large_dense or bfgs_pays) and not quasi_newton and not deferred
     quasi_newton = quasi_newton or large_dense or bfgs_pays
     fit = fit_stats(
         stats,
@@ -472,8 +503,20 @@ def fit_design(
         free,
         exact_final,
         exact_start=not bfgs_pays,
+        covariances=covariances and not deferred,
     )
     return _to_design_scale(fit, pre, reml)
+
+
+def defers(design: Design) -> bool:
+    """Whether a single fit of ``design`` leaves its exact Hessian and conditional covariances to the
+    results layer (`fit_design`'s ``deferred``): a crossed model whose dense block has
+    `FORWARD_OVER_REVERSE_MIN` rows or more, fitted by BFGS, where the Hessian at θ̂ costs several
+    gradients and the conditional covariances a selected inverse of the block, both beyond what the
+    estimates need (InstEval: a quarter of a fit, and of its compilation). lme4 and MixedModels.jl
+    leave them to ``summary``/``condVar`` too."""
+    return (design.crossed is not None and design.resid_design is None
+            and design.crossed.layout.dense_size >= FORWARD_OVER_REVERSE_MIN)
 
 
 def fit_variance_model(design: Design, pre: Preconditioner, reml, gtol: float, max_iter,

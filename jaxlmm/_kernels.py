@@ -208,12 +208,14 @@ def deviance_at_scale(
     return _add_reml_term(dev, logdet_A, reml)
 
 
-def conditional_modes(theta: jax.Array, sol: PenalisedSolution, lambda_index: jax.Array, sigma2: jax.Array):
+def conditional_modes(theta: jax.Array, sol: PenalisedSolution, lambda_index: jax.Array, sigma2: jax.Array,
+                      covariances: bool = True):
     """Random effects b̂_g = Λ L_g⁻ᵀ (c_g − C_g β̂) and their conditional covariances σ² Λ (L_g L_gᵀ)⁻¹ Λᵀ;
-    crossed models also return the other terms' (blocks, width) modes and covariances (else None)."""
+    crossed models also return the other terms' (blocks, width) modes and covariances (else None).
+    ``covariances=False`` (crossed models): their covariances are None."""
     lam = relative_factor(theta, lambda_index)
     if sol.crossed is not None:
-        return crossed_modes(lam, sol.crossed, sol.beta, sigma2)
+        return crossed_modes(lam, sol.crossed, sol.beta, sigma2, covariances)
 
     q = lam.shape[0]
     u = _linalg.solve_upper_transposed(sol.L, sol.cu - jnp.einsum("gqp,p->gq", sol.CX, sol.beta))

@@ -26,6 +26,7 @@ from ._lrtest import chi2_sf, lrtest
 from ._memory_maps import release_if_needed
 from ._profile import Profiler
 from ._row_terms import new_offset
+from ._single_fit import deferred_covariances, deferred_inference
 from ._summary import Summary
 from .errors import ConvergenceWarning, DataError, SingularFitWarning, check_probability
 
@@ -342,11 +343,26 @@ class MixedLMResults:
         a = self._arrays
         if a.information is not None:
             return inference_covariances(a.information, a.varpar_jac, a.vcov_beta_jac)
-        kd = self.model.design.n_delta
+        design = self.model.design
+        kd = design.n_delta
         with float64():
-            out = inference(self.model.design, a.theta, a.sigma2, self.reml,
-                            np.asarray(a.varpar)[len(a.varpar) - kd:] if kd else None)
+            if a.ranef_cov is None:  # a deferred single fit (`_single_fit`)
+                out = deferred_inference(design, a.theta, a.sigma2, self.reml)
+            else:
+                out = inference(design, a.theta, a.sigma2, self.reml,
+                                np.asarray(a.varpar)[len(a.varpar) - kd:] if kd else None)
         return inference_covariances(*out)
+
+    @cached_property
+    def _mode_covariances(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(ranef_cov, ranef_other_cov): from the fit when it computed them, else now (a large crossed
+        model's single fit leaves them to first use, `_fit.defers`)."""
+        a = self._arrays
+        if a.ranef_cov is not None:
+            other = None if a.ranef_other_cov is None else np.asarray(a.ranef_other_cov)
+            return np.asarray(a.ranef_cov), other
+        with float64():
+            return deferred_covariances(self.model.design, a.theta, a.sigma2)
 
     @cached_property
     def cov_vcomp(self) -> pd.DataFrame:
@@ -405,14 +421,17 @@ class MixedLMResults:
         return -2.0 * self.llf
 
     # ---- random effects and predictions -------------------------------------------------------
-    def _factor_modes(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Crossed models: per factor (leading first), conditional modes (levels, q) and covariances."""
-        out = [(np.asarray(self._arrays.ranef), np.asarray(self._arrays.ranef_cov))]
-        other, other_cov = np.asarray(self._arrays.ranef_other), np.asarray(self._arrays.ranef_other_cov)
+    def _factor_modes(self, covariances: bool = True) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Crossed models: per factor (leading first), conditional modes (levels, q) and covariances
+        (None with ``covariances=False``)."""
+        cov, other_cov = self._mode_covariances if covariances else (None, None)
+        out = [(np.asarray(self._arrays.ranef), cov)]
+        other = np.asarray(self._arrays.ranef_other)
         start = 0
         for f in self.model.factor_terms[1:]:
             k, q = len(f.levels), len(f.columns)
-            out.append((other[start: start + k, :q], other_cov[start: start + k, :q, :q]))
+            out.append((other[start: start + k, :q],
+                        None if other_cov is None else other_cov[start: start + k, :q, :q]))
             start += k
         return out
 
@@ -423,7 +442,7 @@ class MixedLMResults:
         if self.model.factor_terms:
             return {label: pd.DataFrame(b, index=f.levels, columns=list(f.columns))
                     for (label, _), f, (b, _) in zip(self.model.crossed_factors, self.model.factor_terms,
-                                                     self._factor_modes())}
+                                                     self._factor_modes(covariances=False))}
         return pd.DataFrame(
             np.asarray(self._arrays.ranef), index=self.model.group_levels, columns=self.model.exog_re_names
         )
@@ -438,7 +457,7 @@ class MixedLMResults:
                     for (label, _), f, (_, c) in zip(self.model.crossed_factors, self.model.factor_terms,
                                                      self._factor_modes())}
         names = self.model.exog_re_names
-        cov = np.asarray(self._arrays.ranef_cov)
+        cov = self._mode_covariances[0]
         return {lev: pd.DataFrame(cov[i], index=names, columns=names) for i, lev in enumerate(self.model.group_levels)}
 
     def _linear_predictor(self, X, factors, include_re: bool) -> np.ndarray:
@@ -446,7 +465,8 @@ class MixedLMResults:
         a level not seen in fitting, which contributes nothing)."""
         eta = X @ np.asarray(self._arrays.beta)
         if include_re:
-            modes = self._factor_modes() if self.model.factor_terms else [(np.asarray(self._arrays.ranef), None)]
+            modes = (self._factor_modes(covariances=False) if self.model.factor_terms
+                     else [(np.asarray(self._arrays.ranef), None)])
             for (Z, codes), (b, _) in zip(factors, modes):
                 known = codes >= 0
                 eta = eta + np.where(known, np.einsum("nq,nq->n", Z, b[np.where(known, codes, 0)]), 0.0)
