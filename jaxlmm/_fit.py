@@ -24,6 +24,7 @@ from ._kernels import (
     sufficient_stats,
 )
 from ._lapack_threads import one_lapack_thread
+from ._start import moment_start
 from ._memory_maps import release_if_needed
 from ._optimize import FORWARD_HESSIAN_MAX, minimize_newton
 from ._program_cache import call_quick
@@ -92,6 +93,7 @@ class _Objective(NamedTuple):
 
     lambda_index: tuple  # nested tuple, as `Design.lambda_index`
     forward_hessian: bool | None = None
+    first_step: float | None = None  # `minimize_newton`'s
 
     def __call__(self, theta, data):
         stats, reml, free = data
@@ -105,7 +107,7 @@ def _argmin(objective, stats, theta0, snappable: tuple, gtol: float, max_iter, q
             exact_start: bool):
     opt = minimize_newton(lambda t: objective(t, stats), theta0, jnp.asarray(snappable), gtol=gtol, max_iter=max_iter,
                           quasi_newton=quasi_newton, forward_hessian=objective.forward_hessian,
-                          exact_final=exact_final, exact_start=exact_start)
+                          exact_final=exact_final, exact_start=exact_start, first_step=objective.first_step)
     report = jnp.stack([opt.projected_grad_norm, opt.iterations.astype(theta0.dtype), opt.converged.astype(theta0.dtype)])
     return opt.x, report, opt.hess
 
@@ -206,7 +208,7 @@ def estimates_at(theta: jax.Array, stats, lambda_index: jax.Array, reml, covaria
 def fit_stats(
     stats, lambda_index, theta0, snappable, rows, cols, reml, gtol: float = 1e-6, max_iter: int = 200,
     quasi_newton: bool = False, inference: bool = False, free: jax.Array | None = None, exact_final: bool = False,
-    exact_start: bool = True, covariances: bool = True,
+    exact_start: bool = True, covariances: bool = True, first_step: float | None = None,
 ) -> FitArrays:
     """Fit from sufficient statistics (see `fit_arrays`; ``exact_final``, ``exact_start``: see
     `minimize_newton`; ``covariances``: see `conditional_modes`).
@@ -218,7 +220,7 @@ def fit_stats(
     lambda_index_np = np.asarray(lambda_index)
     lambda_index = jnp.asarray(lambda_index)
     objective = _Objective(tuple(map(tuple, lambda_index_np.tolist())),
-                           _forward_hessian(stats if isinstance(stats, CrossedStats) else None))
+                           _forward_hessian(stats if isinstance(stats, CrossedStats) else None), first_step)
     reml = jnp.asarray(reml, theta0.dtype)
     data = (stats, reml, free)
     theta_raw, grad_norm, iterations, converged, hess_raw = solve_theta(
@@ -407,16 +409,11 @@ def conditional_covariances(design: Design, theta: jax.Array, sigma2: jax.Array)
 
 
 # Crossed models whose dense block has at least LARGE_DENSE_SIZE rows and is factored densely (not
-# split into clusters, `_clusters`), where each iteration costs D × D factorisations: (1) start
-# from one scale per term (the best of START_SCALES × Λ = I, term by term; on InstEval exact Newton then takes 4 iterations instead of 18, which from Λ = I wander
-# through the non-convex region first), and (2) BFGS updates after one exact Hessian (a Hessian
-# costs about four gradients there: InstEval, 1,142 rows, 0.64 s against 0.17 s). Smaller models
-# start from Λ = I as lme4 does: on Pixel (REML) the scaled start leads Newton to a local optimum
-# 0.04 below lme4's. Three scales, not six: each is a D × D factorisation per term (InstEval: 18
-# evaluations were a quarter of its fit), and BFGS from the coarser start takes 11 iterations
-# instead of 12 — warm 2.50-2.56 -> 2.22-2.26 s (same llf to 1e-9; fresh processes, alternated).
-START_SCALES = (0.1, 0.3, 1.0)
+# split into clusters, `_clusters`), where each evaluation costs D × D factorisations: quick-program
+# fits there are slow (`_single_fit.quick_pays`), and BFGS's first step from the moment start is
+# `MOMENT_FIRST_STEP` of ‖θ₀‖ (see `fit_design`).
 LARGE_DENSE_SIZE = 256
+MOMENT_FIRST_STEP = 0.1
 
 
 def term_theta_groups(design: Design) -> tuple[tuple[int, ...], ...]:
@@ -424,26 +421,6 @@ def term_theta_groups(design: Design) -> tuple[tuple[int, ...], ...]:
     idx = design.lambda_index_array
     spans = [(0, design.Z.shape[1])] + list(design.crossed.layout.columns)
     return tuple(tuple(int(v) for v in np.unique(idx[a: a + s, a: a + s]) if v >= 0) for a, s in spans)
-
-
-def scaled_start(objective, stats, theta0: jax.Array, groups) -> jax.Array:
-    """Coordinate search over one scale per term: for each term in turn, the best of ``START_SCALES``
-    × its entries of ``theta0``, the other terms held. One vmapped evaluation inside a `fori_loop`
-    over the terms, so the program holds one copy of it, not one per term (InstEval: 0.9 s less
-    compilation, the same evaluations)."""
-    scales = jnp.asarray(START_SCALES, theta0.dtype)
-    members = np.zeros((len(groups), theta0.shape[0]), bool)
-    for i, group in enumerate(groups):
-        members[i, list(group)] = True
-    members = jnp.asarray(members)
-    evaluate = jax.vmap(lambda t: objective(t, stats))
-
-    def step(i, theta):
-        candidates = jnp.where(members[i][None, :], theta0[None, :] * scales[:, None], theta[None, :])
-        values = evaluate(candidates)
-        return candidates[jnp.argmin(jnp.where(jnp.isfinite(values), values, jnp.inf))]
-
-    return jax.lax.fori_loop(0, len(groups), step, theta0)
 
 
 def fit_design(
@@ -475,15 +452,22 @@ def fit_design(
     # exact Hessian at the end: `minimize_newton`'s ``exact_final``) takes more but much cheaper
     # iterations. Measured warm: psycholing maximal 38 -> 14 ms (20 iterations against 9), STAR 0.87
     # -> 0.28-0.34 s; Penicillin's and Pastes' tiny blocks stay with exact Newton (0.6-0.7 ms against
-    # 0.6-1.2 ms).
+    # 0.6-1.2 ms). BFGS starts from the moment estimates of `_start` (iterations from Λ = I, then
+    # from moments: STAR 12 -> 11, psycholing maximal 20 -> 15), with a first step of
+    # MOMENT_FIRST_STEP × ‖θ₀‖ where the dense block is large, since the start is close there: InstEval
+    # 9 value evaluations of a scaled start and 11 iterations -> 9 iterations (1.28 -> 0.96 s warm,
+    # deferred), 400 × 300 crossed intercepts 9 -> 7, 500 × 200 crossed slopes 19 -> 8. Relative first
+    # steps of 0.05/0.1/0.15/0.2: InstEval 10/9/8/8, the intercepts 9/7/5/7, the slopes 9/8/13/15
+    # iterations; an absolute first step of 1 from moments: 12, 11 and 15.
     bfgs_pays = design.crossed is not None and design.crossed.layout.dense_size >= FORWARD_OVER_REVERSE_MIN
     if theta0 is None:
         theta0 = jnp.asarray(design.theta_start, dtype)
         if free is not None:
             theta0 = jnp.where(free, theta0, 0.0)
-        if large_dense:
-            theta0 = scaled_start(_Objective(design.lambda_index), (stats, jnp.asarray(reml, dtype), free), theta0,
-                                  term_theta_groups(design))
+        if bfgs_pays:  # BFGS from a multiple of I: start it where moments put θ (`_start`)
+            theta0 = moment_start(design, pre.y, _row_weights(design))
+            if free is not None:
+                theta0 = jnp.where(free, theta0, 0.0)
     # A single fit by BFGS from a multiple of I, with an exact Hessian at the end from the same loop;
     # batches of such models start BFGS the same way (`minimize_newton`'s ``exact_start``).
     exact_final = (large_dense or bfgs_pays) and not quasi_newton and not deferred
@@ -504,6 +488,7 @@ def fit_design(
         exact_final,
         exact_start=not bfgs_pays,
         covariances=covariances and not deferred,
+        first_step=MOMENT_FIRST_STEP if large_dense else None,
     )
     return _to_design_scale(fit, pre, reml)
 

@@ -56,6 +56,7 @@ class VarianceObjective(NamedTuple):
     lambda_index: tuple  # nested tuple, as `Design.lambda_index`
     n_groups: int
     forward_hessian: bool | None = None  # as `minimize_newton`'s (None: its default)
+    first_step: float | None = None  # as `minimize_newton`'s
 
     @property
     def n_theta(self) -> int:
