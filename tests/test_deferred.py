@@ -69,3 +69,28 @@ def test_the_quick_and_optimised_tiers_of_deferred_inference_agree(model, monkey
     # the quick tier is the complete fit's inference
     for got, want in zip(inference[0], (r._arrays.information, r._arrays.varpar_jac, r._arrays.vcov_beta_jac)):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-10 * np.abs(want).max())
+
+
+def test_a_large_design_fits_the_same_in_its_first_and_optimised_programs(monkeypatch):
+    """A dense block of 256+ rows skips the quick program: its first fits run its own program compiled
+    with `FIRST_FIT_OPTIONS`, later ones XLA's defaults; the fits agree."""
+    from jaxlmm._fit import LARGE_DENSE_SIZE
+
+    rng = np.random.default_rng(12)
+    n = 2900  # a shape no other test fits
+    df = pd.DataFrame({"subj": rng.integers(0, 420, n).astype(str), "item": rng.integers(0, 280, n).astype(str),
+                       "x": rng.normal(size=n)})
+    df["y"] = (1 + 0.5 * df.x + rng.normal(0, 1.0, 420)[df.subj.astype(int)]
+               + rng.normal(0, 0.7, 280)[df.item.astype(int)] + rng.normal(0, 1.2, n))
+    m = jaxlmm.MixedLM.from_formula("y ~ x + (1 | subj) + (1 | item)", df)
+    assert m.design.crossed.layout.dense_size >= LARGE_DENSE_SIZE and not _single_fit.quick_pays(m.design)
+    monkeypatch.setattr(_program_cache, "_uses", {})
+    first_programs = _single_fit._first_deferred._cache_size()
+    fits = [m.fit() for _ in range(_program_cache.OPTIMISE_AFTER + 1)]
+    assert _single_fit._first_deferred._cache_size() == first_programs + 1
+    assert _single_fit._optimised_deferred._cache_size() >= 1
+    first, optimised = fits[0], fits[-1]
+    assert optimised.llf == pytest.approx(first.llf, abs=1e-9)
+    np.testing.assert_allclose(optimised.theta, first.theta, rtol=1e-7)
+    np.testing.assert_allclose(optimised.fe_params, first.fe_params, rtol=1e-9)
+    np.testing.assert_allclose(optimised.bse_re, first.bse_re, rtol=1e-7)
