@@ -61,6 +61,12 @@ class FitArrays(NamedTuple):
     varpar_jac: jax.Array | None = None  # derivative of varpar in (θ, σ²) (for the delta method)
     vcov_beta_jac: jax.Array | None = None  # (k + 1, p, p): derivative of vcov_beta in (θ, σ²)
 
+    @property
+    def deferred(self) -> bool:
+        """Whether the fit left its inference and conditional covariances to the results layer
+        (`fit_design`'s ``deferred``)."""
+        return self.ranef_cov is None
+
 
 def _varpar(theta, sigma2, lambda_index, rows, cols):
     lam = relative_factor(theta, lambda_index)

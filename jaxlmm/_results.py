@@ -339,14 +339,15 @@ class MixedLMResults:
     @cached_property
     def _inference(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(params_cov, varpar_cov, vcov_beta_jac): from the fit's inference arrays when it computed
-        them (single fits), else from `inference` now (members of a batch)."""
+        them (single fits), else now: by `deferred_inference` for a large crossed model's single fit,
+        by `inference` for a member of a batch."""
         a = self._arrays
         if a.information is not None:
             return inference_covariances(a.information, a.varpar_jac, a.vcov_beta_jac)
         design = self.model.design
         kd = design.n_delta
         with float64():
-            if a.ranef_cov is None:  # a deferred single fit (`_single_fit`)
+            if a.deferred:  # a large crossed model's single fit (`_single_fit`)
                 out = deferred_inference(design, a.theta, a.sigma2, self.reml)
             else:
                 out = inference(design, a.theta, a.sigma2, self.reml,
@@ -358,7 +359,7 @@ class MixedLMResults:
         """(ranef_cov, ranef_other_cov): from the fit when it computed them, else now (a large crossed
         model's single fit leaves them to first use, `_fit.defers`)."""
         a = self._arrays
-        if a.ranef_cov is not None:
+        if not a.deferred:
             other = None if a.ranef_other_cov is None else np.asarray(a.ranef_other_cov)
             return np.asarray(a.ranef_cov), other
         with float64():
