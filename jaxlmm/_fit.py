@@ -384,10 +384,11 @@ def _vcov_jac_to_design_scale(vcov_jac: jax.Array, pre: Preconditioner) -> jax.A
 
 
 def inference_of(design: Design, theta: jax.Array, sigma2: jax.Array, reml: bool = True,
-                 delta: jax.Array | None = None):
+                 delta: jax.Array | None = None, forward_hessian: bool | None = None):
     """`inference_arrays` of a fitted design (for fits made without ``inference=True``: the members
     of a batch, a ``deferred`` fit): (information, varpar_jac, vcov_beta_jac). A design with a
-    residual variance model needs its fitted ``delta``. `inference` is its jitted form."""
+    residual variance model needs its fitted ``delta``. ``forward_hessian``: as `minimize_newton`'s
+    (None: as the fit's, `_forward_hessian`). `inference` is its jitted form."""
     pre, stats = design_stats(design)
     if design.resid_design is not None:
         params = jnp.concatenate([theta, delta, jnp.reshape(sigma2, (1,))])
@@ -395,8 +396,9 @@ def inference_of(design: Design, theta: jax.Array, sigma2: jax.Array, reml: bool
         return info, varpar_jac, _vcov_jac_to_design_scale(vcov_jac, pre)
     rows, cols = design.theta_positions
     lambda_index = jnp.asarray(design.lambda_index_array)
-    objective = _Objective(design.lambda_index, _forward_hessian(design.crossed))
-    hess = exact_hessian(objective, theta, (stats, reml, None))
+    if forward_hessian is None:
+        forward_hessian = _forward_hessian(design.crossed)
+    hess = exact_hessian(_Objective(design.lambda_index, forward_hessian), theta, (stats, reml, None))
     info, varpar_jac, vcov_jac = inference_arrays(hess, stats, theta, sigma2, lambda_index, rows, cols, reml)
     return info, varpar_jac, _vcov_jac_to_design_scale(vcov_jac, pre)
 
