@@ -24,10 +24,10 @@ from ._kernels import (
     sufficient_stats,
 )
 from ._lapack_threads import one_lapack_thread
-from ._start import moment_start
 from ._memory_maps import release_if_needed
 from ._optimize import FORWARD_HESSIAN_MAX, minimize_newton
 from ._program_cache import call_quick
+from ._start import moment_start
 from ._variance_model import VarianceObjective, VarianceRows, variance_stats
 
 
@@ -403,7 +403,7 @@ def inference_of(design: Design, theta: jax.Array, sigma2: jax.Array, reml: bool
     return info, varpar_jac, _vcov_jac_to_design_scale(vcov_jac, pre)
 
 
-inference = jax.jit(inference_of, static_argnames=("reml",))
+inference = jax.jit(inference_of, static_argnames=("reml", "forward_hessian"))
 
 
 def conditional_covariances(design: Design, theta: jax.Array, sigma2: jax.Array):
@@ -434,7 +434,6 @@ def term_theta_groups(design: Design) -> tuple[tuple[int, ...], ...]:
 def fit_design(
     design: Design, reml: bool = True, gtol: float = 1e-6, max_iter: int = 200, theta0: jax.Array | None = None,
     quasi_newton: bool = False, inference: bool = False, free: jax.Array | None = None, deferred: bool = False,
-    covariances: bool = True,
 ) -> FitArrays:
     """`fit_arrays` without the jit (for composing inside other transformed functions).
 
@@ -468,14 +467,10 @@ def fit_design(
     # steps of 0.05/0.1/0.15/0.2: InstEval 10/9/8/8, the intercepts 9/7/5/7, the slopes 9/8/13/15
     # iterations; an absolute first step of 1 from moments: 12, 11 and 15.
     bfgs_pays = design.crossed is not None and design.crossed.layout.dense_size >= FORWARD_OVER_REVERSE_MIN
-    if theta0 is None:
-        theta0 = jnp.asarray(design.theta_start, dtype)
+    if theta0 is None:  # BFGS from a multiple of I starts where moments put θ (`_start`)
+        theta0 = moment_start(design, pre.y, _row_weights(design)) if bfgs_pays else jnp.asarray(design.theta_start, dtype)
         if free is not None:
             theta0 = jnp.where(free, theta0, 0.0)
-        if bfgs_pays:  # BFGS from a multiple of I: start it where moments put θ (`_start`)
-            theta0 = moment_start(design, pre.y, _row_weights(design))
-            if free is not None:
-                theta0 = jnp.where(free, theta0, 0.0)
     # A single fit by BFGS from a multiple of I, with an exact Hessian at the end from the same loop;
     # batches of such models start BFGS the same way (`minimize_newton`'s ``exact_start``).
     exact_final = (large_dense or bfgs_pays) and not quasi_newton and not deferred
@@ -495,7 +490,7 @@ def fit_design(
         free,
         exact_final,
         exact_start=not bfgs_pays,
-        covariances=covariances and not deferred,
+        covariances=not deferred,
         first_step=MOMENT_FIRST_STEP if large_dense else None,
     )
     return _to_design_scale(fit, pre, reml)

@@ -20,7 +20,6 @@ from scipy.special import ndtr, stdtrit
 from . import _anova, _emmeans, plot
 from ._config import float64
 from ._contrasts import contrast_table, parse_contrasts
-from ._fit import inference
 from ._kenward_roger import KenwardRoger, kenward_roger, kenward_roger_f
 from ._lrtest import chi2_sf, lrtest
 from ._memory_maps import release_if_needed
@@ -339,19 +338,14 @@ class MixedLMResults:
     @cached_property
     def _inference(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(params_cov, varpar_cov, vcov_beta_jac): from the fit's inference arrays when it computed
-        them (single fits), else now: by `deferred_inference` for a large crossed model's single fit,
-        by `inference` for a member of a batch."""
+        them (single fits), else now (a large crossed model's single fit, a member of a batch)."""
         a = self._arrays
         if a.information is not None:
             return inference_covariances(a.information, a.varpar_jac, a.vcov_beta_jac)
-        design = self.model.design
-        kd = design.n_delta
+        kd = self.model.design.n_delta
         with float64():
-            if a.deferred:  # a large crossed model's single fit (`_single_fit`)
-                out = deferred_inference(design, a.theta, a.sigma2, self.reml)
-            else:
-                out = inference(design, a.theta, a.sigma2, self.reml,
-                                np.asarray(a.varpar)[len(a.varpar) - kd:] if kd else None)
+            out = deferred_inference(self.model.design, a.theta, a.sigma2, self.reml,
+                                     np.asarray(a.varpar)[len(a.varpar) - kd:] if kd else None)
         return inference_covariances(*out)
 
     @cached_property

@@ -43,14 +43,18 @@ from ._fit import (
 from ._lapack_threads import one_lapack_thread
 from ._program_cache import OPTIMISE_AFTER, call_quick, count_use, shape_key
 
-_optimised = jax.jit(partial(fit_design, inference=True), static_argnums=(2, 3))
-_optimised_deferred = jax.jit(partial(fit_design, deferred=True), static_argnums=(2, 3))
+
+def _fit_program(deferred: bool, options: dict | None = None):
+    """A shape's own fit program: with its inference, or ``deferred`` (`_fit.defers`)."""
+    return jax.jit(partial(fit_design, inference=not deferred, deferred=deferred), static_argnums=(2, 3),
+                   compiler_options=options)
+
+
+_optimised, _optimised_deferred = _fit_program(False), _fit_program(True)
 # The first fits of a design that the quick program would fit too slowly (`quick_pays`): the same
 # programs compiled with `FIRST_FIT_OPTIONS`, in about half the time (InstEval: 2.3 against 4.2 s) for
 # fits about 15% slower.
-_first = jax.jit(partial(fit_design, inference=True), static_argnums=(2, 3), compiler_options=FIRST_FIT_OPTIONS)
-_first_deferred = jax.jit(partial(fit_design, deferred=True), static_argnums=(2, 3),
-                          compiler_options=FIRST_FIT_OPTIONS)
+_first, _first_deferred = _fit_program(False, FIRST_FIT_OPTIONS), _fit_program(True, FIRST_FIT_OPTIONS)
 
 # Designs whose fit runs long enough that the optimised program repays its compilation at once: a
 # crossed model's dense block of LARGE_DENSE_SIZE rows or more, factored densely (InstEval: the quick
@@ -87,12 +91,12 @@ def fit_single(design: Design, reml: bool, gtol: float = 1e-6) -> FitArrays:
 INFERENCE_FIELDS = ("information", "varpar_jac", "vcov_beta_jac")
 
 
-def _inference_dict(design: Design, theta, sigma2, reml: bool) -> dict:
+def _inference_dict(design: Design, theta, sigma2, delta, reml: bool) -> dict:
     """`_fit.inference_of` with the Hessian forward over reverse: where a fit takes it forward over
     forward (InstEval), for compile time inside the fit program, forward over reverse runs faster
     alone: 1.16 against 1.57 s with the quick options (the same compile time), 0.60 against
     0.74-0.91 s optimised (3.7 against 2.8 s to compile)."""
-    return dict(zip(INFERENCE_FIELDS, inference_of(design, theta, sigma2, reml, forward_hessian=False)))
+    return dict(zip(INFERENCE_FIELDS, inference_of(design, theta, sigma2, reml, delta, forward_hessian=False)))
 
 
 def _covariances_dict(design: Design, theta, sigma2) -> dict:
@@ -100,7 +104,7 @@ def _covariances_dict(design: Design, theta, sigma2) -> dict:
     return {"ranef_cov": cov, "ranef_other_cov": other}
 
 
-_optimised_inference = jax.jit(_inference_dict, static_argnums=3)
+_optimised_inference = jax.jit(_inference_dict, static_argnums=4)
 _optimised_covariances = jax.jit(_covariances_dict)
 
 
@@ -116,9 +120,12 @@ def _tiered(name: str, fn, optimised, args: tuple, static: tuple, design: Design
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-def deferred_inference(design: Design, theta, sigma2, reml: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(information, varpar_jac, vcov_beta_jac) of a ``deferred`` fit (`_fit.inference`), tiered."""
-    out = _tiered("inference", _inference_dict, _optimised_inference, (design, theta, sigma2), (bool(reml),), design)
+def deferred_inference(design: Design, theta, sigma2, reml: bool,
+                       delta=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(information, varpar_jac, vcov_beta_jac) of a fit made without them (`_fit.inference_of`: a
+    ``deferred`` fit, a member of a batch; ``delta``: a residual variance model's), tiered."""
+    out = _tiered("inference", _inference_dict, _optimised_inference, (design, theta, sigma2, delta), (bool(reml),),
+                  design)
     return tuple(out[k] for k in INFERENCE_FIELDS)
 
 
