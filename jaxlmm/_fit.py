@@ -388,7 +388,8 @@ def inference_of(design: Design, theta: jax.Array, sigma2: jax.Array, reml: bool
     """`inference_arrays` of a fitted design (for fits made without ``inference=True``: the members
     of a batch, a ``deferred`` fit): (information, varpar_jac, vcov_beta_jac). A design with a
     residual variance model needs its fitted ``delta``. ``forward_hessian``: as `minimize_newton`'s
-    (None: as the fit's, `_forward_hessian`). `inference` is its jitted form."""
+    (None: as the fit's, `_forward_hessian`). The results layer runs it through
+    `_single_fit.deferred_inference`."""
     pre, stats = design_stats(design)
     if design.resid_design is not None:
         params = jnp.concatenate([theta, delta, jnp.reshape(sigma2, (1,))])
@@ -401,9 +402,6 @@ def inference_of(design: Design, theta: jax.Array, sigma2: jax.Array, reml: bool
     hess = exact_hessian(_Objective(design.lambda_index, forward_hessian), theta, (stats, reml, None))
     info, varpar_jac, vcov_jac = inference_arrays(hess, stats, theta, sigma2, lambda_index, rows, cols, reml)
     return info, varpar_jac, _vcov_jac_to_design_scale(vcov_jac, pre)
-
-
-inference = jax.jit(inference_of, static_argnames=("reml", "forward_hessian"))
 
 
 def conditional_covariances(design: Design, theta: jax.Array, sigma2: jax.Array):
@@ -443,7 +441,7 @@ def fit_design(
     ``free`` (bool per θ) holds the other θ at 0 (a shape bucket's template; not for differentiation).
     ``deferred=True`` (a crossed model, `defers`; not with ``inference``): no exact Hessian at θ̂ and no
     conditional covariances (``ranef_cov``, ``ranef_other_cov`` None): the results layer computes
-    them when first asked (`inference`, `conditional_covariances`).
+    them when first asked (`inference_of`, `conditional_covariances`).
     """
     if deferred and inference:
         raise ValueError("fit_design: deferred=True leaves the inference to the results layer; pass inference=False.")

@@ -12,8 +12,8 @@ import jaxlmm
 from jaxlmm._buckets import FIXED_FLOOR, GROUP_FLOOR, LEVEL_FLOOR, ROW_FLOOR, bucket_size, from_bucket, to_bucket
 import jax.numpy as jnp
 
-from jaxlmm import _program_cache
-from jaxlmm._fit import _varpar, design_stats, fit_arrays, fit_quick, inference
+from jaxlmm import _program_cache, _single_fit
+from jaxlmm._fit import _varpar, design_stats, fit_arrays, fit_quick
 from jaxlmm._kernels import deviance_at_scale, penalised_solution
 from jaxlmm._results import inference_covariances
 
@@ -82,12 +82,13 @@ def _autodiff_inference(design, theta, sigma2, reml):
 ])
 def test_inference_of_a_fit_equals_autodiff(name, formula, reml):
     """A fit takes the information in (θ, σ²) from the optimiser's Hessian and Ω's forward derivative;
-    `inference` (batch members) from jax.hessian of the profiled deviance: both must equal the oracle."""
+    `_single_fit.deferred_inference` (batch members, deferred fits) from jax.hessian of the profiled
+    deviance: both must equal the oracle."""
     m = jaxlmm.MixedLM.from_formula(formula, jaxlmm.datasets.load(name))
     r = m.fit(reml=reml, warn=False)
     with jaxlmm.float64():
         expected = [np.asarray(v) for v in _autodiff_inference(m.design, r.theta, r.scale, reml)]
-        fallback = inference_covariances(*inference(m.design, r.theta, np.asarray(r.scale), reml))
+        fallback = inference_covariances(*_single_fit.deferred_inference(m.design, r.theta, np.asarray(r.scale), reml))
     for got, alt, want, label in zip(r._inference, fallback, expected, ("params_cov", "varpar_cov", "vcov_beta_jac")):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-8 * np.abs(want).max(), err_msg=label)
         np.testing.assert_allclose(alt, want, rtol=1e-5, atol=1e-8 * np.abs(want).max(), err_msg=label)
@@ -184,8 +185,6 @@ def test_large_crossed_designs_pass_through_the_bucket_unchanged():
 
 
 def test_a_shape_fitted_again_and_again_gets_its_own_optimised_program_with_the_same_fit():
-    from jaxlmm import _single_fit
-
     model = jaxlmm.MixedLM.from_formula("Reaction ~ Days + (Days || Subject)", jaxlmm.datasets.load("sleepstudy"))
     key = _program_cache.shape_key("fit_single", model.design, 1e-6)
     _program_cache._uses.pop(key, None)
