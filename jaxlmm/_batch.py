@@ -9,9 +9,10 @@ Both vmap the same pure fit (`fit_design`) over a batch axis:
 
 Batches are processed in chunks of ``batch_size`` (bounded memory; a tqdm bar shows chunks). The
 Newton loop of a vmapped batch runs until its slowest member stops, so each chunk runs with a small
-iteration cap; the members that have not converged by then continue, from where they stopped, in a
-smaller batch of their own with a doubled cap, and so on — one hard member does not make the whole
-batch pay its iteration count. When JAX sees several devices, the model axis is sharded across them.
+iteration cap; the members that have not converged by then are pooled and continue, from where they
+stopped, in chunks of their own with a doubled cap, and so on — one hard member does not make the
+whole batch pay its iteration count. Every round runs the same compiled program. When JAX sees
+several devices, the model axis is sharded across them.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 import pandas as pd
 
-from ._config import QUICK_COMPILE_OPTIONS, float64
+from ._config import BATCH_COMPILE_OPTIONS, QUICK_COMPILE_OPTIONS, float64
 from ._crossed import crossed_bytes
 from ._memory_maps import release_if_needed
 from ._design import Design
@@ -79,14 +80,17 @@ def _fit_designs_impl(stacked: Design, theta0, reml: bool, gtol: float, max_iter
     return jax.vmap(one)(stacked, theta0)
 
 
-# Batched programs compiled with XLA's defaults (optimised) or with QUICK_COMPILE_OPTIONS. Measured on
-# 2 CPU cores, fit_many on 4,000 sleepstudy responses: first call 9.9 s optimised against 5.1 s quick,
-# later calls 0.64 s against 1.36 s; so quick pays below about 25,000 models of 180 rows.
-QUICK_BATCH_MAX_ROW_MODELS = 4_000_000
+# Batched programs compiled with BATCH_COMPILE_OPTIONS (optimised) or with QUICK_COMPILE_OPTIONS.
+# Measured on 2 CPU cores, fit_many in a fresh process, first / later calls: 4,000 sleepstudy
+# responses 3.4 / 0.31 s optimised against 2.6 / 0.92 s quick, 10,000 responses 3.95 / 0.90 s
+# against 4.4 / 2.6 s; so quick pays below about 7,000 models of 180 rows (1.2 million row-models).
+# Crossed models lose more to the quick options (psycholing maximal, 32 responses a chunk: 400 against
+# 187 ms), so the bound is lower than that.
+QUICK_BATCH_MAX_ROW_MODELS = 1_000_000
 _fit_responses = {quick: jax.jit(_fit_responses_impl, static_argnums=(4, 5, 7),
-                                 compiler_options=QUICK_COMPILE_OPTIONS if quick else None) for quick in (False, True)}
+                                 compiler_options=QUICK_COMPILE_OPTIONS if quick else BATCH_COMPILE_OPTIONS) for quick in (False, True)}
 _fit_designs = {quick: jax.jit(_fit_designs_impl, static_argnums=(2, 3, 5),
-                               compiler_options=QUICK_COMPILE_OPTIONS if quick else None) for quick in (False, True)}
+                               compiler_options=QUICK_COMPILE_OPTIONS if quick else BATCH_COMPILE_OPTIONS) for quick in (False, True)}
 
 
 def quick_batch(n_models: int, n_rows: int) -> bool:
@@ -137,17 +141,20 @@ def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: 
                  n_devices: int | None = None):
     """Fit ``len(theta0)`` models; ``run(inputs_chunk, theta0_chunk, max_iter)`` fits one chunk.
 
-    Stage 1 fits every member in chunks of ``batch_size`` with a small iteration cap, by the
+    Round 1 fits every member in chunks of ``batch_size`` with a small iteration cap, by the
     quasi-Newton variant of the optimiser (`QUASI_NEWTON`: one exact Newton step, then BFGS
     updates — iterations about four times cheaper than exact Newton's); after the first chunk, the
     others start from the median θ of the converged fits so far (members of a batch usually have
     similar variance parameters). The members not converged by then are pooled and continue from
-    where they stopped with exact Newton, in small chunks with a doubled cap, and so on: the slow
-    few never hold up a full chunk. Compiled: quasi-Newton at ``batch_size``, and exact at a small
-    size only when some members are left.
+    where they stopped (a new exact step, then BFGS), with a doubled cap, and so on: the slow few
+    never hold up a full chunk of the first round. Every chunk of every round is padded to
+    ``batch_size``, so one program is compiled. (Later rounds used to run exact Newton in chunks of
+    32, a second program: on 10,000 sleepstudy responses it cost the first call 2 s of its 6 s, for
+    the same log-likelihoods to 4e-12 and no faster later calls; 200 psycholing-maximal responses
+    9.5 -> 5.5 s first, 4.8 -> 3.9 s warm.)
     """
     k = theta0.shape[0]
-    small = min(32, _pad_batch(batch_size, n_devices))
+    size = _pad_batch(batch_size, n_devices)
     bar = None
     if progress and k > batch_size:
         from tqdm.auto import tqdm
@@ -158,26 +165,22 @@ def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: 
     pending = np.arange(k)
     total, cap = 0, FIRST_ROUND_MAX_ITER if not QUASI_NEWTON else quasi_round_cap(theta0.shape[1])
 
-    def fit_chunk(rows, size, cap, quasi):
+    def fit_chunk(rows, cap):
         idx = np.concatenate([rows, np.full(size - rows.size, rows[0])])
         with one_lapack_thread():
-            part = run([x[idx] for x in inputs], start_theta[idx], cap, quasi)
+            part = run([x[idx] for x in inputs], start_theta[idx], cap, QUASI_NEWTON)
             return jax.tree.map(lambda a: np.asarray(a)[: rows.size], part)
 
     workers = _concurrent_chunks(n_devices)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         while pending.size:
             first_round = total == 0
-            step = batch_size if first_round else small
-            chunks = [pending[lo : lo + step] for lo in range(0, pending.size, step)]
-            quasi = QUASI_NEWTON and first_round
-            # A first round's short last chunk is padded to the full size: one compiled program, not two.
-            sizes = [_pad_batch(batch_size, n_devices) if first_round and pending.size > small else small for rows in chunks]
+            chunks = [pending[lo : lo + batch_size] for lo in range(0, pending.size, batch_size)]
             # The first chunk runs alone: its median θ warm-starts all the others.
-            first = fit_chunk(chunks[0], sizes[0], cap, quasi)
+            first = fit_chunk(chunks[0], cap)
             if first_round and first.converged.any():
                 start_theta[pending[chunks[0].size :]] = _warm_start(first.theta[first.converged], theta0[0])
-            futures = [pool.submit(fit_chunk, rows, size, cap, quasi) for rows, size in zip(chunks[1:], sizes[1:])]
+            futures = [pool.submit(fit_chunk, rows, cap) for rows in chunks[1:]]
             for rows, part in zip(chunks, itertools.chain([first], (f.result() for f in futures))):
                 part = part._replace(iterations=part.iterations + total)
                 if out is None:
@@ -187,11 +190,12 @@ def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: 
                 if first_round and bar is not None:
                     bar.update(rows.size)
             total += cap
-            # After the quasi-Newton round, every unconverged member continues with exact Newton.
-            unfinished = ~out.converged[pending] & ((out.iterations[pending] >= total) | quasi)
+            # Every unconverged member continues; by exact Newton (QUASI_NEWTON off), those that
+            # stopped before the cap (a collapsed trust region) stay where they are.
+            unfinished = ~out.converged[pending] & ((out.iterations[pending] >= total) | QUASI_NEWTON)
             pending = pending[unfinished]
             start_theta[pending] = out.theta[pending]
-            cap = min(2 * FIRST_ROUND_MAX_ITER if first_round else 2 * cap, MAX_ITER - total)
+            cap = min(2 * cap, MAX_ITER - total)
             if cap <= 0:
                 break
     if bar is not None:

@@ -215,3 +215,20 @@ def test_a_warm_start_on_the_boundary_does_not_trap_the_other_chunks():
     single = np.array([m.with_response(Y[:, j]).fit(warn=False).llf for j in range(Y.shape[1])])
     assert bool(rb.converged.all())
     np.testing.assert_allclose(rb.llf.values, single, atol=1e-6)
+
+
+def test_members_left_after_the_first_round_continue_in_the_same_program(model, sleep, monkeypatch):
+    """With a first-round cap of 2 iterations nearly every member continues in later rounds (the
+    pooled members, padded to the chunk size): each still ends at its own single fit, and the batch
+    compiles one program, not a second one for the later rounds."""
+    from jaxlmm import _batch
+
+    monkeypatch.setattr(_batch, "quasi_round_cap", lambda n_theta: 2)
+    Y = simulate(model, 12, seed=11)
+    sizes = {quick: _batch._fit_responses[quick]._cache_size() for quick in (False, True)}
+    rb = model.fit_many(Y, progress=False, batch_size=8)
+    compiled = sum(_batch._fit_responses[quick]._cache_size() - sizes[quick] for quick in (False, True))
+    assert compiled <= 1
+    assert bool(rb.converged.all()) and int(rb.n_iter.max()) > 2
+    single = np.array([fit_alone(model, sleep, Y[:, j]).llf for j in range(Y.shape[1])])
+    np.testing.assert_allclose(rb.llf.values, single, atol=1e-8)
