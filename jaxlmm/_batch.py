@@ -65,17 +65,18 @@ def quasi_round_cap(n_theta: int) -> int:
 
 # ---- kernels --------------------------------------------------------------------------------------
 def _fit_responses_impl(design: Design, Y, M, theta0, reml: bool, gtol: float, max_iter,
-                        quasi_newton: bool = QUASI_NEWTON) -> FitArrays:
+                        quasi_newton: bool = QUASI_NEWTON, exact_steps=1) -> FitArrays:
     def one(y, mask, t0):
-        return fit_design(design.replace(y=y, mask=mask), reml, gtol, max_iter, t0, quasi_newton)
+        return fit_design(design.replace(y=y, mask=mask), reml, gtol, max_iter, t0, quasi_newton,
+                          exact_steps=exact_steps)
 
     return jax.vmap(one)(Y, M, theta0)
 
 
 def _fit_designs_impl(stacked: Design, theta0, reml: bool, gtol: float, max_iter,
-                      quasi_newton: bool = QUASI_NEWTON) -> FitArrays:
+                      quasi_newton: bool = QUASI_NEWTON, exact_steps=1) -> FitArrays:
     def one(design, t0):
-        return fit_design(design, reml, gtol, max_iter, t0, quasi_newton)
+        return fit_design(design, reml, gtol, max_iter, t0, quasi_newton, exact_steps=exact_steps)
 
     return jax.vmap(one)(stacked, theta0)
 
@@ -139,19 +140,21 @@ def _pad_batch(size: int, ndev: int | None = None) -> int:
 
 def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: int, progress: bool, desc: str,
                  n_devices: int | None = None):
-    """Fit ``len(theta0)`` models; ``run(inputs_chunk, theta0_chunk, max_iter)`` fits one chunk.
+    """Fit ``len(theta0)`` models; ``run(inputs_chunk, theta0_chunk, max_iter, exact_steps)`` fits
+    one chunk.
 
     Round 1 fits every member in chunks of ``batch_size`` with a small iteration cap, by the
     quasi-Newton variant of the optimiser (`QUASI_NEWTON`: one exact Newton step, then BFGS
     updates — iterations about four times cheaper than exact Newton's); after the first chunk, the
     others start from the median θ of the converged fits so far (members of a batch usually have
     similar variance parameters). The members not converged by then are pooled and continue from
-    where they stopped (a new exact step, then BFGS), with a doubled cap, and so on: the slow few
-    never hold up a full chunk of the first round. Every chunk of every round is padded to
-    ``batch_size``, so one program is compiled. (Later rounds used to run exact Newton in chunks of
-    32, a second program: on 10,000 sleepstudy responses it cost the first call 2 s of its 6 s, for
-    the same log-likelihoods to 4e-12 and no faster later calls; 200 psycholing-maximal responses
-    9.5 -> 5.5 s first, 4.8 -> 3.9 s warm.)
+    where they stopped by exact Newton (``exact_steps`` = the cap: the same program), with a doubled
+    cap, and so on: the slow few never hold up a full chunk of the first round. Every chunk of every
+    round is padded to ``batch_size``, so one program is compiled. (Later rounds used to run a
+    second program, exact Newton in chunks of 32: on 10,000 sleepstudy responses its compilation
+    cost the first call 2 s of 6 s; on 200 psycholing-maximal responses 9.5 -> 5.5 s first, 4.8 ->
+    3.9 s warm. BFGS in the later rounds too left a near-boundary sleepstudy response unconverged
+    after 200 iterations, which exact Newton fits in 111.)
     """
     k = theta0.shape[0]
     size = _pad_batch(batch_size, n_devices)
@@ -165,10 +168,10 @@ def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: 
     pending = np.arange(k)
     total, cap = 0, FIRST_ROUND_MAX_ITER if not QUASI_NEWTON else quasi_round_cap(theta0.shape[1])
 
-    def fit_chunk(rows, cap):
+    def fit_chunk(rows, cap, exact_steps):
         idx = np.concatenate([rows, np.full(size - rows.size, rows[0])])
         with one_lapack_thread():
-            part = run([x[idx] for x in inputs], start_theta[idx], cap, QUASI_NEWTON)
+            part = run([x[idx] for x in inputs], start_theta[idx], cap, exact_steps)
             return jax.tree.map(lambda a: np.asarray(a)[: rows.size], part)
 
     workers = _concurrent_chunks(n_devices)
@@ -177,10 +180,11 @@ def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: 
             first_round = total == 0
             chunks = [pending[lo : lo + batch_size] for lo in range(0, pending.size, batch_size)]
             # The first chunk runs alone: its median θ warm-starts all the others.
-            first = fit_chunk(chunks[0], cap)
+            exact_steps = 1 if first_round and QUASI_NEWTON else cap
+            first = fit_chunk(chunks[0], cap, exact_steps)
             if first_round and first.converged.any():
                 start_theta[pending[chunks[0].size :]] = _warm_start(first.theta[first.converged], theta0[0])
-            futures = [pool.submit(fit_chunk, rows, cap) for rows in chunks[1:]]
+            futures = [pool.submit(fit_chunk, rows, cap, exact_steps) for rows in chunks[1:]]
             for rows, part in zip(chunks, itertools.chain([first], (f.result() for f in futures))):
                 part = part._replace(iterations=part.iterations + total)
                 if out is None:
@@ -190,12 +194,12 @@ def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: 
                 if first_round and bar is not None:
                     bar.update(rows.size)
             total += cap
-            # Every unconverged member continues; by exact Newton (QUASI_NEWTON off), those that
-            # stopped before the cap (a collapsed trust region) stay where they are.
-            unfinished = ~out.converged[pending] & ((out.iterations[pending] >= total) | QUASI_NEWTON)
+            # After the quasi-Newton round, every unconverged member continues with exact Newton; after
+            # an exact round, those that stopped before the cap (a collapsed trust region) stay.
+            unfinished = ~out.converged[pending] & ((out.iterations[pending] >= total) | (first_round and QUASI_NEWTON))
             pending = pending[unfinished]
             start_theta[pending] = out.theta[pending]
-            cap = min(2 * cap, MAX_ITER - total)
+            cap = min(2 * FIRST_ROUND_MAX_ITER if first_round else 2 * cap, MAX_ITER - total)
             if cap <= 0:
                 break
     if bar is not None:
@@ -536,10 +540,11 @@ def fit_many(
     program = _fit_responses[quick_batch(k, n) and count_use(shape_key("fit_many", model.design, k)) < OPTIMISE_AFTER]
     devices = local_devices(mesh)
 
-    def run(inputs, t0, max_iter, quasi_newton):
+    def run(inputs, t0, max_iter, exact_steps):
         with float64():
             Yb, Mb, tb = _shard([inputs[0], inputs[1], t0], devices)
-            return program(model.design, Yb, Mb, tb, bool(reml), float(gtol), np.int32(max_iter), quasi_newton)
+            return program(model.design, Yb, Mb, tb, bool(reml), float(gtol), np.int32(max_iter), QUASI_NEWTON,
+                           np.int32(exact_steps))
 
     with float64():
         arrays = _run_across_processes(run, [Yc.T.copy(), M.T.copy()], theta0, batch_size, progress, "fitting",

@@ -110,20 +110,21 @@ class _Objective(NamedTuple):
 
 @partial(jax.custom_jvp, nondiff_argnums=(0, 3, 4, 6, 7, 8))
 def _argmin(objective, stats, theta0, snappable: tuple, gtol: float, max_iter, quasi_newton: bool, exact_final: bool,
-            exact_start: bool):
+            exact_start: bool, exact_steps):
     opt = minimize_newton(lambda t: objective(t, stats), theta0, jnp.asarray(snappable), gtol=gtol, max_iter=max_iter,
                           quasi_newton=quasi_newton, forward_hessian=objective.forward_hessian,
-                          exact_final=exact_final, exact_start=exact_start, first_step=objective.first_step)
+                          exact_final=exact_final, exact_start=exact_start, first_step=objective.first_step,
+                          exact_steps=exact_steps)
     report = jnp.stack([opt.projected_grad_norm, opt.iterations.astype(theta0.dtype), opt.converged.astype(theta0.dtype)])
     return opt.x, report, opt.hess
 
 
 @_argmin.defjvp
 def _argmin_jvp(objective, snappable, gtol, quasi_newton, exact_final, exact_start, primals, tangents):
-    stats, theta0, max_iter = primals
+    stats, theta0, max_iter, exact_steps = primals
     stats_dot = tangents[0]
     theta, report, hess_at_end = _argmin(objective, stats, theta0, snappable, gtol, max_iter, quasi_newton, exact_final,
-                                         exact_start)
+                                         exact_start, exact_steps)
     held = jnp.asarray(snappable) & (theta == 0)
     grad_theta = jax.grad(objective)
     # Exact Newton ends with the exact Hessian at θ̂ (the loop's last accepted evaluation): reusing
@@ -138,7 +139,7 @@ def _argmin_jvp(objective, snappable, gtol, quasi_newton, exact_final, exact_sta
 
 
 def solve_theta(objective, stats, theta0: jax.Array, snappable, gtol: float, max_iter=200, quasi_newton: bool = False,
-                exact_final: bool = False, exact_start: bool = True):
+                exact_final: bool = False, exact_start: bool = True, exact_steps=1):
     """θ̂ = argmin_θ objective(θ, stats), differentiable with respect to ``stats`` by the implicit
     function theorem.
 
@@ -150,11 +151,11 @@ def solve_theta(objective, stats, theta0: jax.Array, snappable, gtol: float, max
 
     Returns θ̂, the optimiser's report (projected gradient norm, iterations, converged) and its last
     Hessian (exact unless ``quasi_newton`` without ``exact_final``, see `minimize_newton`, as for
-    ``exact_start``; not differentiated).
+    ``exact_start`` and ``exact_steps``; not differentiated).
     """
     snappable = tuple(bool(v) for v in np.asarray(snappable))
     theta, report, hess = _argmin(objective, stats, theta0, snappable, float(gtol), max_iter, bool(quasi_newton),
-                                  bool(exact_final), bool(exact_start))
+                                  bool(exact_final), bool(exact_start), exact_steps)
     report, hess = jax.lax.stop_gradient((report, hess))
     return theta, report[0], report[1].astype(jnp.int32), report[2] > 0.5, hess
 
@@ -214,10 +215,10 @@ def estimates_at(theta: jax.Array, stats, lambda_index: jax.Array, reml, covaria
 def fit_stats(
     stats, lambda_index, theta0, snappable, rows, cols, reml, gtol: float = 1e-6, max_iter: int = 200,
     quasi_newton: bool = False, inference: bool = False, free: jax.Array | None = None, exact_final: bool = False,
-    exact_start: bool = True, covariances: bool = True, first_step: float | None = None,
+    exact_start: bool = True, covariances: bool = True, first_step: float | None = None, exact_steps=1,
 ) -> FitArrays:
-    """Fit from sufficient statistics (see `fit_arrays`; ``exact_final``, ``exact_start``: see
-    `minimize_newton`; ``covariances``: see `conditional_modes`).
+    """Fit from sufficient statistics (see `fit_arrays`; ``exact_final``, ``exact_start``,
+    ``exact_steps``: see `minimize_newton`; ``covariances``: see `conditional_modes`).
 
     θ is optimised over all of Rᵏ — the deviance depends on Λ only through Λ Λᵀ, so no bounds are
     needed and a zero variance is an interior point, not a corner — then put in canonical form.
@@ -230,7 +231,7 @@ def fit_stats(
     reml = jnp.asarray(reml, theta0.dtype)
     data = (stats, reml, free)
     theta_raw, grad_norm, iterations, converged, hess_raw = solve_theta(
-        objective, data, theta0, snappable, gtol, max_iter, quasi_newton, exact_final, exact_start
+        objective, data, theta0, snappable, gtol, max_iter, quasi_newton, exact_final, exact_start, exact_steps
     )
     if free is not None:
         theta_raw = jnp.where(free, theta_raw, 0.0)
@@ -432,11 +433,14 @@ def term_theta_groups(design: Design) -> tuple[tuple[int, ...], ...]:
 def fit_design(
     design: Design, reml: bool = True, gtol: float = 1e-6, max_iter: int = 200, theta0: jax.Array | None = None,
     quasi_newton: bool = False, inference: bool = False, free: jax.Array | None = None, deferred: bool = False,
+    exact_steps=1,
 ) -> FitArrays:
     """`fit_arrays` without the jit (for composing inside other transformed functions).
 
     ``quasi_newton=True`` uses BFGS Hessian updates after an exact start (see `minimize_newton`):
-    cheaper iterations, the better choice for large vmapped batches. ``inference=True`` also fills
+    cheaper iterations, the better choice for large vmapped batches; ``exact_steps`` (an int, or an
+    array: one program for any value) exact Newton steps come first, so that a batch's later rounds
+    run exact Newton in the same program (`_batch._run_batched`). ``inference=True`` also fills
     `FitArrays`' inference fields (`inference_arrays`), so that a summary compiles nothing more.
     ``free`` (bool per θ) holds the other θ at 0 (a shape bucket's template; not for differentiation).
     ``deferred=True`` (a crossed model, `defers`; not with ``inference``): no exact Hessian at θ̂ and no
@@ -490,6 +494,7 @@ def fit_design(
         exact_start=not bfgs_pays,
         covariances=not deferred,
         first_step=MOMENT_FIRST_STEP if large_dense else None,
+        exact_steps=exact_steps,
     )
     return _to_design_scale(fit, pre, reml)
 

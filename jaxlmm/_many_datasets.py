@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ._batch import (
+    QUASI_NEWTON,
     DatasetResults,
     _fit_designs,
     _run_across_processes,
@@ -120,7 +121,7 @@ def fit_datasets(
         quick = quick_batch(len(members), n_rows)
         program = _fit_designs[quick and count_use(("fit_datasets", key, len(members))) < OPTIMISE_AFTER]
 
-        def run(chunk, t0, max_iter, quasi_newton, n_groups=n_groups, layout=layout, program=program,
+        def run(chunk, t0, max_iter, exact_steps, n_groups=n_groups, layout=layout, program=program,
                 weighted=weighted, resid=resid):
             with float64():
                 arrays = _shard(list(chunk) + [t0], devices)
@@ -128,7 +129,8 @@ def fit_datasets(
                 terms = None if layout is None else CrossedTerms(*arrays[7:14], layout=layout)
                 design = Design(y, X, Z, g, mask, n_groups, template.lambda_index, terms, w if weighted else None,
                                 D if resid else None)
-                return program(design, tb, bool(reml), float(gtol), np.int32(max_iter), quasi_newton)
+                return program(design, tb, bool(reml), float(gtol), np.int32(max_iter), QUASI_NEWTON,
+                               np.int32(exact_steps))
 
         theta0 = np.tile(template.theta_start, (len(members), 1))
         with float64():

@@ -105,7 +105,7 @@ def minimize_newton(
     max_iter: int | jax.Array = 200,
     snap_tol: float = 1e-4,
     quasi_newton: bool = False,
-    exact_steps: int = 1,
+    exact_steps: int | jax.Array = 1,
     forward_hessian: bool | None = None,
     exact_final: bool = False,
     exact_start: bool = True,
@@ -116,8 +116,9 @@ def minimize_newton(
     One `lax.while_loop` whose body evaluates f, ∇f and ∇²f exactly once (so they are traced and
     compiled once): the start, each Newton trial point and the snap trial all go through it.
 
-    ``quasi_newton=True``: the first ``exact_steps`` Newton steps use the exact Hessian; a second
-    loop then evaluates only f and ∇f and updates the Hessian by BFGS. Its body costs about a fifth
+    ``quasi_newton=True``: the first ``exact_steps`` Newton steps use the exact Hessian (an int or
+    an array: the same program runs exact Newton throughout with ``exact_steps`` ≥ ``max_iter``); a
+    second loop then evaluates only f and ∇f and updates the Hessian by BFGS. Its body costs about a fifth
     of an exact one, for a few more iterations — the better trade under `vmap`, where every member
     pays for the body until the last one stops. The stopping rules are the same.
 
