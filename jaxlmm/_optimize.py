@@ -8,8 +8,10 @@ that leaves saddle regions along negative curvature), truncated to a trust radiu
 It stops, converged, when the largest gradient entry is below ``gtol`` or when the Newton decrement
 gᵀ|H|⁻¹g — the predicted remaining decrease of f, invariant to the scale of θ — is below
 ``DECREMENT_TOL`` × max(1, |f|), i.e. at rounding level (f is a sum with cancellation, so its last
-digits are noise and a gradient test alone can ask for more than the arithmetic gives). It stops
-unconverged when the trust radius collapses or after ``max_iter`` steps.
+digits are noise and a gradient test alone can ask for more than the arithmetic gives). It also stops
+converged when the trust radius collapses with a decrement below ``STALL_DECREMENT_TOL`` × max(1, |f|)
+(steps rejected in f's rounding); unconverged when the radius collapses farther out, or after
+``max_iter`` steps.
 
 Then entries flagged ``snappable`` that are within ``snap_tol`` of zero are set to exactly zero
 when that does not raise f by more than a rounding-level amount, and Newton polishes the rest
@@ -94,6 +96,11 @@ class _State(NamedTuple):
 
 _START, _NEWTON, _SNAP, _DONE, _FINAL = 0, 1, 2, 3, 4
 DECREMENT_TOL = 1e-14
+# A batched fit of 10,000 rows (1,000 groups, `y ~ x + (x | g)`) stalled 2e-7 from its optimum in θ
+# (gradient 2.4e-3, deviance 48,075, its single fit's log-likelihood to 1e-11): Newton steps whose
+# predicted decrease, about 1e-9, was lost in the rounding of f were rejected until the trust region
+# collapsed. A stall within 1e-11 |f| of the predicted minimum is convergence at f's precision.
+STALL_DECREMENT_TOL = 1e-11
 
 
 def minimize_newton(
@@ -231,7 +238,10 @@ def minimize_newton(
             stalled = newton & ~small_decrement & (radius < 1e-13 * (1.0 + jnp.max(jnp.abs(state.x))))
             it = state.it + (newton & ~small_decrement).astype(jnp.int32)
             gmax = jnp.max(jnp.abs(g))
-            converged = ((gmax <= gtol) | small_decrement) & jnp.isfinite(f)
+            # A trust region that collapses where the predicted decrease is within STALL_DECREMENT_TOL
+            # of f has met f's rounding floor: converged too.
+            at_floor = stalled & (decrement <= STALL_DECREMENT_TOL * rounding)
+            converged = ((gmax <= gtol) | small_decrement | at_floor) & jnp.isfinite(f)
             capped = it >= cap
             finished = converged | stalled | (capped & final)
             try_snap = finished & ~state.snapped & jnp.any(near_zero(x))

@@ -98,3 +98,21 @@ def test_bfgs_from_an_indefinite_exact_start_converges():
     assert bool(exact.converged) and bool(quasi.converged) and int(quasi.iterations) < 40
     assert float(quasi.fun) == pytest.approx(float(exact.fun), rel=1e-13)
     np.testing.assert_allclose(np.abs(np.asarray(quasi.x)), np.abs(np.asarray(exact.x)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("penalty, converges", [(1e-4, True), (1e4, False)])
+def test_a_stall_at_the_rounding_floor_is_convergence_and_one_farther_out_is_not(penalty, converges):
+    """f = 1 + 1000 (x − 1)² plus a penalty on any move from the start that autodiff does not see
+    (as rounding error in f is invisible to the exact gradient): every Newton step is rejected until
+    the trust region collapses. 1e-8 from the minimum (gradient 2e-5, above gtol; predicted decrease
+    1e-13 of f) that is f's floor: converged. 1 from it (predicted decrease 1000): not converged."""
+    start = 1.0 + (1e-8 if converges else 1.0)
+
+    def f(x):
+        moved = jax.lax.stop_gradient(jnp.sum(jnp.abs(x - start)))
+        return 1.0 + 1e3 * jnp.sum((x - 1.0) ** 2) + penalty * moved
+
+    with jaxlmm.float64():
+        res = minimize_newton(f, jnp.array([start]), jnp.array([False]), gtol=1e-6)
+    assert bool(res.converged) is converges
+    assert float(jnp.max(jnp.abs(res.grad))) > 1e-6  # not by the gradient test
