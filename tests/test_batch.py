@@ -245,3 +245,15 @@ def test_a_response_that_needs_many_newton_iterations_converges_in_a_batch(model
     rb = model.fit_many(Y, progress=False)
     assert bool(rb.converged.all()) and int(rb.n_iter.iloc[-1]) > 50
     assert abs(rb.llf.iloc[-1] - fit_alone(model, sleep, hard).llf) < 1e-8
+
+
+def test_levels_with_data_counts_each_responses_levels_that_have_rows():
+    from jaxlmm._batch import _levels_with_data
+
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 9, 40)  # level 9 never occurs, some others may not
+    used = rng.random((40, 6)) > 0.6
+    used[:, 0] = False  # a response with no rows
+    used[:, 1] = codes == 4  # a response whose rows all sit in one level
+    expected = [len(set(codes[used[:, j]])) for j in range(6)]
+    assert _levels_with_data(codes, 10, used).tolist() == expected
