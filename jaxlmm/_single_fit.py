@@ -5,7 +5,8 @@ The first fits of a design shape run the quickly compiled program of its shape b
 model of the bucket, a few milliseconds a fit. A shape fitted more than `OPTIMISE_AFTER` times is
 being refitted in a loop (simulations, a warm benchmark, a hand-written bootstrap): it then gets its
 own program, unpadded and compiled with XLA's optimisations (a few seconds once, then a sleepstudy
-fit with its inference in well under a millisecond: the warm speed of `fit_arrays`). Both programs
+fit with its inference in well under a millisecond; a one-factor model's compiled without XLA's
+fusion emitters, `ONE_FACTOR_FIT_OPTIONS`, in half the time and faster). Both programs
 compute the same fit (`tests/test_buckets.py`). A design whose fit outweighs the quick program's
 compilation (`quick_pays`: InstEval) starts with its own program compiled with `FIRST_FIT_OPTIONS`
 instead, in half the time of XLA's defaults, for fits about 15% slower.
@@ -27,7 +28,7 @@ import jax
 import numpy as np
 
 from ._buckets import from_bucket, to_bucket
-from ._config import FIRST_FIT_OPTIONS
+from ._config import FIRST_FIT_OPTIONS, ONE_FACTOR_FIT_OPTIONS
 from ._crossed import dense_rows
 from ._design import Design
 from ._fit import (
@@ -51,6 +52,8 @@ def _fit_program(deferred: bool, options: dict | None = None):
 
 
 _optimised, _optimised_deferred = _fit_program(False), _fit_program(True)
+# A one-factor model's refits: compiled with `ONE_FACTOR_FIT_OPTIONS` (half the compile time, and faster).
+_optimised_one_factor = _fit_program(False, ONE_FACTOR_FIT_OPTIONS)
 # The first fits of a design that the quick program would fit too slowly (`quick_pays`): the same
 # programs compiled with `FIRST_FIT_OPTIONS`, in about half the time (InstEval: 2.3 against 4.2 s) for
 # fits about 15% slower.
@@ -77,7 +80,9 @@ def fit_single(design: Design, reml: bool, gtol: float = 1e-6) -> FitArrays:
     layer (`_fit.defers`)."""
     refit = count_use(shape_key("fit_single", design, float(gtol))) >= OPTIMISE_AFTER
     if not quick_pays(design) or refit:
-        if refit:
+        if refit and design.crossed is None and design.resid_design is None:
+            program = _optimised_one_factor
+        elif refit:
             program = _optimised_deferred if defers(design) else _optimised
         else:
             program = _first_deferred if defers(design) else _first
