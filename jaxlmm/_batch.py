@@ -148,8 +148,9 @@ def _run_batched(run, inputs: list[np.ndarray], theta0: np.ndarray, batch_size: 
     updates — iterations about four times cheaper than exact Newton's); after the first chunk, the
     others start from the median θ of the converged fits so far (members of a batch usually have
     similar variance parameters). The members not converged by then are pooled and continue from
-    where they stopped by exact Newton (``exact_steps`` = the cap: the same program), with a doubled
-    cap, and so on: the slow few never hold up a full chunk of the first round. Every chunk of every
+    where they stopped by exact Newton (``exact_steps`` = the cap: the same program; a crossed model
+    with a dense block of 32+ rows stays with BFGS, as its single fits do), with a doubled cap, and so
+    on: the slow few never hold up a full chunk of the first round. Every chunk of every
     round is padded to ``batch_size``, so one program is compiled. (Later rounds used to run a
     second program, exact Newton in chunks of 32: on 10,000 sleepstudy responses its compilation
     cost the first call 2 s of 6 s; on 200 psycholing-maximal responses 9.5 -> 5.5 s first, 4.8 ->
