@@ -28,12 +28,13 @@ import jax
 import numpy as np
 
 from ._buckets import from_bucket, to_bucket
-from ._config import FIRST_FIT_OPTIONS, ONE_FACTOR_FIT_OPTIONS, ONE_FACTOR_FIT_OPTIONS_ROWS_MAX
+from ._config import FIRST_FIT_OPTIONS, ONE_FACTOR_FIT_OPTIONS
 from ._crossed import dense_rows
 from ._design import Design
 from ._fit import (
     LARGE_DENSE_SIZE,
     FitArrays,
+    classic_emitters_pay,
     conditional_covariances,
     defers,
     fit_design,
@@ -72,13 +73,6 @@ def quick_pays(design: Design) -> bool:
     return dense_rows(design.crossed) < LARGE_DENSE_SIZE and int(np.shape(design.y)[0]) <= QUICK_ROWS_MAX
 
 
-def one_factor_options(design: Design) -> bool:
-    """Whether ``design``'s refits run the program compiled with `ONE_FACTOR_FIT_OPTIONS`: one grouping
-    factor, no residual-variance model, up to `ONE_FACTOR_FIT_OPTIONS_ROWS_MAX` rows."""
-    return (design.crossed is None and design.resid_design is None
-            and int(np.shape(design.y)[0]) <= ONE_FACTOR_FIT_OPTIONS_ROWS_MAX)
-
-
 def fit_single(design: Design, reml: bool, gtol: float = 1e-6) -> FitArrays:
     """Fit ``design`` with its inference (NumPy arrays): the bucket's quick program for the first
     `OPTIMISE_AFTER` fits of this shape (the shape's own program with `FIRST_FIT_OPTIONS` for a design
@@ -87,7 +81,7 @@ def fit_single(design: Design, reml: bool, gtol: float = 1e-6) -> FitArrays:
     layer (`_fit.defers`)."""
     refit = count_use(shape_key("fit_single", design, float(gtol))) >= OPTIMISE_AFTER
     if not quick_pays(design) or refit:
-        if refit and one_factor_options(design):
+        if refit and classic_emitters_pay(design):
             program = _optimised_one_factor
         elif refit:
             program = _optimised_deferred if defers(design) else _optimised
