@@ -194,7 +194,7 @@ def write_markdown(meta: dict, rows: list[dict], path: Path) -> None:
         "",
         "## Notes",
         "",
-        "- *fit*: `jaxlmm.fit_arrays(design)` (for these one-factor designs compiled with `ONE_FACTOR_FIT_OPTIONS`); *grad*: `jax.jit(jax.grad(lambda y: fit_arrays(design.replace(y=y)).beta[1]))(y)`; "
+        "- *fit*: `jaxlmm.fit_arrays(design)` (for these one-factor designs compiled with `CLASSIC_EMITTER_OPTIONS`); *grad*: `jax.jit(jax.grad(lambda y: fit_arrays(design.replace(y=y)).beta[1]))(y)`; "
         "*jvp*: `jax.jit(lambda y, v: jax.jvp(slope, (y,), (v,)))(y, v)`. Both derivatives include the fit "
         "(the forward pass), so a ratio of 1 would mean the derivative is free.",
         "- θ̂ is differentiated by the implicit function theorem (one extra Hessian and one small linear solve at the "

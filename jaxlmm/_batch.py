@@ -30,7 +30,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 import pandas as pd
 
-from ._config import BATCH_COMPILE_OPTIONS, QUICK_COMPILE_OPTIONS, float64
+from ._config import CLASSIC_EMITTER_OPTIONS, QUICK_COMPILE_OPTIONS, float64
 from ._crossed import crossed_bytes
 from ._memory_maps import release_if_needed
 from ._design import Design
@@ -81,7 +81,7 @@ def _fit_designs_impl(stacked: Design, theta0, reml: bool, gtol: float, max_iter
     return jax.vmap(one)(stacked, theta0)
 
 
-# Batched programs compiled with BATCH_COMPILE_OPTIONS (optimised) or with QUICK_COMPILE_OPTIONS.
+# Batched programs compiled with CLASSIC_EMITTER_OPTIONS (optimised) or with QUICK_COMPILE_OPTIONS.
 # Measured on 2 CPU cores, fit_many in a fresh process, first / later calls: 4,000 sleepstudy
 # responses 3.4 / 0.31 s optimised against 2.6 / 0.92 s quick, 10,000 responses 3.95 / 0.90 s
 # against 4.4 / 2.6 s; so quick pays below about 7,000 models of 180 rows (1.2 million row-models).
@@ -89,9 +89,9 @@ def _fit_designs_impl(stacked: Design, theta0, reml: bool, gtol: float, max_iter
 # 187 ms), so the bound is lower than that.
 QUICK_BATCH_MAX_ROW_MODELS = 1_000_000
 _fit_responses = {quick: jax.jit(_fit_responses_impl, static_argnums=(4, 5, 7),
-                                 compiler_options=QUICK_COMPILE_OPTIONS if quick else BATCH_COMPILE_OPTIONS) for quick in (False, True)}
+                                 compiler_options=QUICK_COMPILE_OPTIONS if quick else CLASSIC_EMITTER_OPTIONS) for quick in (False, True)}
 _fit_designs = {quick: jax.jit(_fit_designs_impl, static_argnums=(2, 3, 5),
-                               compiler_options=QUICK_COMPILE_OPTIONS if quick else BATCH_COMPILE_OPTIONS) for quick in (False, True)}
+                               compiler_options=QUICK_COMPILE_OPTIONS if quick else CLASSIC_EMITTER_OPTIONS) for quick in (False, True)}
 
 
 def quick_batch(n_models: int, n_rows: int) -> bool:
@@ -544,8 +544,8 @@ def fit_many(
     def run(inputs, t0, max_iter, exact_steps):
         with float64():
             Yb, Mb, tb = _shard([inputs[0], inputs[1], t0], devices)
-            return program(model.design, Yb, Mb, tb, bool(reml), float(gtol), np.int32(max_iter), QUASI_NEWTON,
-                           np.int32(exact_steps))
+            return program(model.design, Yb, Mb, tb, bool(reml), float(gtol), np.int32(max_iter),
+                           exact_steps=np.int32(exact_steps))
 
     with float64():
         arrays = _run_across_processes(run, [Yc.T.copy(), M.T.copy()], theta0, batch_size, progress, "fitting",
@@ -586,11 +586,11 @@ def _levels_with_data(codes: np.ndarray, n_levels: int, used: np.ndarray) -> np.
     one `logical_or.reduceat` per level's run (10,000 sleepstudy responses: 4 ms; `np.add.at`, before,
     took 81 ms of a 0.95 s call)."""
     codes = np.asarray(codes)
+    if codes.size == 0:
+        return np.zeros(used.shape[1], int)
     order = np.argsort(codes, kind="stable")
     sorted_codes = codes[order]
-    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]]) if codes.size else np.zeros(0, int)
-    if starts.size == 0:
-        return np.zeros(used.shape[1], int)
+    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
     present = np.logical_or.reduceat(np.asarray(used, bool)[order], starts, axis=0)
     return present.sum(axis=0)
 

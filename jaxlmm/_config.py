@@ -63,29 +63,23 @@ QUICK_COMPILE_OPTIONS = {
     "xla_disable_hlo_passes": "while-loop-invariant-code-motion,simplify-while-loops",
 }
 
-# XLA options for the first fits of a design too large for the quick options (`_single_fit.quick_pays`):
-# the classic elemental emitters instead of the fusion emitters, LLVM at its default level. Measured on
-# 2 CPU cores (jaxlib 0.10.2, deferred fits): InstEval's program compiles in 2.3 s instead of 4.2 s and
-# fits in 1.08 s instead of 0.92 s (the quick options: 0.8 s and 2.6 s); STAR 2.3 against 4.2 s, and
-# 170 against 155 ms. Refits of the shape get XLA's defaults (`_single_fit`).
-FIRST_FIT_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
-
-# XLA options for batched fits past their quick tier (`_batch`): the classic elemental emitters, LLVM at
-# its default level. Measured on 2 CPU cores (jaxlib 0.10.2), one chunk of `fit_many`'s first round,
-# compile / run against XLA's defaults: sleepstudy x 128, 2.1 / 10.1 ms against 3.6 s / 13.4 ms;
-# dietox x 64, 2.0 s / 18.8 ms against 3.7 s / 20.2 ms; psycholing maximal x 32, 1.9 s / 187 ms against
-# 3.3 s / 206 ms — faster to compile and no slower to run.
-BATCH_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
-
-# XLA options for the optimised program of a one-factor model's refits (`_single_fit`): the classic
-# elemental emitters, LLVM at its default level. Measured on 2 CPU cores, warm fits interleaved in one
-# process (medians of 400), against XLA's defaults: sleepstudy 0.55-0.58 against 0.61-0.64 ms, dietox
-# 1.06-1.68 against 1.10-1.89 ms, orthodont 1.24-1.49 against 1.59-1.99 ms; compiled in 1.5 s instead
-# of 3.0 s (sleepstudy); `y ~ x + (x | g)` on 10,000 and 30,000 rows (10 a group) 8.1 against 11.2 ms
-# and 20.3 against 30.3 ms. Crossed models keep XLA's defaults: Penicillin 0.85-1.24 against
-# 0.72-1.02 ms, Pastes 1.36 against 1.08 ms, psycholing maximal 8.6 against 8.3 ms; and so do
-# one-factor models of more than ONE_FACTOR_FIT_OPTIONS_ROWS_MAX rows: InstEval's `y ~ service + (1 | d)`
-# (73,421 rows) 4.27 against 3.83 ms.
-ONE_FACTOR_FIT_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
-ONE_FACTOR_FIT_OPTIONS_ROWS_MAX = 50_000
-
+# XLA options for programs that gain from XLA's classic elemental emitters instead of its fusion
+# emitters (LLVM at its default level): about half the compile time. Measured on 2 CPU cores (jaxlib
+# 0.10.2), against XLA's defaults:
+# * the first fits of a design too large for the quick options (`_single_fit.quick_pays`), deferred
+#   fit programs: InstEval compiles in 2.3 s instead of 4.2 s and fits in 1.08 s instead of 0.92 s
+#   (the quick options: 0.8 s and 2.6 s); STAR 2.3 against 4.2 s, and 170 against 155 ms. Refits of
+#   such a shape get XLA's defaults (`_single_fit`).
+# * batched fits past their quick tier (`_batch`), one chunk of `fit_many`'s first round, compile /
+#   run: sleepstudy x 128, 2.1 s / 10.1 ms against 3.6 s / 13.4 ms; dietox x 64, 2.0 s / 18.8 ms
+#   against 3.7 s / 20.2 ms; psycholing maximal x 32, 1.9 s / 187 ms against 3.3 s / 206 ms.
+# * one-factor models' refits and `fit_arrays` on data (`_fit.classic_emitters_pay`), warm fits
+#   interleaved in one process (medians of 400): sleepstudy 0.55-0.58 against 0.61-0.64 ms, dietox
+#   0.96-1.68 against 1.10-1.89 ms, orthodont 1.24-1.49 against 1.59-1.99 ms, compiled in 1.5 s instead
+#   of 3.0 s (sleepstudy); `y ~ x + (x | g)` on 10,000 and 30,000 rows (10 a group) 8.1 against 11.2 ms
+#   and 20.3 against 30.3 ms. Crossed models keep XLA's defaults there: Penicillin 0.85-1.24 against
+#   0.72-1.02 ms, Pastes 1.36 against 1.08 ms, psycholing maximal 8.6 against 8.3 ms; and so do
+#   one-factor models of more than CLASSIC_ONE_FACTOR_ROWS_MAX rows: InstEval's `y ~ service + (1 | d)`
+#   (73,421 rows) 4.27 against 3.83 ms.
+CLASSIC_EMITTER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+CLASSIC_ONE_FACTOR_ROWS_MAX = 50_000

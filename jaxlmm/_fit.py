@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _linalg
-from ._config import ONE_FACTOR_FIT_OPTIONS, ONE_FACTOR_FIT_OPTIONS_ROWS_MAX
+from ._config import CLASSIC_EMITTER_OPTIONS, CLASSIC_ONE_FACTOR_ROWS_MAX
 from ._crossed import CrossedStats, crossed_stats, dense_rows
 from ._design import Design
 from ._kernels import (
@@ -585,15 +585,15 @@ def _variance_rows(design: Design, pre: Preconditioner) -> VarianceRows:
 
 _fit_design_jit = jax.jit(fit_design, static_argnums=(1, 2, 3))
 # `fit_arrays` called on data, for designs `classic_emitters_pay` for: half the compile time, faster.
-_fit_design_classic = jax.jit(fit_design, static_argnums=(1, 2, 3), compiler_options=ONE_FACTOR_FIT_OPTIONS)
+_fit_design_classic = jax.jit(fit_design, static_argnums=(1, 2, 3), compiler_options=CLASSIC_EMITTER_OPTIONS)
 
 
 def classic_emitters_pay(design: Design) -> bool:
-    """Whether ``design``'s own programs run at least as fast compiled with `ONE_FACTOR_FIT_OPTIONS`
-    (XLA's classic emitters): one grouping factor, no residual-variance model, up to
-    `ONE_FACTOR_FIT_OPTIONS_ROWS_MAX` rows (see `_config`)."""
+    """Whether ``design``'s own programs run at least as fast compiled with `CLASSIC_EMITTER_OPTIONS`:
+    one grouping factor, no residual-variance model, up to `CLASSIC_ONE_FACTOR_ROWS_MAX` rows (see
+    `_config`)."""
     return (design.crossed is None and design.resid_design is None
-            and int(np.shape(design.y)[0]) <= ONE_FACTOR_FIT_OPTIONS_ROWS_MAX)
+            and int(np.shape(design.y)[0]) <= CLASSIC_ONE_FACTOR_ROWS_MAX)
 
 
 def large_lapack_calls(design: Design) -> bool:

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 
 from ._batch import (
-    QUASI_NEWTON,
     DatasetResults,
     _fit_designs,
     _run_across_processes,
@@ -129,8 +128,8 @@ def fit_datasets(
                 terms = None if layout is None else CrossedTerms(*arrays[7:14], layout=layout)
                 design = Design(y, X, Z, g, mask, n_groups, template.lambda_index, terms, w if weighted else None,
                                 D if resid else None)
-                return program(design, tb, bool(reml), float(gtol), np.int32(max_iter), QUASI_NEWTON,
-                               np.int32(exact_steps))
+                return program(design, tb, bool(reml), float(gtol), np.int32(max_iter),
+                               exact_steps=np.int32(exact_steps))
 
         theta0 = np.tile(template.theta_start, (len(members), 1))
         with float64():

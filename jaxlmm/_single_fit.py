@@ -5,10 +5,10 @@ The first fits of a design shape run the quickly compiled program of its shape b
 model of the bucket, a few milliseconds a fit. A shape fitted more than `OPTIMISE_AFTER` times is
 being refitted in a loop (simulations, a warm benchmark, a hand-written bootstrap): it then gets its
 own program, unpadded and compiled with XLA's optimisations (a few seconds once, then a sleepstudy
-fit with its inference in well under a millisecond; a one-factor model's compiled without XLA's
-fusion emitters, `ONE_FACTOR_FIT_OPTIONS`, in half the time and faster). Both programs
+fit with its inference in well under a millisecond; a one-factor model's compiled with
+`CLASSIC_EMITTER_OPTIONS`, in half the time and faster). Both programs
 compute the same fit (`tests/test_buckets.py`). A design whose fit outweighs the quick program's
-compilation (`quick_pays`: InstEval) starts with its own program compiled with `FIRST_FIT_OPTIONS`
+compilation (`quick_pays`: InstEval) starts with its own program compiled with `CLASSIC_EMITTER_OPTIONS`
 instead, in half the time of XLA's defaults, for fits about 15% slower.
 
 A crossed model with a dense block of 32+ rows (`_fit.defers`: InstEval, STAR, subjects × items with
@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from ._buckets import from_bucket, to_bucket
-from ._config import FIRST_FIT_OPTIONS, ONE_FACTOR_FIT_OPTIONS
+from ._config import CLASSIC_EMITTER_OPTIONS
 from ._crossed import dense_rows
 from ._design import Design
 from ._fit import (
@@ -52,13 +52,12 @@ def _fit_program(deferred: bool, options: dict | None = None):
                    compiler_options=options)
 
 
-_optimised, _optimised_deferred = _fit_program(False), _fit_program(True)
-# A one-factor model's refits: compiled with `ONE_FACTOR_FIT_OPTIONS` (half the compile time, and faster).
-_optimised_one_factor = _fit_program(False, ONE_FACTOR_FIT_OPTIONS)
-# The first fits of a design that the quick program would fit too slowly (`quick_pays`): the same
-# programs compiled with `FIRST_FIT_OPTIONS`, in about half the time (InstEval: 2.3 against 4.2 s) for
-# fits about 15% slower.
-_first, _first_deferred = _fit_program(False, FIRST_FIT_OPTIONS), _fit_program(True, FIRST_FIT_OPTIONS)
+# (complete, deferred) programs: compiled with XLA's defaults; and with `CLASSIC_EMITTER_OPTIONS`, for
+# the first fits of a design the quick program would fit too slowly (`quick_pays`: InstEval compiles
+# in 2.3 against 4.2 s, for fits about 15% slower) and for one-factor models' refits
+# (`_fit.classic_emitters_pay`: half the compile time, and faster).
+_optimised = (_fit_program(False), _fit_program(True))
+_classic = (_fit_program(False, CLASSIC_EMITTER_OPTIONS), _fit_program(True, CLASSIC_EMITTER_OPTIONS))
 
 # Designs whose fit runs long enough that the optimised program repays its compilation at once: a
 # crossed model's dense block of LARGE_DENSE_SIZE rows or more, factored densely (InstEval: the quick
@@ -75,18 +74,13 @@ def quick_pays(design: Design) -> bool:
 
 def fit_single(design: Design, reml: bool, gtol: float = 1e-6) -> FitArrays:
     """Fit ``design`` with its inference (NumPy arrays): the bucket's quick program for the first
-    `OPTIMISE_AFTER` fits of this shape (the shape's own program with `FIRST_FIT_OPTIONS` for a design
-    whose fit outweighs compilation, `quick_pays`), then the shape's own optimised program. The
+    `OPTIMISE_AFTER` fits of this shape (the shape's own program with `CLASSIC_EMITTER_OPTIONS` for a
+    design whose fit outweighs compilation, `quick_pays`), then the shape's own optimised program. The
     programs of a large crossed model leave its inference and conditional covariances to the results
     layer (`_fit.defers`)."""
     refit = count_use(shape_key("fit_single", design, float(gtol))) >= OPTIMISE_AFTER
     if not quick_pays(design) or refit:
-        if refit and classic_emitters_pay(design):
-            program = _optimised_one_factor
-        elif refit:
-            program = _optimised_deferred if defers(design) else _optimised
-        else:
-            program = _first_deferred if defers(design) else _first
+        program = (_classic if not refit or classic_emitters_pay(design) else _optimised)[defers(design)]
         with one_lapack_thread(large_lapack_calls(design)):
             return jax.tree.map(np.asarray, program(design, np.float64(bool(reml)), float(gtol), 200))
     bucket = to_bucket(design)

@@ -189,9 +189,9 @@ def test_a_shape_fitted_again_and_again_gets_its_own_optimised_program_with_the_
     key = _program_cache.shape_key("fit_single", model.design, 1e-6)
     _program_cache._uses.pop(key, None)
     quick = [model.fit(reml=reml) for reml in (True, False)]  # the bucket's quick program
-    compiled = _single_fit._optimised_one_factor._cache_size()
+    compiled = _single_fit._classic[0]._cache_size()
     optimised = [model.fit(reml=reml) for reml in (True, False)]  # then the shape's own program
-    assert _program_cache._uses[key] == 4 and _single_fit._optimised_one_factor._cache_size() == compiled + 1
+    assert _program_cache._uses[key] == 4 and _single_fit._classic[0]._cache_size() == compiled + 1
     for a, b in zip(quick, optimised):
         assert b.llf == pytest.approx(a.llf, abs=1e-9)
         np.testing.assert_allclose(b.fe_params, a.fe_params, rtol=1e-8)

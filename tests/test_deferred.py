@@ -73,7 +73,7 @@ def test_the_quick_and_optimised_tiers_of_deferred_inference_agree(model, monkey
 
 def test_a_large_design_fits_the_same_in_its_first_and_optimised_programs(monkeypatch):
     """A dense block of 256+ rows skips the quick program: its first fits run its own program compiled
-    with `FIRST_FIT_OPTIONS`, later ones XLA's defaults; the fits agree."""
+    with `CLASSIC_EMITTER_OPTIONS`, later ones XLA's defaults; the fits agree."""
     from jaxlmm._fit import LARGE_DENSE_SIZE
 
     rng = np.random.default_rng(12)
@@ -85,10 +85,10 @@ def test_a_large_design_fits_the_same_in_its_first_and_optimised_programs(monkey
     m = jaxlmm.MixedLM.from_formula("y ~ x + (1 | subj) + (1 | item)", df)
     assert m.design.crossed.layout.dense_size >= LARGE_DENSE_SIZE and not _single_fit.quick_pays(m.design)
     monkeypatch.setattr(_program_cache, "_uses", {})
-    first_programs = _single_fit._first_deferred._cache_size()
+    first_programs = _single_fit._classic[1]._cache_size()
     fits = [m.fit() for _ in range(_program_cache.OPTIMISE_AFTER + 1)]
-    assert _single_fit._first_deferred._cache_size() == first_programs + 1
-    assert _single_fit._optimised_deferred._cache_size() >= 1
+    assert _single_fit._classic[1]._cache_size() == first_programs + 1
+    assert _single_fit._optimised[1]._cache_size() >= 1
     first, optimised = fits[0], fits[-1]
     assert optimised.llf == pytest.approx(first.llf, abs=1e-9)
     np.testing.assert_allclose(optimised.theta, first.theta, rtol=1e-7)
