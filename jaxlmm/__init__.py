@@ -8,6 +8,11 @@ Examples:
     -871.8141
 """
 
+from ._import_gc import freeze_imports as _freeze_imports
+from ._import_gc import pause_collector as _pause_collector
+
+_collector_was_enabled = _pause_collector()
+
 from . import datasets as datasets
 from . import plot as plot
 from . import errors as errors
@@ -43,6 +48,7 @@ __version__ = "0.1.0"
 
 _enable_compilation_cache()
 _install_memory_map_guard()
+_freeze_imports(_collector_was_enabled)
 
 __all__ = [
     "BatchResults",

@@ -126,10 +126,9 @@ def main(argv: list[str] | None = None) -> int:
 def run() -> None:
     """The ``jaxlmm`` command: `main`, then exit without Python's final garbage collection.
 
-    After importing JAX, pandas and SciPy, that collection walks millions of objects and took
-    0.3 s of a 1.4 s process here. The command owns its process and has closed what it wrote, so
-    it freezes the collector first (`gc.freeze`); the library itself leaves a user's interpreter
-    alone.
+    `import jaxlmm` already froze the objects its imports made (`_import_gc`); the command owns its
+    process and has closed what it wrote, so it also freezes what the fit made (`gc.freeze`), and
+    the interpreter's final collection skips those too.
     """
     code = main()
     sys.stdout.flush()
