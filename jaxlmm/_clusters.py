@@ -326,11 +326,12 @@ def clustered_logdet_and_quadratic(M: jax.Array, R: jax.Array, slots: ClusterSlo
     return logdet + logdet_s, quad + quad_s
 
 
-def clustered_solve_and_selected_inverse(M: jax.Array, R: jax.Array, slots: ClusterSlots
-                                         ) -> tuple[jax.Array, jax.Array]:
+def clustered_solve_and_selected_inverse(M: jax.Array, R: jax.Array, slots: ClusterSlots, inverse: bool = True
+                                         ) -> tuple[jax.Array, jax.Array | None]:
     """(M₂₂⁻¹R (D, c), M₂₂⁻¹ at the slots (N, w, w), 0 in the spare one): what the conditional modes
     and their covariances need, from the block-arrow form M₂₂⁻¹ = [[A⁻¹ + XΣXᵀ, −XΣ], [−ΣXᵀ, Σ]]
-    with X = A⁻¹Bᵀ and Σ the inverse of the separator's Schur complement."""
+    with X = A⁻¹Bᵀ and Σ the inverse of the separator's Schur complement. ``inverse=False``: the
+    solve alone (None for the slots), with the separator's Schur complement solved, not inverted."""
     K, s = slots.member.shape
     S, r = slots.separator.shape[0], slots.adjacent.shape[1]
     w = M.shape[-1]
@@ -338,21 +339,30 @@ def clustered_solve_and_selected_inverse(M: jax.Array, R: jax.Array, slots: Clus
     sp = _split(M, R, slots)
     cols = sp.cols
     L_inv = _linalg.solve_lower(sp.L, jnp.broadcast_to(jnp.eye(s * w, dtype=M.dtype), sp.L.shape))
-    A_inv = jnp.einsum("kji,kjl->kil", L_inv, L_inv)
     t = jnp.einsum("kij,kjc->kic", L_inv, sp.R_A)
     if S == 0:
-        u_A, P_A = jnp.einsum("kji,kjc->kic", L_inv, t), A_inv
-        P_AS, P_S = jnp.zeros((K, s * w, 0), M.dtype), jnp.zeros((0, 0), M.dtype)
-        u_S = jnp.zeros((0, R.shape[1]), M.dtype)
+        u_A, u_S = jnp.einsum("kji,kjc->kic", L_inv, t), jnp.zeros((0, R.shape[1]), M.dtype)
     else:
         W_b = jnp.einsum("kij,kjc->kic", L_inv, sp.coupling)
-        X = jnp.einsum("kji,kjc->kic", L_inv, W_b)  # A_k⁻¹ B_kᵀ
-        Sigma, _ = _linalg.spd_inverse_and_logdet(_schur(sp.C, W_b, cols))
-        Sigma_pad = jnp.pad(Sigma, ((0, 1), (0, 1)))
-        u_S = Sigma @ (sp.R_S - _scatter_rows(jnp.einsum("ksa,ksc->kac", W_b, t), cols, S * w))
+        schur = _schur(sp.C, W_b, cols)
+        R_sep = sp.R_S - _scatter_rows(jnp.einsum("ksa,ksc->kac", W_b, t), cols, S * w)
+        if inverse:
+            Sigma, _ = _linalg.spd_inverse_and_logdet(schur)
+            u_S = Sigma @ R_sep
+        else:
+            u_S = _linalg.spd_solve(schur, R_sep)
         u_adjacent = jnp.pad(u_S, ((0, 1), (0, 0)))[cols]  # (K, r·w, c)
         u_A = jnp.einsum("kji,kjc->kic", L_inv, t - jnp.einsum("kia,kac->kic", W_b, u_adjacent))
-        Q = Sigma_pad[cols[:, :, None], cols[:, None, :]]
+    u = jnp.zeros((n_blocks + 1, w, R.shape[1]), M.dtype).at[slots.member].set(u_A.reshape(K, s, w, -1))
+    u = u.at[slots.separator].set(u_S.reshape(S, w, R.shape[1]))[:n_blocks].reshape(n_blocks * w, -1)
+    if not inverse:
+        return u, None
+    A_inv = jnp.einsum("kji,kjl->kil", L_inv, L_inv)
+    if S == 0:
+        P_A, P_AS, P_S = A_inv, jnp.zeros((K, s * w, 0), M.dtype), jnp.zeros((0, 0), M.dtype)
+    else:
+        X = jnp.einsum("kji,kjc->kic", L_inv, W_b)  # A_k⁻¹ B_kᵀ
+        Q = jnp.pad(Sigma, ((0, 1), (0, 1)))[cols[:, :, None], cols[:, None, :]]
         P_AS = -jnp.einsum("kia,kab->kib", X, Q)
         P_A = A_inv - jnp.einsum("kib,kjb->kij", P_AS, X)
         P_S = Sigma
@@ -360,6 +370,4 @@ def clustered_solve_and_selected_inverse(M: jax.Array, R: jax.Array, slots: Clus
     slots_AS = P_AS.reshape(K, s, w, r, w).transpose(0, 1, 3, 2, 4).reshape(-1, w, w)
     slots_S = P_S.reshape(S, w, S, w).transpose(0, 2, 1, 3).reshape(-1, w, w)
     P = jnp.concatenate([slots_A, slots_AS, slots_S, jnp.zeros((1, w, w), M.dtype)])
-    u = jnp.zeros((n_blocks + 1, w, R.shape[1]), M.dtype).at[slots.member].set(u_A.reshape(K, s, w, -1))
-    u = u.at[slots.separator].set(u_S.reshape(S, w, R.shape[1]))
-    return u[:n_blocks].reshape(n_blocks * w, -1), P
+    return u, P

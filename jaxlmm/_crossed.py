@@ -376,15 +376,17 @@ def crossed_modes(lam: jax.Array, stats: CrossedStats, beta: jax.Array, sigma2: 
     p = beta.shape[0]
     rhs = blocks.B2[:, p] - blocks.B2[:, :p] @ beta  # u₂ = M₂₂⁻¹ (c₂ − C₂ β̂)
     slots = stats.clusters
-    if slots is None:
+    if slots is None and not covariances:  # a solve, without M₂₂⁻¹
+        u2 = _linalg.spd_solve(blocks.M22, rhs[:, None])[:, 0]
+    elif slots is None:
         M22_inv, _ = _linalg.spd_inverse_and_logdet(blocks.M22)
         u2 = M22_inv @ rhs
         P = M22_inv.reshape(B, w, B, w)
         cov_u2 = P[jnp.arange(B), :, jnp.arange(B), :]  # (B, w, w) diagonal blocks of M₂₂⁻¹
     else:  # M₂₂⁻¹ at the clustered split's slots only
-        u2, P_slots = clustered_solve_and_selected_inverse(blocks.M22, rhs[:, None], slots)
+        u2, P_slots = clustered_solve_and_selected_inverse(blocks.M22, rhs[:, None], slots, inverse=covariances)
         u2 = u2[:, 0]
-        cov_u2 = P_slots[slots.diagonal]
+        cov_u2 = P_slots[slots.diagonal] if covariances else None
     u2_blocks = u2.reshape(B, w)
     if stats.layout.dense_coupling:
         coupled = (blocks.V @ u2).reshape(m, q1)

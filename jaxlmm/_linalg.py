@@ -322,6 +322,54 @@ def _trsm_lower_vmap(axis_size, in_batched, L, B):
     return _trsm_lower(L, B), True
 
 
+@custom_vmap
+def _cholesky_solve(M: jax.Array, B: jax.Array) -> jax.Array:
+    """M⁻¹ B for one symmetric positive-definite ``M`` (k, k) and ``B`` (k, r) by LAPACK (a Cholesky
+    factorisation and two triangular solves), or leading axes one at a time."""
+
+    def one(mb):
+        L = jax.lax.linalg.cholesky(mb[0], symmetrize_input=False)
+        W = jax.lax.linalg.triangular_solve(L, mb[1], left_side=True, lower=True)
+        return jax.lax.linalg.triangular_solve(L, W, left_side=True, lower=True, transpose_a=True)
+
+    if M.ndim == 2:
+        return one((M, B))
+    return jax.lax.map(one, (M.reshape((-1,) + M.shape[-2:]), B.reshape((-1,) + B.shape[-2:]))).reshape(B.shape)
+
+
+@_cholesky_solve.def_vmap
+def _cholesky_solve_vmap(axis_size, in_batched, M, B):
+    M = M if in_batched[0] else jnp.broadcast_to(M, (axis_size,) + M.shape)
+    B = B if in_batched[1] else jnp.broadcast_to(B, (axis_size,) + B.shape)
+    return _cholesky_solve(M, B), True
+
+
+@jax.custom_jvp
+def spd_solve(M: jax.Array, B: jax.Array) -> jax.Array:
+    """M⁻¹ B for a large symmetric positive-definite ``M`` (k, k) and ``B`` (k, r): one Cholesky
+    factorisation and two triangular solves, without forming M⁻¹ (`spd_inverse_and_logdet`, about
+    four times the work: InstEval's 1,142-row block, 14 against 67 ms); d(M⁻¹B) = M⁻¹(dB − dM M⁻¹B),
+    with M⁻¹ formed for derivatives.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jaxlmm._linalg import spd_solve
+        >>> spd_solve(jnp.array([[4.0, 2.0], [2.0, 5.0]]), jnp.array([[2.0], [5.0]])).ravel().tolist()
+        [0.0, 1.0]
+    """
+    return _cholesky_solve(M, B)
+
+
+@spd_solve.defjvp
+def _spd_solve_jvp(primals, tangents):
+    # The tangent goes through M⁻¹ as a matrix product, which reverse mode can transpose (a LAPACK
+    # solve one matrix at a time cannot be): derivatives form the inverse, the value alone does not.
+    (M, B), (dM, dB) = primals, tangents
+    X = spd_solve(M, B)
+    M_inv, _ = spd_inverse_and_logdet(M)
+    return X, M_inv @ (dB - dM @ X)
+
+
 @jax.custom_jvp
 def logdet_and_quadratic(M: jax.Array, B: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(log|M|, Bᵀ M⁻¹ B) for a large symmetric positive-definite ``M`` (k, k) and ``B`` (k, r).

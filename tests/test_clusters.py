@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 
 import jaxlmm
-from jaxlmm._clusters import Meetings, connected_components, plan_clusters
+from jaxlmm._clusters import Meetings, clustered_solve_and_selected_inverse, connected_components, plan_clusters
+from jaxlmm._crossed import _blocks
 from jaxlmm._fit import _Objective, design_stats, fit_arrays
+from jaxlmm._kernels import relative_factor
 from tests.hlo_checks import batched_lapack_calls
 
 FORMULA = "y ~ grade + (1 | student) + (1 | teacher) + (1 | school)"
@@ -196,3 +198,22 @@ def test_a_nested_design_splits_with_an_empty_separator_and_fits_as_the_dense_on
         np.testing.assert_allclose(getattr(r._arrays, field), want, rtol=1e-5, atol=1e-6 * np.abs(want).max(),
                                    err_msg=field)
     assert list(r.vcomp.index) == ["Var(school:klass)", "Var(school)", "Residual"]
+
+
+def test_the_clustered_solve_alone_equals_the_solve_with_the_selected_inverse(model):
+    """``inverse=False`` (a fit's conditional modes, the covariances deferred) solves the separator's
+    Schur complement instead of inverting it: the same M₂₂⁻¹R as with the inverse, and as dense."""
+    with jaxlmm.float64():
+        stats = design_stats(model.design)[1]
+        blocks = _blocks(relative_factor(jnp.asarray([0.8, 0.45, 0.6]), jnp.asarray(model.design.lambda_index_array)),
+                         stats)
+        assert stats.clusters.separator.shape[0] > 0  # the block-arrow case, with a separator
+        alone, none = clustered_solve_and_selected_inverse(blocks.M22, blocks.B2, stats.clusters, inverse=False)
+        with_inverse, _ = clustered_solve_and_selected_inverse(blocks.M22, blocks.B2, stats.clusters)
+        dense_blocks = _blocks(relative_factor(jnp.asarray([0.8, 0.45, 0.6]),
+                                               jnp.asarray(model.design.lambda_index_array)),
+                               design_stats(dense_twin(model.design))[1])
+        dense = np.linalg.solve(np.asarray(dense_blocks.M22), np.asarray(dense_blocks.B2))
+    assert none is None
+    np.testing.assert_allclose(alone, with_inverse, rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(alone, dense, rtol=1e-9, atol=1e-11)
