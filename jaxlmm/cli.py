@@ -126,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
 def run() -> None:
     """The ``jaxlmm`` command: `main`, then exit without Python's final garbage collection.
 
-    `import jaxlmm` already froze the objects its imports made (`_import_gc`); the command owns its
-    process and has closed what it wrote, so it also freezes what the fit made (`gc.freeze`), and
-    the interpreter's final collection skips those too.
+    `import jaxlmm` in a script already froze the objects its imports made (`_import_gc`); the
+    command owns its process and has closed what it wrote, so it also freezes what the fit made
+    (`gc.freeze`), and the interpreter's final collection skips those too.
     """
     code = main()
     sys.stdout.flush()

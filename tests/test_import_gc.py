@@ -52,3 +52,9 @@ def test_cycles_made_after_the_import_are_still_collected():
         "print(all(r() is None for r in refs))\n"
     )
     assert _run(code) == "True"
+
+
+def test_an_interactive_session_is_not_frozen():
+    """IPython keeps earlier outputs and tracebacks and releases them later in cycles: not frozen."""
+    assert _run(PROBE.format(before="import sys; sys.ps1 = '>>> '")) == "True False"
+    assert _run(PROBE.format(before="import sys, types; sys.modules['IPython'] = types.ModuleType('IPython')")) == "True False"
