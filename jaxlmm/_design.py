@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -50,11 +51,11 @@ class Design:
 
     @property
     def n_theta(self) -> int:
-        return int(np.max(np.asarray(self.lambda_index))) + 1
+        return _pattern(self.lambda_index).n_theta
 
     @property
     def lambda_index_array(self) -> np.ndarray:
-        return np.asarray(self.lambda_index, dtype=np.int32)
+        return _pattern(self.lambda_index).index.copy()
 
     @property
     def n_delta(self) -> int:
@@ -64,17 +65,38 @@ class Design:
     @property
     def theta_lower(self) -> np.ndarray:
         """0 for θ on Λ's diagonal (standard deviations), -inf for off-diagonal θ."""
-        return np.where(theta_on_diagonal(self.lambda_index_array), 0.0, -np.inf)
+        return np.where(_pattern(self.lambda_index).on_diagonal, 0.0, -np.inf)
 
     @property
     def theta_start(self) -> np.ndarray:
         """lme4's start: Λ = I."""
-        return np.where(np.isfinite(self.theta_lower), 1.0, 0.0)
+        return _pattern(self.lambda_index).on_diagonal.astype(np.float64)
 
     @property
     def theta_positions(self) -> tuple[np.ndarray, np.ndarray]:
         """(row, col) of the first Λ entry each θ fills."""
-        return theta_positions(self.lambda_index_array)
+        rows, cols = _pattern(self.lambda_index).positions
+        return rows.copy(), cols.copy()
+
+
+class _Pattern(NamedTuple):
+    index: np.ndarray
+    n_theta: int
+    positions: tuple[np.ndarray, np.ndarray]
+    on_diagonal: np.ndarray
+
+
+@lru_cache(maxsize=1024)
+def _pattern(lambda_index: tuple) -> _Pattern:
+    """What `Design`'s properties derive from its static Λ pattern, computed once per pattern: a warm
+    sleepstudy fit reads them about ten times, 0.3 ms of Python in a 0.65 ms fit before this cache
+    (callers get copies)."""
+    index = np.asarray(lambda_index, dtype=np.int32)
+    rows, cols = theta_positions(index)
+    pattern = _Pattern(index, int(np.max(index)) + 1, (rows, cols), rows == cols)
+    for array in (index, rows, cols, pattern.on_diagonal):
+        array.flags.writeable = False
+    return pattern
 
 
 def theta_positions(lambda_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -47,7 +47,8 @@ def count_use(key: tuple) -> int:
 def shape_key(name: str, tree, *static) -> tuple:
     """A hashable key of a pytree's structure and leaf shapes and dtypes, with ``name`` and static values."""
     leaves, treedef = jax.tree.flatten(tree)
-    return (name, repr(treedef), tuple((np.shape(a), str(np.result_type(a))) for a in leaves)) + tuple(static)
+    return (name, treedef, tuple((np.shape(a), a.dtype if isinstance(a, np.ndarray) else np.result_type(a))
+                                 for a in leaves)) + tuple(static)
 
 
 @lru_cache(maxsize=1)
