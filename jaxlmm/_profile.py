@@ -22,6 +22,7 @@ holding cᵀβ̃ = t in the penalised least squares adds (cᵀβ̃̂ − t)² / 
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import NamedTuple
 
@@ -313,6 +314,7 @@ class Profiler:
         n = len(which)
         out = {"deviance": np.full(n, np.nan), "slope": np.full(n, np.nan), "converged": np.zeros(n, bool),
                "params": np.full((n, len(self.names)), np.nan), "start": [None] * n}
+        parts = []
         for fixed in (False, True):
             rows = np.flatnonzero((which >= self.n_var) == fixed)
             if rows.size == 0:
@@ -320,26 +322,34 @@ class Profiler:
             default = self._theta_hat if fixed else self._u_hat
             start = np.stack([default if starts is None or starts[i] is None else starts[i] for i in rows])
             local = which[rows] - (self.n_var if fixed else 0)
-            size = _bucket(rows.size)
-            pad = size - rows.size
+            pad = _bucket(rows.size) - rows.size
             vals = values[rows]
-            with float64(), one_lapack_thread():
-                sol = solve_points(
-                    self._stats, self._b0, self._R_inv,
-                    jnp.asarray(np.concatenate([local, np.repeat(local[:1], pad)])),
-                    jnp.asarray(np.concatenate([vals, np.repeat(vals[:1], pad)])),
-                    jnp.asarray(np.concatenate([start, np.repeat(start[:1], pad, axis=0)])),
-                    lambda_index=self.lambda_index, fixed=fixed, n_groups=self.n_groups,
-                )
-                sol = jax.tree_util.tree_map(lambda a: np.asarray(a)[: rows.size], sol)
-            out["deviance"][rows] = sol.deviance
-            out["slope"][rows] = sol.slope
-            out["converged"][rows] = sol.converged
-            out["params"][rows] = sol.params
+            inputs = (np.concatenate([local, np.repeat(local[:1], pad)]), np.concatenate([vals, np.repeat(vals[:1], pad)]),
+                      np.concatenate([start, np.repeat(start[:1], pad, axis=0)]))
+            parts.append((rows, partial(self._solve, fixed, *inputs)))
+        # The variance and fixed-effect programs run in two threads: the first compilation of one
+        # (XLA releases the GIL) overlaps the tracing and compilation of the other.
+        if len(parts) > 1:
+            with ThreadPoolExecutor(len(parts)) as pool:
+                solutions = [f.result() for f in [pool.submit(run) for _, run in parts]]
+        else:
+            solutions = [run() for _, run in parts]
+        for (rows, _), sol in zip(parts, solutions):
+            out["deviance"][rows] = sol.deviance[: rows.size]
+            out["slope"][rows] = sol.slope[: rows.size]
+            out["converged"][rows] = sol.converged[: rows.size]
+            out["params"][rows] = sol.params[: rows.size]
             for i, r in enumerate(rows):
                 out["start"][r] = sol.start[i]
         out["zeta"] = np.sign(values - self.estimate[which]) * np.sqrt(np.clip(out["deviance"] - self.base, 0.0, None))
         return out
+
+    def _solve(self, fixed: bool, which: np.ndarray, values: np.ndarray, starts: np.ndarray) -> PointSolution:
+        """`solve_points` on one padded batch (NumPy arrays); safe to call from a worker thread."""
+        with float64(), one_lapack_thread():
+            sol = solve_points(self._stats, self._b0, self._R_inv, jnp.asarray(which), jnp.asarray(values),
+                               jnp.asarray(starts), lambda_index=self.lambda_index, fixed=fixed, n_groups=self.n_groups)
+            return jax.tree_util.tree_map(np.asarray, sol)
 
     def end_points(self, which: np.ndarray, zeta: float, max_iter: int = 50, tol: float = 1e-9) -> tuple:
         """Values v with ζ(v) = −zeta and +zeta for each parameter in ``which``: (lower, upper, ok).

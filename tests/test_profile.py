@@ -215,3 +215,16 @@ def test_bad_profile_requests(fits):
         r.profile("Days", level=1.5)
     with pytest.raises(DataError, match="method must be"):
         r.conf_int(method="likelihood")
+
+
+def test_variance_and_fixed_points_evaluated_together_equal_each_alone(fits):
+    """`Profiler.evaluate` runs the variance and fixed-effect batches in two threads when a call has
+    both: each row must get its own batch's solution, as when the batches are evaluated alone."""
+    prof = fits["sleepstudy_slope"]._profiler
+    which = np.array([len(prof.names) - 1, 0, prof.sigma_index, len(prof.names) - 2, 1])
+    values = prof.estimate[which] + np.array([0.5, -0.4, 0.3, 0.6, 0.2]) * prof.scale[which]
+    together = prof.evaluate(which, values)
+    for rows in (which >= prof.n_var, which < prof.n_var):
+        alone = prof.evaluate(which[rows], values[rows])
+        for key in ("deviance", "slope", "params", "converged"):
+            np.testing.assert_array_equal(together[key][rows], alone[key], err_msg=key)
