@@ -203,17 +203,20 @@ def test_a_nested_design_splits_with_an_empty_separator_and_fits_as_the_dense_on
 def test_the_clustered_solve_alone_equals_the_solve_with_the_selected_inverse(model):
     """``inverse=False`` (a fit's conditional modes, the covariances deferred) solves the separator's
     Schur complement instead of inverting it: the same M₂₂⁻¹R as with the inverse, and as dense."""
-    with jaxlmm.float64():
-        stats = design_stats(model.design)[1]
-        blocks = _blocks(relative_factor(jnp.asarray([0.8, 0.45, 0.6]), jnp.asarray(model.design.lambda_index_array)),
-                         stats)
-        assert stats.clusters.separator.shape[0] > 0  # the block-arrow case, with a separator
+    lambda_index = jnp.asarray(model.design.lambda_index_array)
+
+    @jax.jit
+    def solves(design, dense_design, theta):
+        stats = design_stats(design)[1]
+        blocks = _blocks(relative_factor(theta, lambda_index), stats)
         alone, none = clustered_solve_and_selected_inverse(blocks.M22, blocks.B2, stats.clusters, inverse=False)
         with_inverse, _ = clustered_solve_and_selected_inverse(blocks.M22, blocks.B2, stats.clusters)
-        dense_blocks = _blocks(relative_factor(jnp.asarray([0.8, 0.45, 0.6]),
-                                               jnp.asarray(model.design.lambda_index_array)),
-                               design_stats(dense_twin(model.design))[1])
-        dense = np.linalg.solve(np.asarray(dense_blocks.M22), np.asarray(dense_blocks.B2))
+        dense = _blocks(relative_factor(theta, lambda_index), design_stats(dense_design)[1])
+        return alone, none, with_inverse, dense.M22, dense.B2
+
+    assert model.design.crossed.clusters.separator.shape[0] > 0  # the block-arrow case, with a separator
+    with jaxlmm.float64():
+        alone, none, with_inverse, M22, B2 = solves(model.design, dense_twin(model.design), jnp.asarray([0.8, 0.45, 0.6]))
     assert none is None
     np.testing.assert_allclose(alone, with_inverse, rtol=1e-11, atol=1e-13)
-    np.testing.assert_allclose(alone, dense, rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(alone, np.linalg.solve(np.asarray(M22), np.asarray(B2)), rtol=1e-9, atol=1e-11)
