@@ -88,9 +88,9 @@ class _Pattern(NamedTuple):
 
 @lru_cache(maxsize=1024)
 def _pattern(lambda_index: tuple) -> _Pattern:
-    """What `Design`'s properties derive from its static Λ pattern, computed once per pattern: a warm
-    sleepstudy fit reads them about ten times, 0.3 ms of Python in a 0.65 ms fit before this cache
-    (callers get copies)."""
+    """What `Design`'s properties derive from its static Λ pattern, computed once per pattern (callers
+    get copies): every warm fit reads some of them, and the four took 90 µs, against 5 µs now, of a
+    0.5-0.6 ms sleepstudy fit."""
     index = np.asarray(lambda_index, dtype=np.int32)
     rows, cols = theta_positions(index)
     pattern = _Pattern(index, int(np.max(index)) + 1, (rows, cols), rows == cols)
