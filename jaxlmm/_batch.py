@@ -64,19 +64,17 @@ def quasi_round_cap(n_theta: int) -> int:
 
 
 # ---- kernels --------------------------------------------------------------------------------------
-def _fit_responses_impl(design: Design, Y, M, theta0, reml: bool, gtol: float, max_iter,
-                        quasi_newton: bool = QUASI_NEWTON, exact_steps=1) -> FitArrays:
+def _fit_responses_impl(design: Design, Y, M, theta0, reml: bool, gtol: float, max_iter, exact_steps=1) -> FitArrays:
     def one(y, mask, t0):
-        return fit_design(design.replace(y=y, mask=mask), reml, gtol, max_iter, t0, quasi_newton,
+        return fit_design(design.replace(y=y, mask=mask), reml, gtol, max_iter, t0, QUASI_NEWTON,
                           exact_steps=exact_steps)
 
     return jax.vmap(one)(Y, M, theta0)
 
 
-def _fit_designs_impl(stacked: Design, theta0, reml: bool, gtol: float, max_iter,
-                      quasi_newton: bool = QUASI_NEWTON, exact_steps=1) -> FitArrays:
+def _fit_designs_impl(stacked: Design, theta0, reml: bool, gtol: float, max_iter, exact_steps=1) -> FitArrays:
     def one(design, t0):
-        return fit_design(design, reml, gtol, max_iter, t0, quasi_newton, exact_steps=exact_steps)
+        return fit_design(design, reml, gtol, max_iter, t0, QUASI_NEWTON, exact_steps=exact_steps)
 
     return jax.vmap(one)(stacked, theta0)
 
@@ -88,9 +86,9 @@ def _fit_designs_impl(stacked: Design, theta0, reml: bool, gtol: float, max_iter
 # Crossed models lose more to the quick options (psycholing maximal, 32 responses a chunk: 400 against
 # 187 ms), so the bound is lower than that.
 QUICK_BATCH_MAX_ROW_MODELS = 1_000_000
-_fit_responses = {quick: jax.jit(_fit_responses_impl, static_argnums=(4, 5, 7),
+_fit_responses = {quick: jax.jit(_fit_responses_impl, static_argnums=(4, 5),
                                  compiler_options=QUICK_COMPILE_OPTIONS if quick else CLASSIC_EMITTER_OPTIONS) for quick in (False, True)}
-_fit_designs = {quick: jax.jit(_fit_designs_impl, static_argnums=(2, 3, 5),
+_fit_designs = {quick: jax.jit(_fit_designs_impl, static_argnums=(2, 3),
                                compiler_options=QUICK_COMPILE_OPTIONS if quick else CLASSIC_EMITTER_OPTIONS) for quick in (False, True)}
 
 

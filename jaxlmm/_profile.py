@@ -227,6 +227,11 @@ def _ml_point(theta, sigma, delta, varpar_cov, *, lambda_index: tuple):
 _design_stats = jax.jit(design_stats, compiler_options=QUICK_COMPILE_OPTIONS)
 
 
+def _pad_rows(a: np.ndarray, size: int) -> np.ndarray:
+    """``a`` with its first row repeated up to ``size`` rows (a batch padded to its bucket)."""
+    return np.concatenate([a, np.repeat(a[:1], size - len(a), axis=0)])
+
+
 def _bucket(n: int) -> int:
     """Pad batches to a power of two (at least 8) so that few shapes are compiled."""
     return max(8, 1 << (int(n) - 1).bit_length())
@@ -322,10 +327,8 @@ class Profiler:
             default = self._theta_hat if fixed else self._u_hat
             start = np.stack([default if starts is None or starts[i] is None else starts[i] for i in rows])
             local = which[rows] - (self.n_var if fixed else 0)
-            pad = _bucket(rows.size) - rows.size
-            vals = values[rows]
-            inputs = (np.concatenate([local, np.repeat(local[:1], pad)]), np.concatenate([vals, np.repeat(vals[:1], pad)]),
-                      np.concatenate([start, np.repeat(start[:1], pad, axis=0)]))
+            size = _bucket(rows.size)
+            inputs = [_pad_rows(a, size) for a in (local, values[rows], start)]
             parts.append((rows, partial(self._solve, fixed, *inputs)))
         # The variance and fixed-effect programs run in two threads: the first compilation of one
         # (XLA releases the GIL) overlaps the tracing and compilation of the other.

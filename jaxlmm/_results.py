@@ -791,7 +791,7 @@ class MixedLMResults:
             )
 
     def _singular_description(self) -> str:
-        cov = np.asarray(self._arrays.cov_re)  # not the cov_re DataFrame: 0.5 ms of a 9 ms psycholing refit
+        cov = np.asarray(self._arrays.cov_re)  # not the cov_re DataFrame (68 µs) in every singular refit
         names = self.model.exog_re_names
         sd = np.sqrt(np.clip(np.diag(cov), 0, None))
         zero = [names[i] for i in range(len(names)) if sd[i] < SINGULAR_TOL * np.sqrt(self.scale)]
