@@ -49,6 +49,28 @@ def enable_compilation_cache() -> str | None:
     return str(path)
 
 
+def _ynn_fusions_off() -> dict:
+    """The compiler option that turns XLA:CPU's YNN fusions off, where this jaxlib has them."""
+    if os.environ.get("JAXLMM_YNN_FUSIONS") == "default":
+        return {}
+    major_minor = tuple(int(part) for part in jax.lib.__version__.split(".")[:2] if part.isdigit())
+    return {"xla_cpu_experimental_ynn_fusion_type": ""} if major_minor >= (0, 10) else {}
+
+
+# jaxlib 0.10's XLA:CPU hands dot products, reductions and elementwise work to YNNPACK ("YNN
+# fusions"). In float64 these run slower than XLA's own loops: a reduction over STAR's 10,767 levels
+# took 0.9 ms against about 0.05 ms. With them off, measured on 2 CPU cores, each program's two
+# variants compiled and timed interleaved in one process (medians, warm fits): psycholing maximal
+# 17.8 -> 9.1 ms, sleepstudy 0.47 -> 0.41 ms, STAR 186 -> 171 ms, InstEval 0.99 -> 0.97 s,
+# Penicillin 1.15 -> 1.11 ms; each compiled 0.1-1.0 s faster (InstEval 5.7 -> 5.3 s). Keeping only
+# the dot fusions ran InstEval at 1.6 s. Every program jaxlmm compiles carries this option;
+# ``JAXLMM_YNN_FUSIONS=default`` leaves XLA's choice. A user's own ``jax.jit`` around `fit_arrays`
+# gets XLA's defaults (``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=`` sets it for all).
+YNN_FUSIONS_OFF = _ynn_fusions_off()
+
+# XLA options for programs compiled with XLA's optimisations, apart from YNN (above).
+DEFAULT_OPTIONS = dict(YNN_FUSIONS_OFF)
+
 # XLA options for the programs of one interactive call (a single fit with its inference, a profile):
 # LLVM at -O0, the classic elemental emitters instead of the fusion emitters, and two while-loop
 # passes off. Measured on 2 CPU cores (jaxlib 0.10.2, sleepstudy): the Hessian program compiles in
@@ -61,6 +83,7 @@ QUICK_COMPILE_OPTIONS = {
     "xla_cpu_use_fusion_emitters": False,
     "xla_backend_optimization_level": 0,
     "xla_disable_hlo_passes": "while-loop-invariant-code-motion,simplify-while-loops",
+    **YNN_FUSIONS_OFF,
 }
 
 # XLA options for programs that gain from XLA's classic elemental emitters instead of its fusion
@@ -81,5 +104,5 @@ QUICK_COMPILE_OPTIONS = {
 #   0.72-1.02 ms, Pastes 1.36 against 1.08 ms, psycholing maximal 8.6 against 8.3 ms; and so do
 #   one-factor models of more than CLASSIC_ONE_FACTOR_ROWS_MAX rows: InstEval's `y ~ service + (1 | d)`
 #   (73,421 rows) 4.27 against 3.83 ms.
-CLASSIC_EMITTER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+CLASSIC_EMITTER_OPTIONS = {"xla_cpu_use_fusion_emitters": False, **YNN_FUSIONS_OFF}
 CLASSIC_ONE_FACTOR_ROWS_MAX = 50_000

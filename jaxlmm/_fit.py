@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _linalg
-from ._config import CLASSIC_EMITTER_OPTIONS, CLASSIC_ONE_FACTOR_ROWS_MAX
+from ._config import CLASSIC_EMITTER_OPTIONS, CLASSIC_ONE_FACTOR_ROWS_MAX, DEFAULT_OPTIONS
 from ._crossed import CrossedStats, crossed_stats, dense_rows
 from ._design import Design
 from ._kernels import (
@@ -583,7 +583,8 @@ def _variance_rows(design: Design, pre: Preconditioner) -> VarianceRows:
                         design.crossed)
 
 
-_fit_design_jit = jax.jit(fit_design, static_argnums=(1, 2, 3))
+_fit_design_jit = jax.jit(fit_design, static_argnums=(1, 2, 3))  # traced in a caller's program: no options
+_fit_design_default = jax.jit(fit_design, static_argnums=(1, 2, 3), compiler_options=DEFAULT_OPTIONS)
 # `fit_arrays` called on data, for designs `classic_emitters_pay` for: half the compile time, faster.
 _fit_design_classic = jax.jit(fit_design, static_argnums=(1, 2, 3), compiler_options=CLASSIC_EMITTER_OPTIONS)
 
@@ -641,12 +642,12 @@ def fit_arrays(design: Design, reml: bool = True, *, gtol: float = 1e-6, max_ite
     # many shapes, or over ``max_iter``, compiles one program each: about 1,100 maps for a crossed
     # model, and LLVM aborted the process after a few dozen of them).
     release_if_needed()
-    program = _fit_design_classic if classic_emitters_pay(design) else _fit_design_jit
+    program = _fit_design_classic if classic_emitters_pay(design) else _fit_design_default
     with one_lapack_thread(large_lapack_calls(design)):
         return jax.block_until_ready(program(design, bool(reml), float(gtol), int(max_iter)))
 
 
-@partial(jax.jit, static_argnames=("reml",))
+@partial(jax.jit, static_argnames=("reml",))  # no compiler options: often nested in a caller's jit
 def deviance(design: Design, theta: jax.Array, reml: bool = True) -> jax.Array:
     """The objective a fit minimises, as lme4's ``devFunOnly``: −2 × the REML (or ML) log-likelihood
     at relative covariance parameters ``theta``, with β and σ² profiled out. Pure, jit-compiled,

@@ -36,7 +36,7 @@ import numpy as np
 from jax.scipy.linalg import cho_solve
 
 from . import _linalg
-from ._config import QUICK_COMPILE_OPTIONS, float64
+from ._config import DEFAULT_OPTIONS, QUICK_COMPILE_OPTIONS, float64
 from ._lapack_threads import one_lapack_thread
 from .errors import DataError
 
@@ -141,7 +141,7 @@ def group_blocks_kenward_roger(X: jax.Array, Z: jax.Array, resid: jax.Array, pad
 # (n = 4,000 on two CPU cores).
 QUICK_ROWS = 1000
 _programs = {quick: jax.jit(kenward_roger_arrays, static_argnames=("blocks", "lambda_index"),
-                            compiler_options=QUICK_COMPILE_OPTIONS if quick else None) for quick in (True, False)}
+                            compiler_options=QUICK_COMPILE_OPTIONS if quick else DEFAULT_OPTIONS) for quick in (True, False)}
 _group_program = jax.jit(group_blocks_kenward_roger, static_argnames=("lambda_index",),
                          compiler_options=QUICK_COMPILE_OPTIONS)
 # One grouping factor: the per-group path while m · s² (the padded blocks' entries) stays moderate.

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from ._buckets import from_bucket, to_bucket
-from ._config import CLASSIC_EMITTER_OPTIONS
+from ._config import CLASSIC_EMITTER_OPTIONS, DEFAULT_OPTIONS
 from ._crossed import dense_rows
 from ._design import Design
 from ._fit import (
@@ -46,7 +46,7 @@ from ._lapack_threads import one_lapack_thread
 from ._program_cache import OPTIMISE_AFTER, call_quick, count_use, shape_key
 
 
-def _fit_program(deferred: bool, options: dict | None = None):
+def _fit_program(deferred: bool, options: dict = DEFAULT_OPTIONS):
     """A shape's own fit program: with its inference, or ``deferred`` (`_fit.defers`)."""
     return jax.jit(partial(fit_design, inference=not deferred, deferred=deferred), static_argnums=(2, 3),
                    compiler_options=options)
@@ -104,8 +104,8 @@ def _covariances_dict(design: Design, theta, sigma2) -> dict:
     return {"ranef_cov": cov, "ranef_other_cov": other}
 
 
-_optimised_inference = jax.jit(_inference_dict, static_argnums=4)
-_optimised_covariances = jax.jit(_covariances_dict)
+_optimised_inference = jax.jit(_inference_dict, static_argnums=4, compiler_options=DEFAULT_OPTIONS)
+_optimised_covariances = jax.jit(_covariances_dict, compiler_options=DEFAULT_OPTIONS)
 
 
 def _tiered(name: str, fn, optimised, args: tuple, static: tuple, design: Design) -> dict:
