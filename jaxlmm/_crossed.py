@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _linalg
-from ._contract import contract
 from ._clusters import (MAX_DENSITY, ClusterSlots, Meetings, cluster_slots, clustered_logdet_and_quadratic,
                         clustered_solve_and_selected_inverse, plan_clusters)
 from .errors import ModelTooLargeError
@@ -311,19 +310,19 @@ def _blocks(lam: jax.Array, stats: CrossedStats) -> _Blocks:
     B, w = layout.n_blocks, layout.width
     lam1, lam_terms = lam[:q1, :q1], term_factors(lam, layout)
     lamB = factors_at(lam_terms, jnp.arange(B), layout)
-    M1 = contract("ji,gjk,kl->gil", lam1, lead.ZtZ, lam1) + jnp.eye(q1, dtype=lam.dtype)
+    M1 = jnp.einsum("ji,gjk,kl->gil", lam1, lead.ZtZ, lam1) + jnp.eye(q1, dtype=lam.dtype)
     L1 = _linalg.cholesky(M1)
-    W1 = _linalg.solve_lower(L1, contract("ji,gjc->gic", lam1, jnp.concatenate([lead.ZtX, lead.Zty[:, :, None]], 2)))
+    W1 = _linalg.solve_lower(L1, jnp.einsum("ji,gjc->gic", lam1, jnp.concatenate([lead.ZtX, lead.Zty[:, :, None]], 2)))
     scaled = _linalg.solve_lower(L1, jnp.broadcast_to(lam1.T, (m, q1, q1)))  # L₁g⁻¹ Λ₁ᵀ
     D = B * w
-    B2 = contract("aji,ajc->aic", lamB, jnp.concatenate([stats.ZtX, stats.Zty[:, :, None]], 2)).reshape(D, -1)
+    B2 = jnp.einsum("aji,ajc->aic", lamB, jnp.concatenate([stats.ZtX, stats.Zty[:, :, None]], 2)).reshape(D, -1)
     if layout.dense_coupling:  # L₂₁ᵀ = blockdiag(L₁g⁻¹Λ₁ᵀ) Z₁ᵀZ₂ Λ₂, dense: matrix products only
-        L21t = contract("gij,gbjk,bkl->gibl", scaled, stats.C, lamB).reshape(m * q1, D)
+        L21t = jnp.einsum("gij,gbjk,bkl->gibl", scaled, stats.C, lamB).reshape(m * q1, D)
         M22 = _dense_gram(lamB, stats.G)
         return _Blocks(L1, W1, L21t, M22 - L21t.T @ L21t, B2 - L21t.T @ W1.reshape(m * q1, -1), lam1, lamB)
-    V = contract("eij,ejk,ekl->eil", scaled[stats.entry_group], stats.C, factors_at(lam_terms, stats.entry_block, layout))
-    products = contract("pia,pib->pab", V[stats.pair_first], V[stats.pair_second]) * _pair_weight(stats)[:, None, None]
-    coupled = jax.ops.segment_sum(contract("eia,eic->eac", V, W1[stats.entry_group]), stats.entry_block, B)
+    V = jnp.einsum("eij,ejk,ekl->eil", scaled[stats.entry_group], stats.C, factors_at(lam_terms, stats.entry_block, layout))
+    products = jnp.einsum("pia,pib->pab", V[stats.pair_first], V[stats.pair_second]) * _pair_weight(stats)[:, None, None]
+    coupled = jax.ops.segment_sum(jnp.einsum("eia,eic->eac", V, W1[stats.entry_group]), stats.entry_block, B)
     if stats.clusters is None:
         target = stats.entry_block[stats.pair_first] * B + stats.entry_block[stats.pair_second]
         half = jax.ops.segment_sum(products, target, B * B).reshape(B, B, w, w).transpose(0, 2, 1, 3).reshape(D, D)
@@ -336,7 +335,7 @@ def _blocks(lam: jax.Array, stats: CrossedStats) -> _Blocks:
 def _dense_gram(lamB: jax.Array, G: jax.Array) -> jax.Array:
     """Λ₂ᵀZ₂ᵀZ₂Λ₂ + I as a dense D × D matrix, from G (B, B, w, w)."""
     B, w = lamB.shape[0], lamB.shape[-1]
-    return contract("aji,abjk,bkl->aibl", lamB, G, lamB).reshape(B * w, B * w) + jnp.eye(B * w, dtype=lamB.dtype)
+    return jnp.einsum("aji,abjk,bkl->aibl", lamB, G, lamB).reshape(B * w, B * w) + jnp.eye(B * w, dtype=lamB.dtype)
 
 
 def _slot_gram(lam_terms: jax.Array, stats: CrossedStats) -> jax.Array:
@@ -346,7 +345,7 @@ def _slot_gram(lam_terms: jax.Array, stats: CrossedStats) -> jax.Array:
     dtype = lam_terms.dtype
     diagonal = ((row == col) & (row < layout.n_blocks)).astype(dtype)[:, None, None] * jnp.eye(w, dtype=dtype)
     lam_row, lam_col = factors_at(lam_terms, row, layout), factors_at(lam_terms, col, layout)
-    return contract("nji,njk,nkl->nil", lam_row, stats.G, lam_col) + diagonal
+    return jnp.einsum("nji,njk,nkl->nil", lam_row, stats.G, lam_col) + diagonal
 
 
 def _slot_schur(products: jax.Array, slots: ClusterSlots) -> jax.Array:
@@ -363,7 +362,7 @@ def crossed_reduction(lam: jax.Array, stats: CrossedStats):
         logdet22, quad = _linalg.logdet_and_quadratic(blocks.M22, blocks.B2)
     else:  # sparse: clusters and a separator (`_clusters`)
         logdet22, quad = clustered_logdet_and_quadratic(blocks.M22, blocks.B2, stats.clusters)
-    return _linalg.logdet_from_cholesky(blocks.L1) + logdet22, contract("gqc,gqd->cd", blocks.W1, blocks.W1) + quad
+    return _linalg.logdet_from_cholesky(blocks.L1) + logdet22, jnp.einsum("gqc,gqd->cd", blocks.W1, blocks.W1) + quad
 
 
 def crossed_modes(lam: jax.Array, stats: CrossedStats, beta: jax.Array, sigma2: jax.Array, covariances: bool = True):
@@ -392,18 +391,18 @@ def crossed_modes(lam: jax.Array, stats: CrossedStats, beta: jax.Array, sigma2: 
     if stats.layout.dense_coupling:
         coupled = (blocks.V @ u2).reshape(m, q1)
     else:
-        coupled = jax.ops.segment_sum(contract("eia,ea->ei", blocks.V, u2_blocks[stats.entry_block]),
+        coupled = jax.ops.segment_sum(jnp.einsum("eia,ea->ei", blocks.V, u2_blocks[stats.entry_block]),
                                       stats.entry_group, m)
     r1 = blocks.W1[:, :, p] - blocks.W1[:, :, :p] @ beta - coupled
     u1 = _linalg.solve_upper_transposed(blocks.L1, r1)
     lam1, lamB = blocks.lam1, blocks.lamB
-    b1 = contract("ij,gj->gi", lam1, u1)
-    b2 = contract("aij,aj->ai", lamB, u2_blocks)
+    b1 = jnp.einsum("ij,gj->gi", lam1, u1)
+    b2 = jnp.einsum("aij,aj->ai", lamB, u2_blocks)
     if not covariances:
         return b1, None, b2, None
     if stats.layout.dense_coupling:
         L21t = blocks.V.reshape(m, q1, B * w)
-        inner = contract("gia,ab,gjb->gij", L21t, M22_inv, L21t)
+        inner = jnp.einsum("gia,ab,gjb->gij", L21t, M22_inv, L21t)
     else:
         if slots is None:
             P_pairs = P[stats.entry_block[stats.pair_first], :, stats.entry_block[stats.pair_second], :]  # (P, w, w)
@@ -411,11 +410,11 @@ def crossed_modes(lam: jax.Array, stats: CrossedStats, beta: jax.Array, sigma2: 
             spare = slots.n_slots - 1
             P_pairs = jnp.where((slots.pair == spare)[:, None, None], jnp.swapaxes(P_slots[slots.pair_transposed], 1, 2),
                                 P_slots[slots.pair])
-        products = contract("pia,pab,pjb->pij", blocks.V[stats.pair_first], P_pairs, blocks.V[stats.pair_second])
+        products = jnp.einsum("pia,pab,pjb->pij", blocks.V[stats.pair_first], P_pairs, blocks.V[stats.pair_second])
         half = jax.ops.segment_sum(products * _pair_weight(stats)[:, None, None], stats.entry_group[stats.pair_first], m)
         inner = half + jnp.swapaxes(half, 1, 2)
     L1_inv = _linalg.solve_lower(blocks.L1, jnp.broadcast_to(jnp.eye(q1, dtype=lam.dtype), blocks.L1.shape))
-    cov_u1 = contract("gki,gkl,glj->gij", L1_inv, jnp.eye(q1, dtype=lam.dtype) + inner, L1_inv)
-    cov1 = sigma2 * contract("ij,gjk,lk->gil", lam1, cov_u1, lam1)
-    cov2 = sigma2 * contract("aij,ajk,alk->ail", lamB, cov_u2, lamB)
+    cov_u1 = jnp.einsum("gki,gkl,glj->gij", L1_inv, jnp.eye(q1, dtype=lam.dtype) + inner, L1_inv)
+    cov1 = sigma2 * jnp.einsum("ij,gjk,lk->gil", lam1, cov_u1, lam1)
+    cov2 = sigma2 * jnp.einsum("aij,ajk,alk->ail", lamB, cov_u2, lamB)
     return b1, cov1, b2, cov2

@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 
 from . import _linalg
-from ._contract import contract
 from ._crossed import CrossedStats, crossed_modes, crossed_reduction
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -116,12 +115,12 @@ def penalised_solution(theta: jax.Array, stats: SufficientStats, lambda_index: j
         return _crossed_solution(theta, stats, lambda_index)
     lam = relative_factor(theta, lambda_index)
     q = lam.shape[0]
-    M = contract("ji,gjk,kl->gil", lam, stats.ZtZ, lam) + jnp.eye(q, dtype=lam.dtype)
+    M = jnp.einsum("ji,gjk,kl->gil", lam, stats.ZtZ, lam) + jnp.eye(q, dtype=lam.dtype)
     L = _linalg.cholesky(M)
-    cu = _linalg.solve_lower(L, contract("ji,gj->gi", lam, stats.Zty))
-    CX = _linalg.solve_lower(L, contract("ji,gjp->gip", lam, stats.ZtX))
-    A = stats.XtX - contract("gqp,gqr->pr", CX, CX)
-    r = stats.Xty - contract("gqp,gq->p", CX, cu)
+    cu = _linalg.solve_lower(L, jnp.einsum("ji,gj->gi", lam, stats.Zty))
+    CX = _linalg.solve_lower(L, jnp.einsum("ji,gjp->gip", lam, stats.ZtX))
+    A = stats.XtX - jnp.einsum("gqp,gqr->pr", CX, CX)
+    r = stats.Xty - jnp.einsum("gqp,gq->p", CX, cu)
     A_chol = _linalg.cholesky(A)
     beta = _linalg.cho_solve(A_chol, r)
     pwrss = stats.yty - jnp.sum(cu * cu) - r @ beta
@@ -146,11 +145,11 @@ def reduced_gram(theta: jax.Array, stats, lambda_index: jax.Array):
         logdet_L, reduction = crossed_reduction(lam, stats)
         return logdet_L, gram - reduction
     q = lam.shape[0]
-    M = contract("ji,gjk,kl->gil", lam, stats.ZtZ, lam) + jnp.eye(q, dtype=lam.dtype)
+    M = jnp.einsum("ji,gjk,kl->gil", lam, stats.ZtZ, lam) + jnp.eye(q, dtype=lam.dtype)
     L = _linalg.cholesky(M)
-    B = contract("ji,gjc->gic", lam, jnp.concatenate([stats.ZtX, stats.Zty[:, :, None]], axis=2))
+    B = jnp.einsum("ji,gjc->gic", lam, jnp.concatenate([stats.ZtX, stats.Zty[:, :, None]], axis=2))
     W = _linalg.solve_lower(L, B)
-    return _linalg.logdet_from_cholesky(L), gram - contract("gqc,gqd->cd", W, W)
+    return _linalg.logdet_from_cholesky(L), gram - jnp.einsum("gqc,gqd->cd", W, W)
 
 
 def _crossed_solution(theta: jax.Array, stats: CrossedStats, lambda_index: jax.Array) -> PenalisedSolution:
@@ -219,8 +218,8 @@ def conditional_modes(theta: jax.Array, sol: PenalisedSolution, lambda_index: ja
         return crossed_modes(lam, sol.crossed, sol.beta, sigma2, covariances)
 
     q = lam.shape[0]
-    u = _linalg.solve_upper_transposed(sol.L, sol.cu - contract("gqp,p->gq", sol.CX, sol.beta))
+    u = _linalg.solve_upper_transposed(sol.L, sol.cu - jnp.einsum("gqp,p->gq", sol.CX, sol.beta))
     eye = jnp.broadcast_to(jnp.eye(q, dtype=lam.dtype), sol.L.shape)
     L_inv = _linalg.solve_lower(sol.L, eye)
-    S = contract("ij,gkj->gik", lam, L_inv)  # Λ L⁻ᵀ
-    return contract("ij,gj->gi", lam, u), sigma2 * contract("gik,gjk->gij", S, S), None, None
+    S = jnp.einsum("ij,gkj->gik", lam, L_inv)  # Λ L⁻ᵀ
+    return jnp.einsum("ij,gj->gi", lam, u), sigma2 * jnp.einsum("gik,gjk->gij", S, S), None, None
