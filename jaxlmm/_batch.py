@@ -30,7 +30,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 import pandas as pd
 
-from ._config import CLASSIC_EMITTER_OPTIONS, QUICK_COMPILE_OPTIONS, float64
+from ._config import BATCH_CLASSIC_OPTIONS, BATCH_QUICK_OPTIONS, float64
 from ._crossed import crossed_bytes
 from ._memory_maps import release_if_needed
 from ._design import Design
@@ -79,7 +79,8 @@ def _fit_designs_impl(stacked: Design, theta0, reml: bool, gtol: float, max_iter
     return jax.vmap(one)(stacked, theta0)
 
 
-# Batched programs compiled with CLASSIC_EMITTER_OPTIONS (optimised) or with QUICK_COMPILE_OPTIONS.
+# Batched programs compiled with BATCH_CLASSIC_OPTIONS (optimised) or with BATCH_QUICK_OPTIONS (the
+# single-fit options, YNN fusions kept: `_config`).
 # Measured on 2 CPU cores, fit_many in a fresh process, first / later calls: 4,000 sleepstudy
 # responses 3.4 / 0.31 s optimised against 2.6 / 0.92 s quick, 10,000 responses 3.95 / 0.90 s
 # against 4.4 / 2.6 s; so quick pays below about 7,000 models of 180 rows (1.2 million row-models).
@@ -87,9 +88,9 @@ def _fit_designs_impl(stacked: Design, theta0, reml: bool, gtol: float, max_iter
 # 187 ms), so the bound is lower than that.
 QUICK_BATCH_MAX_ROW_MODELS = 1_000_000
 _fit_responses = {quick: jax.jit(_fit_responses_impl, static_argnums=(4, 5),
-                                 compiler_options=QUICK_COMPILE_OPTIONS if quick else CLASSIC_EMITTER_OPTIONS) for quick in (False, True)}
+                                 compiler_options=BATCH_QUICK_OPTIONS if quick else BATCH_CLASSIC_OPTIONS) for quick in (False, True)}
 _fit_designs = {quick: jax.jit(_fit_designs_impl, static_argnums=(2, 3),
-                               compiler_options=QUICK_COMPILE_OPTIONS if quick else CLASSIC_EMITTER_OPTIONS) for quick in (False, True)}
+                               compiler_options=BATCH_QUICK_OPTIONS if quick else BATCH_CLASSIC_OPTIONS) for quick in (False, True)}
 
 
 def quick_batch(n_models: int, n_rows: int) -> bool:

@@ -63,7 +63,8 @@ def _ynn_fusions_off() -> dict:
 # variants compiled and timed interleaved in one process (medians, warm fits): psycholing maximal
 # 17.8 -> 9.1 ms, sleepstudy 0.47 -> 0.41 ms, STAR 186 -> 171 ms, InstEval 0.99 -> 0.97 s,
 # Penicillin 1.15 -> 1.11 ms; each compiled 0.1-1.0 s faster (InstEval 5.7 -> 5.3 s). Keeping only
-# the dot fusions ran InstEval at 1.6 s. Every program jaxlmm compiles carries this option;
+# the dot fusions ran InstEval at 1.6 s. Every program of a single model carries this option (batched
+# programs don't, below);
 # ``JAXLMM_YNN_FUSIONS=default`` leaves XLA's choice. A user's own ``jax.jit`` around `fit_arrays`
 # gets XLA's defaults (``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=`` sets it for all).
 YNN_FUSIONS_OFF = _ynn_fusions_off()
@@ -79,12 +80,12 @@ DEFAULT_OPTIONS = dict(YNN_FUSIONS_OFF)
 # with its inference 0.13 s of 0.68 s of compilation and gain nothing measurable at run time.
 # Batched fits (fit_many, fit_datasets, bootstrap) keep XLA's defaults: they run long enough for
 # optimised code to pay off.
-QUICK_COMPILE_OPTIONS = {
+_QUICK = {
     "xla_cpu_use_fusion_emitters": False,
     "xla_backend_optimization_level": 0,
     "xla_disable_hlo_passes": "while-loop-invariant-code-motion,simplify-while-loops",
-    **YNN_FUSIONS_OFF,
 }
+QUICK_COMPILE_OPTIONS = {**_QUICK, **YNN_FUSIONS_OFF}
 
 # XLA options for programs that gain from XLA's classic elemental emitters instead of its fusion
 # emitters (LLVM at its default level): about half the compile time. Measured on 2 CPU cores (jaxlib
@@ -105,4 +106,12 @@ QUICK_COMPILE_OPTIONS = {
 #   one-factor models of more than CLASSIC_ONE_FACTOR_ROWS_MAX rows: InstEval's `y ~ service + (1 | d)`
 #   (73,421 rows) 4.27 against 3.83 ms.
 CLASSIC_EMITTER_OPTIONS = {"xla_cpu_use_fusion_emitters": False, **YNN_FUSIONS_OFF}
+
+# Batched programs (fit_many, fit_datasets, bootstrap) keep XLA's YNN fusions: vmapped, their work
+# comes in larger pieces, and with the fusions off fit_many ran no faster (4,000 sleepstudy
+# responses, first / second call, fresh processes alternated: 2.81-3.24 / 0.95-1.18 s with them
+# against 2.97-3.50 / 1.09-1.33 s without; 10,000: 3.96-4.54 / 0.77-0.86 against 4.30-4.75 /
+# 0.64-0.89 s; 64 psycholing responses: the same within noise).
+BATCH_QUICK_OPTIONS = _QUICK
+BATCH_CLASSIC_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 CLASSIC_ONE_FACTOR_ROWS_MAX = 50_000
