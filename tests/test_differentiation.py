@@ -181,6 +181,24 @@ def test_forward_and_reverse_jacobians_agree(sleep_design):
     np.testing.assert_allclose(rev[p:] @ np.asarray(d.X), 0.0, atol=1e-8 * np.abs(rev[p:]).max())
 
 
+def test_jaxlmm_jit_equals_jax_jit(sleep_design):
+    """`jaxlmm.jit` (jaxlmm's compile options on the caller's program) computes the same gradient as
+    ``jax.jit``, quick or not, called directly or as a decorator with ``jax.jit``'s arguments."""
+    d = sleep_design
+
+    def slope(y):
+        return jaxlmm.fit_arrays(d.replace(y=y)).beta[1]
+
+    with jaxlmm.float64():
+        expected = np.asarray(jax.jit(jax.grad(slope))(d.y))
+        quick = np.asarray(jaxlmm.jit(jax.grad(slope))(d.y))
+        classic = np.asarray(jaxlmm.jit(quick=False)(jax.grad(slope))(d.y))
+        scaled = jaxlmm.jit(lambda y, k: k * jax.grad(slope)(y), static_argnums=1)(d.y, 2)
+    np.testing.assert_allclose(quick, expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(classic, expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(scaled), 2 * expected, rtol=1e-9, atol=1e-12)
+
+
 def test_derivative_with_respect_to_observation_weight(sleep_design):
     """∂(outputs)/∂wᵢ for one observation's weight (mask entry), forward and reverse, vs refits with
     wᵢ = 1 ± h."""
