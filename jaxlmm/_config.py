@@ -63,10 +63,10 @@ def _ynn_fusions_off() -> dict:
 # variants compiled and timed interleaved in one process (medians, warm fits): psycholing maximal
 # 17.8 -> 9.1 ms, sleepstudy 0.47 -> 0.41 ms, STAR 186 -> 171 ms, InstEval 0.99 -> 0.97 s,
 # Penicillin 1.15 -> 1.11 ms; each compiled 0.1-1.0 s faster (InstEval 5.7 -> 5.3 s). Keeping only
-# the dot fusions ran InstEval at 1.6 s. Every program of a single model carries this option (batched
-# programs don't, below);
-# ``JAXLMM_YNN_FUSIONS=default`` leaves XLA's choice. A user's own ``jax.jit`` around `fit_arrays`
-# gets XLA's defaults (``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=`` sets it for all).
+# the dot fusions ran InstEval at 1.6 s. Every program of a single model carries this option; batched
+# programs don't (below). ``JAXLMM_YNN_FUSIONS=default`` leaves XLA's choice. A caller's own
+# ``jax.jit`` around `fit_arrays` gets XLA's defaults (`jit` below, or
+# ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=`` for every program of the process).
 YNN_FUSIONS_OFF = _ynn_fusions_off()
 
 # XLA options for programs compiled with XLA's optimisations, apart from YNN (above).
@@ -78,8 +78,8 @@ DEFAULT_OPTIONS = dict(YNN_FUSIONS_OFF)
 # 0.31 s instead of 1.38 s, a whole fit in 1.3 s instead of 4.7 s, and runs 1.7-2.5x slower warm
 # (0.66 -> 1.1 ms a fit) — milliseconds against seconds of compilation; the two passes cost a fit
 # with its inference 0.13 s of 0.68 s of compilation and gain nothing measurable at run time.
-# Batched fits (fit_many, fit_datasets, bootstrap) keep XLA's defaults: they run long enough for
-# optimised code to pay off.
+# Batched fits (fit_many, fit_datasets, bootstrap) take these for small batches only (`_batch`): they
+# run long enough for optimised code to pay off.
 _QUICK = {
     "xla_cpu_use_fusion_emitters": False,
     "xla_backend_optimization_level": 0,

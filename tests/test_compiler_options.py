@@ -1,4 +1,5 @@
-"""XLA:CPU's YNN fusions are off in the programs jaxlmm compiles (`_config.YNN_FUSIONS_OFF`)."""
+"""XLA:CPU's YNN fusions are off in the programs jaxlmm compiles for one model
+(`_config.YNN_FUSIONS_OFF`), and left to XLA in batched programs."""
 
 from __future__ import annotations
 
@@ -18,3 +19,5 @@ def test_programs_compile_without_ynn_fusions():
     assert "__ynn_fusion" in jax.jit(f).lower(a).compile().as_text()  # XLA's default here
     for options in (_config.DEFAULT_OPTIONS, _config.QUICK_COMPILE_OPTIONS, _config.CLASSIC_EMITTER_OPTIONS):
         assert "__ynn_fusion" not in jax.jit(f, compiler_options=options).lower(a).compile().as_text()
+    for options in (_config.BATCH_QUICK_OPTIONS, _config.BATCH_CLASSIC_OPTIONS):
+        assert "__ynn_fusion" in jax.jit(f, compiler_options=options).lower(a).compile().as_text()
