@@ -266,11 +266,13 @@ def cluster_slots(plan: ClusterPlan, block: np.ndarray, pair_blocks: tuple[np.nd
 
 class _Split(NamedTuple):
     """M₂₂ and R by the split's roles, with the clusters factored: L (K, s·w, s·w) the Cholesky
-    factors of the clusters' blocks (1 on the diagonal of padded positions), ``coupling`` (K, s·w, r·w)
+    factors of the clusters' blocks (1 on the diagonal of padded positions) and ``L_inv`` their
+    inverses (`_linalg.cholesky_and_inverse`), ``coupling`` (K, s·w, r·w)
     to the separator, C (S·w, S·w) the separator's block, ``cols`` (K, r·w) the separator columns
     each cluster meets (padded: S·w), R_A (K, s·w, c) and R_S (S·w, c) the rows of R."""
 
     L: jax.Array
+    L_inv: jax.Array
     coupling: jax.Array
     C: jax.Array
     cols: jax.Array
@@ -294,7 +296,7 @@ def _split(M: jax.Array, R: jax.Array, slots: ClusterSlots) -> _Split:
     cols = (slots.adjacent[:, :, None] * w + jnp.arange(w)).reshape(K, r * w)
     Rb = jnp.pad(R.reshape(n_blocks, w, -1), ((0, 1), (0, 0), (0, 0)))
     c = Rb.shape[-1]  # explicit: the separator may be empty (a nested pattern)
-    return _Split(_linalg.cholesky(A), coupling, C, cols, Rb[slots.member].reshape(K, s * w, c),
+    return _Split(*_linalg.cholesky_and_inverse(A), coupling, C, cols, Rb[slots.member].reshape(K, s * w, c),
                   Rb[slots.separator].reshape(S * w, c))
 
 
@@ -317,11 +319,10 @@ def clustered_logdet_and_quadratic(M: jax.Array, R: jax.Array, slots: ClusterSlo
     sp = _split(M, R, slots)
     logdet = jnp.sum(_linalg.logdet_from_cholesky(sp.L))
     if slots.separator.shape[0] == 0:
-        W_r = _linalg.solve_lower(sp.L, sp.R_A)
+        W_r = sp.L_inv @ sp.R_A
         return logdet, jnp.einsum("ksc,ksd->cd", W_r, W_r)
-    # One solve for the coupling and R's rows: one LAPACK call per cluster instead of two.
-    W_b, W_r = jnp.split(_linalg.solve_lower(sp.L, jnp.concatenate([sp.coupling, sp.R_A], axis=2)),
-                         [sp.coupling.shape[2]], axis=2)
+    # One product for the coupling and R's rows.
+    W_b, W_r = jnp.split(sp.L_inv @ jnp.concatenate([sp.coupling, sp.R_A], axis=2), [sp.coupling.shape[2]], axis=2)
     quad = jnp.einsum("ksc,ksd->cd", W_r, W_r)
     R_sep = sp.R_S - _scatter_rows(jnp.einsum("ksa,ksc->kac", W_b, W_r), sp.cols, sp.C.shape[0])
     logdet_s, quad_s = _linalg.logdet_and_quadratic(_schur(sp.C, W_b, sp.cols), R_sep)
@@ -340,7 +341,7 @@ def clustered_solve_and_selected_inverse(M: jax.Array, R: jax.Array, slots: Clus
     n_blocks = R.shape[0] // w
     sp = _split(M, R, slots)
     cols = sp.cols
-    L_inv = _linalg.solve_lower(sp.L, jnp.broadcast_to(jnp.eye(s * w, dtype=M.dtype), sp.L.shape))
+    L_inv = sp.L_inv
     t = jnp.einsum("kij,kjc->kic", L_inv, sp.R_A)
     if S == 0:
         u_A, u_S = jnp.einsum("kji,kjc->kic", L_inv, t), jnp.zeros((0, R.shape[1]), M.dtype)

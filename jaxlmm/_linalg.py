@@ -187,6 +187,40 @@ def cholesky(M: jax.Array) -> jax.Array:
     return _cholesky_lapack(M)
 
 
+@jax.custom_jvp
+def _cholesky_and_inverse_lapack(M: jax.Array) -> tuple[jax.Array, jax.Array]:
+    L = _potrf(M)
+    return L, _trtri(L)
+
+
+@_cholesky_and_inverse_lapack.defjvp
+def _cholesky_and_inverse_jvp(primals, tangents):
+    """dL = L Φ, Φ = Φ(L⁻¹ dM L⁻ᵀ) as in `_cholesky_lapack_jvp`; d(L⁻¹) = −L⁻¹ dL L⁻¹ = −Φ L⁻¹."""
+    (M,), (dM,) = primals, tangents
+    L, L_inv = _cholesky_and_inverse_lapack(M)
+    X = L_inv @ (0.5 * (dM + _mT(dM))) @ _mT(L_inv)
+    phi = jnp.tril(X) - 0.5 * X * jnp.eye(X.shape[-1], dtype=X.dtype)
+    return (L, L_inv), (L @ phi, -phi @ L_inv)
+
+
+def cholesky_and_inverse(M: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(L, L⁻¹) for symmetric positive-definite ``M`` (..., k, k), L its lower Cholesky factor: where a
+    caller needs both, one triangular inversion serves the value and the derivatives (`cholesky` and
+    `solve_lower` each invert L in their derivative rules, one LAPACK loop each over the batch).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jaxlmm._linalg import cholesky_and_inverse
+        >>> L, L_inv = cholesky_and_inverse(jnp.array([[4.0, 2.0], [2.0, 5.0]]))
+        >>> (L_inv @ L).tolist()
+        [[1.0, 0.0], [0.0, 1.0]]
+    """
+    if M.shape[-1] <= UNROLL_MAX:
+        L = _cholesky_unrolled(M)
+        return L, _solve_lower_unrolled(L, jnp.broadcast_to(jnp.eye(M.shape[-1], dtype=M.dtype), M.shape))
+    return _cholesky_and_inverse_lapack(M)
+
+
 def _solve_lower_unrolled(L: jax.Array, B: jax.Array) -> jax.Array:
     k = L.shape[-1]
     xs = []

@@ -72,6 +72,37 @@ def test_cholesky_derivatives_match_jax(k):
         np.testing.assert_allclose(np.asarray(ours_jvp), np.asarray(ref_jvp), rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("k", [2, 5, 40])
+def test_cholesky_and_inverse_and_their_derivatives_match_jax(k):
+    """`cholesky_and_inverse` (batched, as the clusters call it): L and L⁻¹, and their forward, reverse and
+    forward-over-reverse derivatives, equal those of JAX's LAPACK Cholesky and inverse."""
+    rng = np.random.default_rng(30 + k)
+    M, D = _spd(rng, k, (3,)) + k * np.eye(k), rng.normal(size=(3, k, k))
+    D = 0.1 * (D + np.swapaxes(D, -1, -2))
+    W, V = rng.normal(size=(3, k, k)), rng.normal(size=(3, k, k))
+
+    def ours(t):
+        L, L_inv = _linalg.cholesky_and_inverse(M + t * D)
+        return jnp.sum(W * L) + jnp.sum(V * L_inv)
+
+    def reference(t):
+        L = jnp.linalg.cholesky(M + t * D)
+        return jnp.sum(W * L) + jnp.sum(V * jnp.linalg.inv(L))
+
+    with float64():
+        M, D, W, V = map(jnp.asarray, (M, D, W, V))
+        L, L_inv = _linalg.cholesky_and_inverse(M)
+        np.testing.assert_allclose(np.asarray(L), np.linalg.cholesky(np.asarray(M)), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(L_inv @ L), np.broadcast_to(np.eye(k), (3, k, k)), atol=1e-10)
+        t = jnp.asarray(0.3)
+        assert float(jax.grad(ours)(t)) == pytest.approx(float(jax.grad(reference)(t)), rel=1e-8)
+        assert float(jax.jacfwd(jax.grad(ours))(t)) == pytest.approx(float(jax.jacfwd(jax.grad(reference))(t)), rel=1e-7)
+        got = jax.jvp(_linalg.cholesky_and_inverse, (M,), (D,))[1]
+        want = jax.jvp(lambda m: (jnp.linalg.cholesky(m), jnp.linalg.inv(jnp.linalg.cholesky(m))), (M,), (D,))[1]
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-8, atol=1e-10)
+
+
 @pytest.mark.parametrize("k", [1, 4])
 def test_solve_with_pivoting_and_its_gradient(k):
     rng = np.random.default_rng(20 + k)
