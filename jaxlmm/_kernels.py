@@ -146,9 +146,8 @@ def reduced_gram(theta: jax.Array, stats, lambda_index: jax.Array):
         return logdet_L, gram - reduction
     q = lam.shape[0]
     M = jnp.einsum("ji,gjk,kl->gil", lam, stats.ZtZ, lam) + jnp.eye(q, dtype=lam.dtype)
-    L = _linalg.cholesky(M)
     B = jnp.einsum("ji,gjc->gic", lam, jnp.concatenate([stats.ZtX, stats.Zty[:, :, None]], axis=2))
-    W = _linalg.solve_lower(L, B)
+    L, W = _linalg.cholesky_and_solve_lower(M, B)
     return _linalg.logdet_from_cholesky(L), gram - jnp.einsum("gqc,gqd->cd", W, W)
 
 

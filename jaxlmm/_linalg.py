@@ -221,6 +221,16 @@ def cholesky_and_inverse(M: jax.Array) -> tuple[jax.Array, jax.Array]:
     return _cholesky_and_inverse_lapack(M)
 
 
+def cholesky_and_solve_lower(M: jax.Array, B: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(L, L⁻¹B) for symmetric positive-definite ``M`` (..., k, k) and ``B`` (..., k, r): as
+    ``cholesky`` then ``solve_lower``, with one triangular inversion for both (`cholesky_and_inverse`)."""
+    if M.shape[-1] <= UNROLL_MAX:
+        L = _cholesky_unrolled(M)
+        return L, _solve_lower_unrolled(L, B)
+    L, L_inv = _cholesky_and_inverse_lapack(M)
+    return L, L_inv @ B
+
+
 def _solve_lower_unrolled(L: jax.Array, B: jax.Array) -> jax.Array:
     k = L.shape[-1]
     xs = []

@@ -103,6 +103,29 @@ def test_cholesky_and_inverse_and_their_derivatives_match_jax(k):
             np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("k", [2, 5])
+def test_cholesky_and_solve_lower_equals_cholesky_then_solve(k):
+    rng = np.random.default_rng(50 + k)
+    M, D, B = _spd(rng, k, (4,)) + np.eye(k), rng.normal(size=(4, k, k)), rng.normal(size=(4, k, 3))
+    D = 0.1 * (D + np.swapaxes(D, -1, -2))
+
+    def ours(t):
+        L, X = _linalg.cholesky_and_solve_lower(M + t * D, B * (1 + t))
+        return jnp.sum(X * X) + jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)))
+
+    def reference(t):
+        L = _linalg.cholesky(M + t * D)
+        X = _linalg.solve_lower(L, B * (1 + t))
+        return jnp.sum(X * X) + jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)))
+
+    with float64():
+        M, D, B = map(jnp.asarray, (M, D, B))
+        t = jnp.asarray(0.2)
+        assert float(ours(t)) == pytest.approx(float(reference(t)), rel=1e-12)
+        assert float(jax.grad(ours)(t)) == pytest.approx(float(jax.grad(reference)(t)), rel=1e-9)
+        assert float(jax.jacfwd(jax.grad(ours))(t)) == pytest.approx(float(jax.jacfwd(jax.grad(reference))(t)), rel=1e-8)
+
+
 @pytest.mark.parametrize("k", [1, 4])
 def test_solve_with_pivoting_and_its_gradient(k):
     rng = np.random.default_rng(20 + k)
