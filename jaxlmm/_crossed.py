@@ -311,9 +311,9 @@ def _blocks(lam: jax.Array, stats: CrossedStats) -> _Blocks:
     lam1, lam_terms = lam[:q1, :q1], term_factors(lam, layout)
     lamB = factors_at(lam_terms, jnp.arange(B), layout)
     M1 = jnp.einsum("ji,gjk,kl->gil", lam1, lead.ZtZ, lam1) + jnp.eye(q1, dtype=lam.dtype)
-    L1 = _linalg.cholesky(M1)
-    W1 = _linalg.solve_lower(L1, jnp.einsum("ji,gjc->gic", lam1, jnp.concatenate([lead.ZtX, lead.Zty[:, :, None]], 2)))
-    scaled = _linalg.solve_lower(L1, jnp.broadcast_to(lam1.T, (m, q1, q1)))  # L₁g⁻¹ Λ₁ᵀ
+    rhs = jnp.einsum("ji,gjc->gic", lam1, jnp.concatenate([lead.ZtX, lead.Zty[:, :, None]], 2))
+    L1, solved = _linalg.cholesky_and_solve_lower(M1, jnp.concatenate([rhs, jnp.broadcast_to(lam1.T, (m, q1, q1))], 2))
+    W1, scaled = solved[:, :, : rhs.shape[2]], solved[:, :, rhs.shape[2]:]  # scaled: L₁g⁻¹ Λ₁ᵀ
     D = B * w
     B2 = jnp.einsum("aji,ajc->aic", lamB, jnp.concatenate([stats.ZtX, stats.Zty[:, :, None]], 2)).reshape(D, -1)
     if layout.dense_coupling:  # L₂₁ᵀ = blockdiag(L₁g⁻¹Λ₁ᵀ) Z₁ᵀZ₂ Λ₂, dense: matrix products only
