@@ -62,7 +62,8 @@ def _ynn_fusions_off() -> dict:
 # took 0.9 ms against about 0.05 ms. With them off, measured on 2 CPU cores, each program's two
 # variants compiled and timed interleaved in one process (medians, warm fits): psycholing maximal
 # 17.8 -> 9.1 ms, sleepstudy 0.47 -> 0.41 ms, STAR 186 -> 171 ms, InstEval 0.99 -> 0.97 s,
-# Penicillin 1.15 -> 1.11 ms; each compiled 0.1-1.0 s faster (InstEval 5.7 -> 5.3 s). Keeping only
+# Penicillin 1.15 -> 1.11 ms; the first calls 0.1-1.0 s shorter (InstEval 5.7 -> 5.3 s; the YNN variant
+# ran first, so part of that is the order). Keeping only
 # the dot fusions ran InstEval at 1.6 s. Every program of a single model carries this option; batched
 # programs don't (below). ``JAXLMM_YNN_FUSIONS=default`` leaves XLA's choice. A caller's own
 # ``jax.jit`` around `fit_arrays` gets XLA's defaults (`jit` below, or
