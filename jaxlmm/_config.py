@@ -106,7 +106,8 @@ QUICK_COMPILE_OPTIONS = {**_QUICK, **YNN_FUSIONS_OFF}
 #   0.72-1.02 ms, Pastes 1.36 against 1.08 ms, psycholing maximal 8.6 against 8.3 ms; and so do
 #   one-factor models of more than CLASSIC_ONE_FACTOR_ROWS_MAX rows: InstEval's `y ~ service + (1 | d)`
 #   (73,421 rows) 4.27 against 3.83 ms.
-CLASSIC_EMITTER_OPTIONS = {"xla_cpu_use_fusion_emitters": False, **YNN_FUSIONS_OFF}
+_CLASSIC = {"xla_cpu_use_fusion_emitters": False}
+CLASSIC_EMITTER_OPTIONS = {**_CLASSIC, **YNN_FUSIONS_OFF}
 
 # Batched programs (fit_many, fit_datasets, bootstrap) keep XLA's YNN fusions: vmapped, their work
 # comes in larger pieces, and with the fusions off fit_many ran no faster (4,000 sleepstudy
@@ -114,7 +115,7 @@ CLASSIC_EMITTER_OPTIONS = {"xla_cpu_use_fusion_emitters": False, **YNN_FUSIONS_O
 # against 2.97-3.50 / 1.09-1.33 s without; 10,000: 3.96-4.54 / 0.77-0.86 against 4.30-4.75 /
 # 0.64-0.89 s; 64 psycholing responses: the same within noise).
 BATCH_QUICK_OPTIONS = _QUICK
-BATCH_CLASSIC_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+BATCH_CLASSIC_OPTIONS = _CLASSIC
 CLASSIC_ONE_FACTOR_ROWS_MAX = 50_000
 
 

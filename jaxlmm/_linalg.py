@@ -143,15 +143,17 @@ def _cholesky_lapack(M: jax.Array) -> jax.Array:
     return _potrf(M)
 
 
+def _cholesky_tangent_phi(L_inv: jax.Array, dM: jax.Array) -> jax.Array:
+    """Φ(L⁻¹ dM L⁻ᵀ) (dM symmetrised), Φ: the lower triangle with the diagonal halved; dL = L Φ."""
+    X = L_inv @ (0.5 * (dM + _mT(dM))) @ _mT(L_inv)
+    return jnp.tril(X) - 0.5 * X * jnp.eye(X.shape[-1], dtype=X.dtype)
+
+
 @_cholesky_lapack.defjvp
 def _cholesky_lapack_jvp(primals, tangents):
-    """dL = L Φ(L⁻¹ dM L⁻ᵀ), Φ: the lower triangle with the diagonal halved."""
     (M,), (dM,) = primals, tangents
     L = _cholesky_lapack(M)
-    L_inv = _triangular_inverse(L)
-    X = L_inv @ (0.5 * (dM + _mT(dM))) @ _mT(L_inv)
-    phi = jnp.tril(X) - 0.5 * X * jnp.eye(X.shape[-1], dtype=X.dtype)
-    return L, L @ phi
+    return L, L @ _cholesky_tangent_phi(_triangular_inverse(L), dM)
 
 
 def _cholesky_unrolled(M: jax.Array) -> jax.Array:
@@ -195,11 +197,10 @@ def _cholesky_and_inverse_lapack(M: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 @_cholesky_and_inverse_lapack.defjvp
 def _cholesky_and_inverse_jvp(primals, tangents):
-    """dL = L Φ, Φ = Φ(L⁻¹ dM L⁻ᵀ) as in `_cholesky_lapack_jvp`; d(L⁻¹) = −L⁻¹ dL L⁻¹ = −Φ L⁻¹."""
+    """dL = L Φ (`_cholesky_tangent_phi`); d(L⁻¹) = −L⁻¹ dL L⁻¹ = −Φ L⁻¹."""
     (M,), (dM,) = primals, tangents
     L, L_inv = _cholesky_and_inverse_lapack(M)
-    X = L_inv @ (0.5 * (dM + _mT(dM))) @ _mT(L_inv)
-    phi = jnp.tril(X) - 0.5 * X * jnp.eye(X.shape[-1], dtype=X.dtype)
+    phi = _cholesky_tangent_phi(L_inv, dM)
     return (L, L_inv), (L @ phi, -phi @ L_inv)
 
 
@@ -227,7 +228,7 @@ def cholesky_and_solve_lower(M: jax.Array, B: jax.Array) -> tuple[jax.Array, jax
     if M.shape[-1] <= UNROLL_MAX:
         L = _cholesky_unrolled(M)
         return L, _solve_lower_unrolled(L, B)
-    L, L_inv = _cholesky_and_inverse_lapack(M)
+    L, L_inv = cholesky_and_inverse(M)
     return L, L_inv @ B
 
 
