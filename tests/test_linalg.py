@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlmm import _linalg, float64
+from jaxlmm import _linalg, float64, jit
 
 from tests.hlo_checks import batched_lapack_calls, lapack_calls
 
@@ -65,8 +65,8 @@ def test_cholesky_derivatives_match_jax(k):
     with float64():
         M, D, W = jnp.asarray(M), jnp.asarray(D), jnp.asarray(W)
         t = jnp.asarray(0.3)
-        assert float(jax.grad(ours)(t)) == pytest.approx(float(jax.grad(reference)(t)), rel=1e-9)
-        assert float(jax.jacfwd(jax.grad(ours))(t)) == pytest.approx(float(jax.jacfwd(jax.grad(reference))(t)), rel=1e-8)
+        assert float(jit(jax.grad(ours))(t)) == pytest.approx(float(jit(jax.grad(reference))(t)), rel=1e-9)
+        assert float(jit(jax.jacfwd(jax.grad(ours)))(t)) == pytest.approx(float(jit(jax.jacfwd(jax.grad(reference)))(t)), rel=1e-8)
         ours_jvp = jax.jvp(lambda m: _linalg.cholesky(m), (M,), (D,))[1]
         ref_jvp = jax.jvp(jnp.linalg.cholesky, (M,), (D,))[1]
         np.testing.assert_allclose(np.asarray(ours_jvp), np.asarray(ref_jvp), rtol=1e-9, atol=1e-11)
@@ -95,8 +95,8 @@ def test_cholesky_and_inverse_and_their_derivatives_match_jax(k):
         np.testing.assert_allclose(np.asarray(L), np.linalg.cholesky(np.asarray(M)), rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(np.asarray(L_inv @ L), np.broadcast_to(np.eye(k), (3, k, k)), atol=1e-10)
         t = jnp.asarray(0.3)
-        assert float(jax.grad(ours)(t)) == pytest.approx(float(jax.grad(reference)(t)), rel=1e-8)
-        assert float(jax.jacfwd(jax.grad(ours))(t)) == pytest.approx(float(jax.jacfwd(jax.grad(reference))(t)), rel=1e-7)
+        assert float(jit(jax.grad(ours))(t)) == pytest.approx(float(jit(jax.grad(reference))(t)), rel=1e-8)
+        assert float(jit(jax.jacfwd(jax.grad(ours)))(t)) == pytest.approx(float(jit(jax.jacfwd(jax.grad(reference)))(t)), rel=1e-7)
         got = jax.jvp(_linalg.cholesky_and_inverse, (M,), (D,))[1]
         want = jax.jvp(lambda m: (jnp.linalg.cholesky(m), jnp.linalg.inv(jnp.linalg.cholesky(m))), (M,), (D,))[1]
         for g, w in zip(got, want):
@@ -121,9 +121,9 @@ def test_cholesky_and_solve_lower_equals_cholesky_then_solve(k):
     with float64():
         M, D, B = map(jnp.asarray, (M, D, B))
         t = jnp.asarray(0.2)
-        assert float(ours(t)) == pytest.approx(float(reference(t)), rel=1e-12)
-        assert float(jax.grad(ours)(t)) == pytest.approx(float(jax.grad(reference)(t)), rel=1e-9)
-        assert float(jax.jacfwd(jax.grad(ours))(t)) == pytest.approx(float(jax.jacfwd(jax.grad(reference))(t)), rel=1e-8)
+        assert float(jit(ours)(t)) == pytest.approx(float(jit(reference)(t)), rel=1e-12)
+        assert float(jit(jax.grad(ours))(t)) == pytest.approx(float(jit(jax.grad(reference))(t)), rel=1e-9)
+        assert float(jit(jax.jacfwd(jax.grad(ours)))(t)) == pytest.approx(float(jit(jax.jacfwd(jax.grad(reference)))(t)), rel=1e-8)
 
 
 @pytest.mark.parametrize("k", [1, 4])
@@ -137,8 +137,8 @@ def test_solve_with_pivoting_and_its_gradient(k):
         x = np.asarray(_linalg.solve(jnp.asarray(A), jnp.asarray(b)))
         np.testing.assert_allclose(A @ x, b, atol=1e-10)
         np.testing.assert_allclose(np.asarray(_linalg.inverse(jnp.asarray(A))) @ A, np.eye(k), atol=1e-9)
-        g_ours = jax.grad(lambda a, c: jnp.sum(_linalg.solve(a, c) ** 2), argnums=(0, 1))(jnp.asarray(A), jnp.asarray(b))
-        g_ref = jax.grad(lambda a, c: jnp.sum(jnp.linalg.solve(a, c) ** 2), argnums=(0, 1))(jnp.asarray(A), jnp.asarray(b))
+        g_ours = jit(jax.grad(lambda a, c: jnp.sum(_linalg.solve(a, c) ** 2), argnums=(0, 1)))(jnp.asarray(A), jnp.asarray(b))
+        g_ref = jit(jax.grad(lambda a, c: jnp.sum(jnp.linalg.solve(a, c) ** 2), argnums=(0, 1)))(jnp.asarray(A), jnp.asarray(b))
     for a, r in zip(g_ours, g_ref):
         np.testing.assert_allclose(np.asarray(a), np.asarray(r), rtol=1e-7, atol=1e-9)
 

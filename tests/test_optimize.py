@@ -91,10 +91,10 @@ def test_bfgs_from_an_indefinite_exact_start_converges():
         stats = design_stats(design)[1]
         f = lambda t: objective(t, (stats, 0.0, None))  # noqa: E731
         theta0 = jnp.asarray(design.theta_start, jnp.float64)
-        assert np.linalg.eigvalsh(np.asarray(jax.hessian(f)(theta0))).min() < 0
+        assert np.linalg.eigvalsh(np.asarray(jaxlmm.jit(jax.hessian(f))(theta0))).min() < 0
         snappable = jnp.ones(2, bool)
-        exact = jax.jit(lambda t: minimize_newton(f, t, snappable))(theta0)
-        quasi = jax.jit(lambda t: minimize_newton(f, t, snappable, quasi_newton=True))(theta0)
+        exact = jaxlmm.jit(lambda t: minimize_newton(f, t, snappable))(theta0)
+        quasi = jaxlmm.jit(lambda t: minimize_newton(f, t, snappable, quasi_newton=True))(theta0)
     assert bool(exact.converged) and bool(quasi.converged) and int(quasi.iterations) < 40
     assert float(quasi.fun) == pytest.approx(float(exact.fun), rel=1e-13)
     np.testing.assert_allclose(np.abs(np.asarray(quasi.x)), np.abs(np.asarray(exact.x)), rtol=1e-5)
