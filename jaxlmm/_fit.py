@@ -109,13 +109,36 @@ class _Objective(NamedTuple):
         return profiled_deviance(theta, stats, jnp.asarray(self.lambda_index), reml)
 
 
+def boundary_score(lambda_index: tuple, n_theta: int):
+    """`minimize_newton`'s ``probe_score`` for θ of Λ's pattern ``lambda_index`` (and ``n_theta``
+    entries in all, the others scored ∞): a diagonal entry's share of its row's squared norm, Λᵢᵢ² /
+    ‖Λᵢ.‖², the fraction of the i-th effect's variance left once the effects before it are known. The
+    lowest is the effect nearest to a combination of the others: a rank-deficient covariance (lme4's
+    singular fit) lies that way."""
+    idx = np.asarray(lambda_index, int).reshape(len(lambda_index), -1)
+    members = -np.ones((n_theta, idx.shape[1]), int)
+    for i in range(idx.shape[0]):
+        t = idx[i, i]
+        if 0 <= t < n_theta and members[t, 0] < 0:
+            row = idx[i][idx[i] >= 0]
+            members[t, : row.size] = row
+    diagonal = jnp.asarray(members[:, 0] >= 0)
+    members = jnp.asarray(members)
+
+    def score(theta):
+        row_norm = jnp.sum(jnp.where(members >= 0, theta[jnp.maximum(members, 0)] ** 2, 0.0), axis=1)
+        return jnp.where(diagonal, theta**2 / jnp.maximum(row_norm, 1e-300), jnp.inf)
+
+    return score
+
+
 @partial(jax.custom_jvp, nondiff_argnums=(0, 3, 4, 6, 7, 8))
 def _argmin(objective, stats, theta0, snappable: tuple, gtol: float, max_iter, quasi_newton: bool, exact_final: bool,
             exact_start: bool, exact_steps):
     opt = minimize_newton(lambda t: objective(t, stats), theta0, jnp.asarray(snappable), gtol=gtol, max_iter=max_iter,
                           quasi_newton=quasi_newton, forward_hessian=objective.forward_hessian,
                           exact_final=exact_final, exact_start=exact_start, first_step=objective.first_step,
-                          exact_steps=exact_steps)
+                          exact_steps=exact_steps, probe_score=boundary_score(objective.lambda_index, theta0.shape[0]))
     report = jnp.stack([opt.projected_grad_norm, opt.iterations.astype(theta0.dtype), opt.converged.astype(theta0.dtype)])
     return opt.x, report, opt.hess
 

@@ -15,7 +15,8 @@ converged when the trust radius collapses with a decrement below ``STALL_DECREME
 
 Then entries flagged ``snappable`` that are within ``snap_tol`` of zero are set to exactly zero
 when that does not raise f by more than a rounding-level amount, and Newton polishes the rest
-(as lme4 and MixedModels.jl snap variance parameters onto the boundary).
+(as lme4 and MixedModels.jl snap variance parameters onto the boundary). A fit that crawls towards
+the boundary along a curved valley tries it early (``probe_score``).
 Being a pure `while_loop`, it runs under `jit` and `vmap`.
 """
 
@@ -24,9 +25,22 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 import jax
+import numpy as np
 import jax.numpy as jnp
+from jax import lax
 
 from . import _linalg
+
+
+def _select(pred: jax.Array, on_true, on_false) -> jax.Array:
+    """``on_true`` where the scalar ``pred`` holds, else ``on_false`` (a Python number takes the other
+    branch's dtype and shape): `lax.select`, a primitive, where `jnp.where` is a jitted function that
+    every trace and lowering of the loop body pays for again (compile time)."""
+    if not hasattr(on_true, "shape"):
+        on_true = lax.full_like(on_false, on_true)
+    if not hasattr(on_false, "shape"):
+        on_false = lax.full_like(on_true, on_false)
+    return lax.select(pred, on_true, on_false)
 
 
 def bfgs_update(H: jax.Array, step: jax.Array, grad_change: jax.Array) -> jax.Array:
@@ -92,9 +106,21 @@ class _State(NamedTuple):
     # 4: an exact evaluation at the solution (``exact_final``)
     snapped: jax.Array  # the snap has been tried
     converged: jax.Array
+    probe_x: jax.Array  # a boundary probe's point, and f, ∇f, ∇²f there (see ``probe_score``)
+    probe_f: jax.Array
+    probe_g: jax.Array
+    probe_H: jax.Array
+    probe_steps: jax.Array  # Newton steps taken from the probe's point
+    f_mark: jax.Array  # f at the last multiple of PROBE_EVERY iterations (at the start before the first)
 
 
-_START, _NEWTON, _SNAP, _DONE, _FINAL = 0, 1, 2, 3, 4
+_START, _NEWTON, _SNAP, _DONE, _FINAL, _PROBE, _PROBE_STEP = 0, 1, 2, 3, 4, 5, 6
+_I32 = np.int32
+# An exact-Newton fit not converged after a multiple of PROBE_EVERY iterations tries the boundary
+# (``probe_score``).
+PROBE_EVERY = 12
+PROBE_STEPS = 6
+PROBE_CRAWL = 1e-3  # ... if f fell by less than this since the last multiple
 DECREMENT_TOL = 1e-14
 # A batched fit of 10,000 rows (1,000 groups, `y ~ x + (x | g)`) stalled 2e-7 from its optimum in θ
 # (gradient 2.4e-3, deviance 48,075, its single fit's log-likelihood to 1e-11): Newton steps whose
@@ -117,6 +143,7 @@ def minimize_newton(
     exact_final: bool = False,
     exact_start: bool = True,
     first_step: float | None = None,
+    probe_score: Callable[[jax.Array], jax.Array] | None = None,
 ) -> NewtonResult:
     """Minimise ``fun`` from ``x0``; ``snappable`` (bool per entry) marks entries that may snap to 0.
 
@@ -147,6 +174,17 @@ def minimize_newton(
     ``first_step`` (with ``exact_start=False``): the first step's length relative to ‖x0‖ (a start
     close to the solution, `_fit.moment_start`); None: `FIRST_STEP` in absolute units.
 
+    ``probe_score`` (exact-Newton loops): a fit not converged after a multiple of `PROBE_EVERY`
+    iterations, crawling (f fell by less than `PROBE_CRAWL` since the last multiple, or since the
+    start), tries the boundary. It sets the ``snappable`` entry of lowest score to 0, evaluates
+    there, takes up to `PROBE_STEPS` Newton steps in the other entries from that point while f falls,
+    and moves to the first whose f is lower than at the current point and where f curves upwards
+    along the zeroed entry (so that the zero is not a saddle). A minimum on the boundary can lie at the end of a long curved valley
+    in which Newton's steps crawl: 82 of 2,000 bootstrap refits of Orthodont's ``(age | Subject)``
+    took more than 30 iterations, one of them 200, unconverged, 3e-8 below the optimum with the
+    slope's diagonal entry of Λ still at 0.03; zeroing it and five Newton steps reach the optimum. Probing whenever a fit was not converged at
+    iteration 12 took a refit with its optimum inside to a worse one on the boundary.
+
     ``forward_hessian`` (default: for up to ``FORWARD_HESSIAN_MAX`` variables) takes the Hessian
     by forward-over-forward differentiation instead of forward-over-reverse: for a few variables
     it traces and compiles in about half the time (sleepstudy: 0.17 s against 0.30 s to compile).
@@ -175,17 +213,40 @@ def minimize_newton(
     n = x0.shape[0]
     snappable = jnp.asarray(snappable, bool)
 
-    def newton_proposal(state: _State):
-        absvals, evecs = _absolute_eigen(state.H)
-        projected = evecs.T @ state.g
+    def newton_proposal(x, g, H, radius):
+        absvals, evecs = _absolute_eigen(H)
+        projected = evecs.T @ g
         step = -evecs @ (projected / absvals)
         decrement = jnp.sum(projected * projected / absvals)
         length = jnp.sqrt(jnp.sum(step * step))
-        step = step * jnp.minimum(1.0, state.radius / jnp.maximum(length, 1e-300))
-        return state.x + step, length, decrement
+        step = step * jnp.minimum(1.0, radius / jnp.maximum(length, 1e-300))
+        return x + step, length, decrement
 
     def near_zero(x):
         return snappable & (jnp.abs(x) <= snap_tol) & (x != 0)
+
+    def probe_point(x):
+        """``x`` with its snappable nonzero entry of lowest ``probe_score`` set to 0."""
+        candidates = snappable & (x != 0)
+        j = jnp.argmin(jnp.where(candidates, probe_score(x), jnp.inf))
+        return jnp.where((jnp.arange(n) == j) & candidates, 0.0, x)
+
+    def proposal_inputs(state: _State, probe: bool):
+        """(x, ∇f, ∇²f, trust radius) the loop body's Newton proposal starts from: in `_PROBE_STEP`,
+        the probe's point with the entries it zeroed held (no trust radius), so that one proposal
+        serves both."""
+        if not probe:
+            return state.x, state.g, state.H, state.radius
+        in_step = state.phase == _PROBE_STEP
+        held = snappable & (state.probe_x == 0)
+        held_H = jnp.where(held[:, None] | held[None, :], jnp.eye(n, dtype=state.H.dtype), state.probe_H)
+        return (_select(in_step, state.probe_x, state.x),
+                _select(in_step, jnp.where(held, 0.0, state.probe_g), state.g),
+                _select(in_step, held_H, state.H),
+                _select(in_step, jnp.inf, state.radius))
+
+    def upward_along_held(H, held):
+        return jnp.all(jnp.where(held, jnp.diagonal(H) > 0, True))
 
     def cond(state: _State):
         return state.phase != _DONE
@@ -202,39 +263,49 @@ def minimize_newton(
         exact = (state.phase == _FINAL) | (exact_start & (state.phase == _START))
         return jax.lax.cond(exact, evaluate_exact, start_or_bfgs, x, state)
 
-    def make_body(evaluate_step, cap, final: bool, keep_rejected_hessian, end_exact: bool = False):
+    def make_body(evaluate_step, cap, final: bool, keep_rejected_hessian, end_exact: bool = False,
+                  probe: bool = False):
         """The loop body; ``final``: reaching ``cap`` ends the minimisation (snap, then done);
         ``keep_rejected_hessian``: a bool, or a function of the state; ``end_exact``: pass through
-        `_FINAL` before `_DONE`."""
+        `_FINAL` before `_DONE`; ``probe``: try the boundary now and then (``probe_score``)."""
 
         def body(state: _State):
-            x_newton, length, decrement = newton_proposal(state)
+            x_newton, length, decrement = newton_proposal(*proposal_inputs(state, probe))
             newton = state.phase == _NEWTON
             rounding = jnp.maximum(1.0, jnp.abs(state.f))
             small_decrement = newton & (decrement <= DECREMENT_TOL * rounding)
             stay = (state.phase == _START) | (state.phase == _FINAL)
-            x_new = jnp.where(
-                stay,
-                state.x,
-                jnp.where(state.phase == _SNAP, jnp.where(near_zero(state.x), 0.0, state.x), x_newton),
-            )
+            x_new = _select(stay, state.x, _select(state.phase == _SNAP, jnp.where(near_zero(state.x), 0.0, state.x),
+                                                   x_newton))
+            if probe:
+                x_new = _select(state.phase == _PROBE, probe_point(state.x),
+                                _select(state.phase == _PROBE_STEP,
+                                        jnp.where(snappable & (state.probe_x == 0), 0.0, x_newton), x_new))
             f_new, g_new, H_new = evaluate_step(x_new, state)
             finite = jnp.isfinite(f_new) & jnp.all(jnp.isfinite(g_new)) & jnp.all(jnp.isfinite(H_new))
-            tol = jnp.where(state.phase == _SNAP, 1e-10 * rounding, 0.0)
+            tol = _select(state.phase == _SNAP, 1e-10 * rounding, 0.0)
             keep_rejected = keep_rejected_hessian(state) if callable(keep_rejected_hessian) else keep_rejected_hessian
             ok = (state.phase == _START) | (finite & (f_new <= state.f + tol) & ~small_decrement)
             ok = ok | ((state.phase == _FINAL) & finite)
+            if probe:
+                held = snappable & (state.probe_x == 0) & (state.x != 0)
+                probe_ok = finite & (f_new < state.f) & upward_along_held(H_new, held)
+                in_step = state.phase == _PROBE_STEP
+                ok = (state.phase != _PROBE) & ((in_step & probe_ok) | (~in_step & ok))
+                # Not taken yet, but lower than the probe's last point: another step from there.
+                probe_on = ((state.phase == _PROBE_STEP) & ~probe_ok & finite & (f_new < state.probe_f)
+                            & (state.probe_steps + 1 < PROBE_STEPS))
             taken = jnp.minimum(length, state.radius)
-            radius = jnp.where(
+            radius = _select(
                 newton,
-                jnp.where(ok, jnp.maximum(state.radius, 4.0 * taken), 0.25 * taken),
-                jnp.where(state.phase == _SNAP, jnp.inf, state.radius),
+                _select(ok, jnp.maximum(state.radius, 4.0 * taken), 0.25 * taken),
+                _select(state.phase == _SNAP, jnp.inf, state.radius),
             )
-            x = jnp.where(ok, x_new, state.x)
-            f = jnp.where(ok, f_new, state.f)
-            g = jnp.where(ok, g_new, state.g)
+            x = _select(ok, x_new, state.x)
+            f = _select(ok, f_new, state.f)
+            g = _select(ok, g_new, state.g)
             # A BFGS update from a rejected trial point still carries curvature information.
-            H = jnp.where(ok | (keep_rejected & finite), H_new, state.H)
+            H = _select(ok | (keep_rejected & finite), H_new, state.H)
             stalled = newton & ~small_decrement & (radius < 1e-13 * (1.0 + jnp.max(jnp.abs(state.x))))
             it = state.it + (newton & ~small_decrement).astype(jnp.int32)
             gmax = jnp.max(jnp.abs(g))
@@ -245,14 +316,37 @@ def minimize_newton(
             capped = it >= cap
             finished = converged | stalled | (capped & final)
             try_snap = finished & ~state.snapped & jnp.any(near_zero(x))
-            phase = jnp.where(try_snap, _SNAP, jnp.where(finished | capped, _DONE, _NEWTON))
+            phase = _select(try_snap, _I32(_SNAP), _select(finished | capped, _I32(_DONE), _I32(_NEWTON)))
             # After a snap, Newton re-checks (and polishes) the other entries.
-            phase = jnp.where((state.phase == _SNAP) & ~finished, _NEWTON, phase)
+            phase = _select((state.phase == _SNAP) & ~finished, _I32(_NEWTON), phase)
             snapped = state.snapped | (state.phase == _SNAP)
             if end_exact:
-                phase = jnp.where(state.phase == _FINAL, _DONE, jnp.where(phase == _DONE, _FINAL, phase))
-                converged = jnp.where(state.phase == _FINAL, state.converged, converged)
-            return _State(x, f, g, H, radius, it, phase.astype(jnp.int32), snapped, converged)
+                phase = _select(state.phase == _FINAL, _I32(_DONE), _select(phase == _DONE, _I32(_FINAL), phase))
+                converged = _select(state.phase == _FINAL, state.converged, converged)
+            probe_x, probe_f, probe_g, probe_H = state.probe_x, state.probe_f, state.probe_g, state.probe_H
+            probe_steps, f_mark = state.probe_steps, state.f_mark
+            if probe:
+                # After a probe Newton goes on, from the probe's last point if it was taken.
+                probing = (state.phase == _PROBE) | (state.phase == _PROBE_STEP)
+                phase = _select(state.phase == _PROBE, _I32(_PROBE_STEP),
+                                _select(state.phase == _PROBE_STEP, _select(probe_on, _I32(_PROBE_STEP), _I32(_NEWTON)),
+                                        phase))
+                radius = _select(probing, state.radius, radius)
+                it = _select(probing, state.it, it)
+                converged = _select(probing, state.converged, converged)
+                checkpoint = newton & (it > state.it) & (it % PROBE_EVERY == 0)
+                crawling = state.f_mark - f < PROBE_CRAWL
+                start_probe = checkpoint & crawling & (phase == _NEWTON) & jnp.any(snappable & (x != 0))
+                phase = _select(start_probe, _I32(_PROBE), phase)
+                f_mark = _select(checkpoint | (state.phase == _START), f, state.f_mark)
+                keep = (state.phase == _PROBE) | probe_on
+                probe_x = _select(keep, x_new, probe_x)
+                probe_f = _select(keep, f_new, probe_f)
+                probe_g = _select(keep, g_new, probe_g)
+                probe_H = _select(keep, H_new, probe_H)
+                probe_steps = _select(state.phase == _PROBE, 0, probe_steps + probe_on.astype(jnp.int32))
+            return _State(x, f, g, H, radius, it, phase.astype(jnp.int32), snapped, converged,
+                          probe_x, probe_f, probe_g, probe_H, probe_steps, f_mark)
 
         return body
 
@@ -266,9 +360,16 @@ def minimize_newton(
         jnp.asarray(_START, jnp.int32),
         jnp.zeros((), bool),
         jnp.zeros((), bool),
+        x0,
+        jnp.asarray(jnp.inf, x0.dtype),
+        jnp.zeros_like(x0),
+        jnp.zeros((n, n), x0.dtype),
+        jnp.zeros((), jnp.int32),
+        jnp.asarray(jnp.inf, x0.dtype),
     )
+    probe = probe_score is not None
     if not quasi_newton:
-        state = jax.lax.while_loop(cond, make_body(evaluate_exact, max_iter, True, False), init)
+        state = jax.lax.while_loop(cond, make_body(evaluate_exact, max_iter, True, False, probe=probe), init)
     elif exact_final:
         # A rejected trial point's BFGS update is kept, as in the BFGS loop; its exact Hessian is not.
         keep = lambda state: (state.phase != _START) & (state.phase != _FINAL)  # noqa: E731
@@ -277,7 +378,7 @@ def minimize_newton(
         state = jax.lax.while_loop(cond, make_body(start_or_bfgs, max_iter, True, True), init)
     else:
         first_cap = jnp.minimum(exact_steps, max_iter)
-        state = jax.lax.while_loop(cond, make_body(evaluate_exact, first_cap, False, False), init)
+        state = jax.lax.while_loop(cond, make_body(evaluate_exact, first_cap, False, False, probe=probe), init)
         # Stopped only by the exact-step cap: continue with BFGS from the exact Hessian.
         resume = ~state.converged & (state.it >= first_cap) & (state.it < max_iter) & (state.radius > 0)
         state = state._replace(phase=jnp.where(resume, _NEWTON, _DONE).astype(jnp.int32))

@@ -236,14 +236,15 @@ def test_members_left_after_the_first_round_continue_in_the_same_program(model, 
 
 def test_a_response_that_needs_many_newton_iterations_converges_in_a_batch(model, sleep):
     """A simulated sleepstudy response near the boundary (an intercept SD of about 0.006 σ): exact
-    Newton takes over 100 iterations, BFGS stalls short of the gradient tolerance. In a batch it must
-    converge to its single fit (the later rounds run exact Newton), among a full chunk of others."""
+    Newton took 113 iterations before the boundary probe (`minimize_newton`'s ``probe_score``), 37
+    with it; BFGS stalls short of the gradient tolerance. In a batch it must converge to its single
+    fit (the later rounds run exact Newton), among a full chunk of others."""
     from pathlib import Path
 
     hard = np.loadtxt(Path(__file__).parent / "data" / "sleepstudy_hard_response.csv")
     Y = np.column_stack([simulate(model, 127, seed=12), hard])
     rb = model.fit_many(Y, progress=False)
-    assert bool(rb.converged.all()) and int(rb.n_iter.iloc[-1]) > 50
+    assert bool(rb.converged.all()) and int(rb.n_iter.iloc[-1]) > 28  # past the first two rounds
     assert abs(rb.llf.iloc[-1] - fit_alone(model, sleep, hard).llf) < 1e-8
 
 
