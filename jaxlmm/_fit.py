@@ -114,7 +114,7 @@ def boundary_score(lambda_index: tuple, n_theta: int):
     entries in all, the others scored ∞): a diagonal entry's share of its row's squared norm, Λᵢᵢ² /
     ‖Λᵢ.‖², the fraction of the i-th effect's variance left once the effects before it are known. The
     lowest is the effect nearest to a combination of the others: a rank-deficient covariance (lme4's
-    singular fit) lies that way."""
+    singular fit) lies that way. Ties (rows holding only their diagonal) go to the smallest |θ|."""
     idx = np.asarray(lambda_index, int).reshape(len(lambda_index), -1)
     members = -np.ones((n_theta, idx.shape[1]), int)
     for i in range(idx.shape[0]):
@@ -127,7 +127,7 @@ def boundary_score(lambda_index: tuple, n_theta: int):
 
     def score(theta):
         row_norm = jnp.sum(jnp.where(members >= 0, theta[jnp.maximum(members, 0)] ** 2, 0.0), axis=1)
-        return jnp.where(diagonal, theta**2 / jnp.maximum(row_norm, 1e-300), jnp.inf)
+        return jnp.where(diagonal, theta**2 / jnp.maximum(row_norm, 1e-300) + 1e-9 * theta**2, jnp.inf)
 
     return score
 

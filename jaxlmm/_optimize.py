@@ -25,8 +25,8 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 import jax
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from . import _linalg
@@ -177,13 +177,14 @@ def minimize_newton(
     ``probe_score`` (exact-Newton loops): a fit not converged after a multiple of `PROBE_EVERY`
     iterations, crawling (f fell by less than `PROBE_CRAWL` since the last multiple, or since the
     start), tries the boundary. It sets the ``snappable`` entry of lowest score to 0, evaluates
-    there, takes up to `PROBE_STEPS` Newton steps in the other entries from that point while f falls,
-    and moves to the first whose f is lower than at the current point and where f curves upwards
-    along the zeroed entry (so that the zero is not a saddle). A minimum on the boundary can lie at the end of a long curved valley
-    in which Newton's steps crawl: 82 of 2,000 bootstrap refits of Orthodont's ``(age | Subject)``
-    took more than 30 iterations, one of them 200, unconverged, 3e-8 below the optimum with the
-    slope's diagonal entry of Λ still at 0.03; zeroing it and five Newton steps reach the optimum. Probing whenever a fit was not converged at
-    iteration 12 took a refit with its optimum inside to a worse one on the boundary.
+    there, takes up to `PROBE_STEPS` Newton steps in the other entries from that point while f
+    falls, and moves to the first whose f is lower than at the current point and where f curves
+    upwards along the zeroed entry (so that the zero is not a saddle). A minimum on the boundary
+    can lie at the end of a long curved valley in which Newton's steps crawl: 82 of 2,000 bootstrap
+    refits of Orthodont's ``(age | Subject)`` took more than 30 iterations, one of them 200,
+    unconverged, 3e-8 below the optimum with the slope's diagonal entry of Λ still at 0.03; zeroing
+    it and five Newton steps reach the optimum. Probing whenever a fit was not converged at
+    iteration 12, crawling or not, took a refit whose optimum is inside to a worse boundary point.
 
     ``forward_hessian`` (default: for up to ``FORWARD_HESSIAN_MAX`` variables) takes the Hessian
     by forward-over-forward differentiation instead of forward-over-reverse: for a few variables
