@@ -34,8 +34,9 @@ from . import _linalg
 
 def _select(pred: jax.Array, on_true, on_false) -> jax.Array:
     """``on_true`` where the scalar ``pred`` holds, else ``on_false`` (a Python number takes the other
-    branch's dtype and shape): `lax.select`, a primitive, where `jnp.where` is a jitted function that
-    every trace and lowering of the loop body pays for again (compile time)."""
+    branch's dtype and shape): `lax.select`, a primitive, where `jnp.where` is a jitted function (a
+    nested call in the loop body's jaxpr; replacing them made no measurable difference to compile
+    time, but keeps the body's jaxpr flat)."""
     if not hasattr(on_true, "shape"):
         on_true = lax.full_like(on_false, on_true)
     if not hasattr(on_false, "shape"):
