@@ -115,8 +115,8 @@ class _State(NamedTuple):
     f_mark: jax.Array  # f at the last multiple of PROBE_EVERY iterations (at the start before the first)
 
 
-_START, _NEWTON, _SNAP, _DONE, _FINAL, _PROBE, _PROBE_STEP = 0, 1, 2, 3, 4, 5, 6
-_I32 = np.int32
+# Phases, int32 like the state's (`_select` takes both branches' dtypes as they are).
+_START, _NEWTON, _SNAP, _DONE, _FINAL, _PROBE, _PROBE_STEP = (np.int32(p) for p in range(7))
 # An exact-Newton fit not converged after a multiple of PROBE_EVERY iterations tries the boundary
 # (``probe_score``).
 PROBE_EVERY = 12
@@ -233,14 +233,10 @@ def minimize_newton(
         j = jnp.argmin(jnp.where(candidates, probe_score(x), jnp.inf))
         return jnp.where((jnp.arange(n) == j) & candidates, 0.0, x)
 
-    def proposal_inputs(state: _State, probe: bool):
-        """(x, ∇f, ∇²f, trust radius) the loop body's Newton proposal starts from: in `_PROBE_STEP`,
-        the probe's point with the entries it zeroed held (no trust radius), so that one proposal
-        serves both."""
-        if not probe:
-            return state.x, state.g, state.H, state.radius
-        in_step = state.phase == _PROBE_STEP
-        held = snappable & (state.probe_x == 0)
+    def proposal_inputs(state: _State, in_step, held):
+        """(x, ∇f, ∇²f, trust radius) the loop body's Newton proposal starts from: in `_PROBE_STEP`
+        (``in_step``), the probe's point with the entries it zeroed (``held``) held and no trust
+        radius, so that one proposal serves both."""
         held_H = jnp.where(held[:, None] | held[None, :], jnp.eye(n, dtype=state.H.dtype), state.probe_H)
         return (_select(in_step, state.probe_x, state.x),
                 _select(in_step, jnp.where(held, 0.0, state.probe_g), state.g),
@@ -272,7 +268,12 @@ def minimize_newton(
         `_FINAL` before `_DONE`; ``probe``: try the boundary now and then (``probe_score``)."""
 
         def body(state: _State):
-            x_newton, length, decrement = newton_proposal(*proposal_inputs(state, probe))
+            if probe:
+                in_step = state.phase == _PROBE_STEP
+                held = snappable & (state.probe_x == 0)  # the probe's zeroed entries, and any zero before
+                x_newton, length, decrement = newton_proposal(*proposal_inputs(state, in_step, held))
+            else:
+                x_newton, length, decrement = newton_proposal(state.x, state.g, state.H, state.radius)
             newton = state.phase == _NEWTON
             rounding = jnp.maximum(1.0, jnp.abs(state.f))
             small_decrement = newton & (decrement <= DECREMENT_TOL * rounding)
@@ -281,8 +282,7 @@ def minimize_newton(
                                                    x_newton))
             if probe:
                 x_new = _select(state.phase == _PROBE, probe_point(state.x),
-                                _select(state.phase == _PROBE_STEP,
-                                        jnp.where(snappable & (state.probe_x == 0), 0.0, x_newton), x_new))
+                                _select(in_step, jnp.where(held, 0.0, x_newton), x_new))
             f_new, g_new, H_new = evaluate_step(x_new, state)
             finite = jnp.isfinite(f_new) & jnp.all(jnp.isfinite(g_new)) & jnp.all(jnp.isfinite(H_new))
             tol = _select(state.phase == _SNAP, 1e-10 * rounding, 0.0)
@@ -290,12 +290,10 @@ def minimize_newton(
             ok = (state.phase == _START) | (finite & (f_new <= state.f + tol) & ~small_decrement)
             ok = ok | ((state.phase == _FINAL) & finite)
             if probe:
-                held = snappable & (state.probe_x == 0) & (state.x != 0)
-                probe_ok = finite & (f_new < state.f) & upward_along_held(H_new, held)
-                in_step = state.phase == _PROBE_STEP
+                probe_ok = finite & (f_new < state.f) & upward_along_held(H_new, held & (state.x != 0))
                 ok = (state.phase != _PROBE) & ((in_step & probe_ok) | (~in_step & ok))
                 # Not taken yet, but lower than the probe's last point: another step from there.
-                probe_on = ((state.phase == _PROBE_STEP) & ~probe_ok & finite & (f_new < state.probe_f)
+                probe_on = (in_step & ~probe_ok & finite & (f_new < state.probe_f)
                             & (state.probe_steps + 1 < PROBE_STEPS))
             taken = jnp.minimum(length, state.radius)
             radius = _select(
@@ -318,28 +316,27 @@ def minimize_newton(
             capped = it >= cap
             finished = converged | stalled | (capped & final)
             try_snap = finished & ~state.snapped & jnp.any(near_zero(x))
-            phase = _select(try_snap, _I32(_SNAP), _select(finished | capped, _I32(_DONE), _I32(_NEWTON)))
+            phase = _select(try_snap, _SNAP, _select(finished | capped, _DONE, _NEWTON))
             # After a snap, Newton re-checks (and polishes) the other entries.
-            phase = _select((state.phase == _SNAP) & ~finished, _I32(_NEWTON), phase)
+            phase = _select((state.phase == _SNAP) & ~finished, _NEWTON, phase)
             snapped = state.snapped | (state.phase == _SNAP)
             if end_exact:
-                phase = _select(state.phase == _FINAL, _I32(_DONE), _select(phase == _DONE, _I32(_FINAL), phase))
+                phase = _select(state.phase == _FINAL, _DONE, _select(phase == _DONE, _FINAL, phase))
                 converged = _select(state.phase == _FINAL, state.converged, converged)
             probe_x, probe_f, probe_g, probe_H = state.probe_x, state.probe_f, state.probe_g, state.probe_H
             probe_steps, f_mark = state.probe_steps, state.f_mark
             if probe:
                 # After a probe Newton goes on, from the probe's last point if it was taken.
-                probing = (state.phase == _PROBE) | (state.phase == _PROBE_STEP)
-                phase = _select(state.phase == _PROBE, _I32(_PROBE_STEP),
-                                _select(state.phase == _PROBE_STEP, _select(probe_on, _I32(_PROBE_STEP), _I32(_NEWTON)),
-                                        phase))
+                probing = (state.phase == _PROBE) | in_step
+                phase = _select(state.phase == _PROBE, _PROBE_STEP,
+                                _select(in_step, _select(probe_on, _PROBE_STEP, _NEWTON), phase))
                 radius = _select(probing, state.radius, radius)
                 it = _select(probing, state.it, it)
                 converged = _select(probing, state.converged, converged)
                 checkpoint = newton & (it > state.it) & (it % PROBE_EVERY == 0)
                 crawling = state.f_mark - f < PROBE_CRAWL
                 start_probe = checkpoint & crawling & (phase == _NEWTON) & jnp.any(snappable & (x != 0))
-                phase = _select(start_probe, _I32(_PROBE), phase)
+                phase = _select(start_probe, _PROBE, phase)
                 f_mark = _select(checkpoint | (state.phase == _START), f, state.f_mark)
                 keep = (state.phase == _PROBE) | probe_on
                 probe_x = _select(keep, x_new, probe_x)

@@ -1,8 +1,11 @@
 """The Newton / quasi-Newton minimiser on its own: secant property, agreement of the two modes."""
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 
 import jaxlmm
@@ -80,10 +83,6 @@ def test_bfgs_from_an_indefinite_exact_start_converges():
     """Subjects × items (psycholing) from Λ = I, where the exact Hessian is indefinite: BFGS starts
     from its positive definite counterpart V|Λ|Vᵀ and reaches exact Newton's optimum (updating the
     indefinite matrix itself, it stalled at 200 iterations with a gradient of 1.4)."""
-    from pathlib import Path
-
-    import pandas as pd
-
     df = pd.read_csv(Path(__file__).parent / "data" / "psycholing.csv")
     design = jaxlmm.MixedLM.from_formula("rt ~ c + (1 | subj) + (1 | item)", df).design
     objective = _Objective(design.lambda_index)
@@ -123,10 +122,6 @@ ORTHODONT_SLOPES = "distance ~ age + (age | Subject)"
 
 def _orthodont_refit(name: str):
     """A response simulated from Orthodont's ``(age | Subject)`` fit (a parametric-bootstrap refit)."""
-    from pathlib import Path
-
-    import pandas as pd
-
     return pd.read_csv(Path(__file__).parent / "data" / name)
 
 
