@@ -20,7 +20,7 @@ from ._batch import BatchResults as BatchResults
 from ._batch import DatasetResults as DatasetResults
 from ._config import enable_compilation_cache as _enable_compilation_cache
 from ._config import float64 as float64
-from ._config import jit as jit
+from ._compile_options import jit as jit
 from ._memory_maps import install as _install_memory_map_guard
 from ._design import Design as Design
 from ._fit import FitArrays as FitArrays

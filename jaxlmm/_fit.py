@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _linalg
-from ._config import CLASSIC_EMITTER_OPTIONS, CLASSIC_ONE_FACTOR_ROWS_MAX, DEFAULT_OPTIONS
+from ._compile_options import CLASSIC_ONE_FACTOR_ROWS_MAX, jit_with
 from ._crossed import CrossedStats, crossed_stats, dense_rows
 from ._design import Design
 from ._kernels import (
@@ -607,15 +607,15 @@ def _variance_rows(design: Design, pre: Preconditioner) -> VarianceRows:
 
 
 _fit_design_jit = jax.jit(fit_design, static_argnums=(1, 2, 3))  # traced in a caller's program: no options
-_fit_design_default = jax.jit(fit_design, static_argnums=(1, 2, 3), compiler_options=DEFAULT_OPTIONS)
+_fit_design_default = jit_with(fit_design, "default", static_argnums=(1, 2, 3))
 # `fit_arrays` called on data, for designs `classic_emitters_pay` for: half the compile time, faster.
-_fit_design_classic = jax.jit(fit_design, static_argnums=(1, 2, 3), compiler_options=CLASSIC_EMITTER_OPTIONS)
+_fit_design_classic = jit_with(fit_design, "classic", static_argnums=(1, 2, 3))
 
 
 def classic_emitters_pay(design: Design) -> bool:
-    """Whether ``design``'s own programs run at least as fast compiled with `CLASSIC_EMITTER_OPTIONS`:
+    """Whether ``design``'s own programs run at least as fast compiled with the ``"classic"`` options:
     one grouping factor, no residual-variance model, up to `CLASSIC_ONE_FACTOR_ROWS_MAX` rows (see
-    `_config`)."""
+    `_compile_options`)."""
     return (design.crossed is None and design.resid_design is None
             and int(np.shape(design.y)[0]) <= CLASSIC_ONE_FACTOR_ROWS_MAX)
 

@@ -36,7 +36,8 @@ import numpy as np
 from jax.scipy.linalg import cho_solve
 
 from . import _linalg
-from ._config import DEFAULT_OPTIONS, QUICK_COMPILE_OPTIONS, float64
+from ._compile_options import jit_with
+from ._config import float64
 from ._lapack_threads import one_lapack_thread
 from .errors import DataError
 
@@ -136,14 +137,13 @@ def group_blocks_kenward_roger(X: jax.Array, Z: jax.Array, resid: jax.Array, pad
     return Phi, PhiA, P, W
 
 
-# Up to QUICK_ROWS rows compiling dominates (QUICK_COMPILE_OPTIONS: 0.45-0.65 s instead of 0.8-1.05 s,
+# Up to QUICK_ROWS rows compiling dominates (the "quick" options: 0.45-0.65 s instead of 0.8-1.05 s,
 # sleepstudy and dietox); beyond, the n³ products do, and XLA's defaults run them about 25% faster
 # (n = 4,000 on two CPU cores).
 QUICK_ROWS = 1000
-_programs = {quick: jax.jit(kenward_roger_arrays, static_argnames=("blocks", "lambda_index"),
-                            compiler_options=QUICK_COMPILE_OPTIONS if quick else DEFAULT_OPTIONS) for quick in (True, False)}
-_group_program = jax.jit(group_blocks_kenward_roger, static_argnames=("lambda_index",),
-                         compiler_options=QUICK_COMPILE_OPTIONS)
+_programs = {quick: jit_with(kenward_roger_arrays, "quick" if quick else "default",
+                             static_argnames=("blocks", "lambda_index")) for quick in (True, False)}
+_group_program = jit_with(group_blocks_kenward_roger, "quick", static_argnames=("lambda_index",))
 # One grouping factor: the per-group path while m · s² (the padded blocks' entries) stays moderate.
 GROUP_BLOCK_ENTRIES_MAX = 20_000_000
 

@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _linalg
-from ._config import QUICK_COMPILE_OPTIONS, float64
+from ._compile_options import jit_with
+from ._config import float64
 from ._design import theta_on_diagonal, theta_positions
 from ._fit import _variance_rows, _varpar, design_stats
 from ._kernels import LOG_2PI, deviance_at_scale, penalised_solution, relative_factor, residual_dof
@@ -190,8 +191,7 @@ def _fixed_point(source, pre_b0, pre_R_inv, which, value, theta0, *, lambda_inde
     return PointSolution(opt.fun, slope, params, phi, opt.converged)
 
 
-@partial(jax.jit, static_argnames=("lambda_index", "fixed", "n_groups", "gtol", "max_iter"),
-         compiler_options=QUICK_COMPILE_OPTIONS)
+@partial(jit_with, kind="quick", static_argnames=("lambda_index", "fixed", "n_groups", "gtol", "max_iter"))
 def solve_points(stats, pre_b0, pre_R_inv, which, values, starts, *, lambda_index: tuple, fixed: bool,
                  n_groups: int = 0, gtol: float = 1e-8, max_iter: int = 100) -> PointSolution:
     """Constrained minimisations, one after another (`lax.map`) over (``which``, ``values``,
@@ -203,7 +203,7 @@ def solve_points(stats, pre_b0, pre_R_inv, which, values, starts, *, lambda_inde
     return jax.lax.map(lambda row: one(stats, pre_b0, pre_R_inv, *row), (which, values, starts))
 
 
-@partial(jax.jit, static_argnames=("lambda_index",), compiler_options=QUICK_COMPILE_OPTIONS)
+@partial(jit_with, kind="quick", static_argnames=("lambda_index",))
 def _ml_point(theta, sigma, delta, varpar_cov, *, lambda_index: tuple):
     """ψ̂ (then δ̂) at the ML fit, the standard errors of ψ̂ (the delta method from the covariance of
     the variance parameters `varpar`: (co)variances, σ², δ), and the optimiser's variables."""
@@ -224,7 +224,7 @@ def _ml_point(theta, sigma, delta, varpar_cov, *, lambda_index: tuple):
     return psi, se, nuisance_start(psi, parameter_kinds(idx, delta.shape[0]), BOUNDARY_START * sigma)
 
 
-_design_stats = jax.jit(design_stats, compiler_options=QUICK_COMPILE_OPTIONS)
+_design_stats = jit_with(design_stats, "quick")
 
 
 def _pad_rows(a: np.ndarray, size: int) -> np.ndarray:

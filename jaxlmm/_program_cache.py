@@ -26,7 +26,7 @@ import jax
 import jaxlib
 import numpy as np
 
-from ._config import QUICK_COMPILE_OPTIONS
+from ._compile_options import compile_options
 from ._lapack_threads import one_lapack_thread
 
 _loaded: dict[str, Callable] = {}
@@ -72,12 +72,12 @@ def _key(program: tuple) -> str:
     """The file name of a program (its `shape_key`) in this environment: versions, backend, x64 mode,
     jaxlmm's source and the compile options."""
     parts = [repr(program), jax.__version__, jaxlib.__version__, jax.default_backend(),
-             str(jax.config.jax_enable_x64), _source_fingerprint(), repr(sorted(QUICK_COMPILE_OPTIONS.items()))]
+             str(jax.config.jax_enable_x64), _source_fingerprint(), repr(sorted(compile_options("quick").items()))]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
 def call_quick(name: str, fn: Callable, args: tuple, static: tuple = (), lapack: bool = True) -> dict:
-    """``fn(*args)`` compiled with `QUICK_COMPILE_OPTIONS`; ``fn`` returns a dict of arrays and its
+    """``fn(*args)`` compiled with the ``"quick"`` options (`_compile_options`); ``fn`` returns a dict of arrays and its
     result depends on ``args`` (a pytree) and on ``static`` only. With the persistent cache on, the
     traced program is saved on first use and loaded by later processes (see the module docstring).
     ``lapack``: the program makes large LAPACK calls, run on one thread (`one_lapack_thread`; about
@@ -95,7 +95,8 @@ def call_quick(name: str, fn: Callable, args: tuple, static: tuple = (), lapack:
 
 
 def _load_or_export(folder: Path | None, key: str, flat_fn: Callable, leaves: list) -> Callable:
-    jitted = jax.jit(flat_fn, compiler_options=QUICK_COMPILE_OPTIONS)
+    options = compile_options("quick")
+    jitted = jax.jit(flat_fn, compiler_options=options)
     if folder is None:
         return jitted
     path = folder / f"{key}.exported"
@@ -110,7 +111,7 @@ def _load_or_export(folder: Path | None, key: str, flat_fn: Callable, leaves: li
             tmp.replace(path)
     except Exception:  # unreadable entry, serialisation unavailable: trace as usual
         return jitted
-    return jax.jit(exported.call, compiler_options=QUICK_COMPILE_OPTIONS)
+    return jax.jit(exported.call, compiler_options=options)
 
 
 def _unchecked_custom_calls() -> list:

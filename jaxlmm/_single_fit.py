@@ -6,9 +6,9 @@ model of the bucket, a few milliseconds a fit. A shape fitted more than `OPTIMIS
 being refitted in a loop (simulations, a warm benchmark, a hand-written bootstrap): it then gets its
 own program, unpadded and compiled with XLA's optimisations (a few seconds once, then a sleepstudy
 fit with its inference in well under a millisecond; a one-factor model's compiled with
-`CLASSIC_EMITTER_OPTIONS`, in half the time and faster). Both programs
+the "classic" options, in half the time and faster). Both programs
 compute the same fit (`tests/test_buckets.py`). A design whose fit outweighs the quick program's
-compilation (`quick_pays`: InstEval) starts with its own program compiled with `CLASSIC_EMITTER_OPTIONS`
+compilation (`quick_pays`: InstEval) starts with its own program compiled with the "classic" options
 instead, in half the time of XLA's defaults, for fits about 15% slower.
 
 A crossed model with a dense block of 32+ rows (`_fit.defers`: InstEval, STAR, subjects × items with
@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from ._buckets import from_bucket, to_bucket
-from ._config import CLASSIC_EMITTER_OPTIONS, DEFAULT_OPTIONS
+from ._compile_options import jit_with
 from ._crossed import dense_rows
 from ._design import Design
 from ._fit import (
@@ -46,18 +46,17 @@ from ._lapack_threads import one_lapack_thread
 from ._program_cache import OPTIMISE_AFTER, call_quick, count_use, shape_key
 
 
-def _fit_program(deferred: bool, options: dict = DEFAULT_OPTIONS):
+def _fit_program(deferred: bool, kind: str = "default"):
     """A shape's own fit program: with its inference, or ``deferred`` (`_fit.defers`)."""
-    return jax.jit(partial(fit_design, inference=not deferred, deferred=deferred), static_argnums=(2, 3),
-                   compiler_options=options)
+    return jit_with(partial(fit_design, inference=not deferred, deferred=deferred), kind, static_argnums=(2, 3))
 
 
-# (complete, deferred) programs: compiled with XLA's defaults; and with `CLASSIC_EMITTER_OPTIONS`, for
+# (complete, deferred) programs: compiled with XLA's defaults; and with the "classic" options, for
 # the first fits of a design the quick program would fit too slowly (`quick_pays`: InstEval compiles
 # in 2.3 against 4.2 s, for fits about 15% slower) and for one-factor models' refits
 # (`_fit.classic_emitters_pay`: half the compile time, and faster).
 _optimised = (_fit_program(False), _fit_program(True))
-_classic = (_fit_program(False, CLASSIC_EMITTER_OPTIONS), _fit_program(True, CLASSIC_EMITTER_OPTIONS))
+_classic = (_fit_program(False, "classic"), _fit_program(True, "classic"))
 
 # Designs whose fit runs long enough that the optimised program repays its compilation at once: a
 # crossed model's dense block of LARGE_DENSE_SIZE rows or more, factored densely (InstEval: the quick
@@ -74,7 +73,7 @@ def quick_pays(design: Design) -> bool:
 
 def fit_single(design: Design, reml: bool, gtol: float = 1e-6) -> FitArrays:
     """Fit ``design`` with its inference (NumPy arrays): the bucket's quick program for the first
-    `OPTIMISE_AFTER` fits of this shape (the shape's own program with `CLASSIC_EMITTER_OPTIONS` for a
+    `OPTIMISE_AFTER` fits of this shape (the shape's own program with the "classic" options for a
     design whose fit outweighs compilation, `quick_pays`), then the shape's own optimised program. The
     programs of a large crossed model leave its inference and conditional covariances to the results
     layer (`_fit.defers`)."""
@@ -104,8 +103,8 @@ def _covariances_dict(design: Design, theta, sigma2) -> dict:
     return {"ranef_cov": cov, "ranef_other_cov": other}
 
 
-_optimised_inference = jax.jit(_inference_dict, static_argnums=4, compiler_options=DEFAULT_OPTIONS)
-_optimised_covariances = jax.jit(_covariances_dict, compiler_options=DEFAULT_OPTIONS)
+_optimised_inference = jit_with(_inference_dict, "default", static_argnums=4)
+_optimised_covariances = jit_with(_covariances_dict, "default")
 
 
 def _tiered(name: str, fn, optimised, args: tuple, static: tuple, design: Design) -> dict:

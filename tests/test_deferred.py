@@ -73,7 +73,7 @@ def test_the_quick_and_optimised_tiers_of_deferred_inference_agree(model, monkey
 
 def test_a_large_design_fits_the_same_in_its_first_and_optimised_programs(monkeypatch):
     """A dense block of 256+ rows skips the quick program: its first fits run its own program compiled
-    with `CLASSIC_EMITTER_OPTIONS`, later ones XLA's defaults; the fits agree."""
+    with the "classic" options, later ones XLA's defaults; the fits agree."""
     from jaxlmm._fit import LARGE_DENSE_SIZE
 
     rng = np.random.default_rng(12)
