@@ -30,7 +30,8 @@ from jax.experimental import multihost_utils
 import numpy as np
 import pandas as pd
 
-from ._config import BATCH_CLASSIC_OPTIONS, BATCH_QUICK_OPTIONS, float64
+from ._compile_options import jit_with
+from ._config import float64
 from ._crossed import crossed_bytes
 from ._memory_maps import release_if_needed
 from ._design import Design
@@ -53,6 +54,17 @@ QUASI_ROUND_MAX_ITER = 12
 # source (no batched LAPACK call is compiled; docs/deadlock.md), and are gone.
 MAX_CONCURRENT_CHUNKS = 8
 AUTO_BATCH_MAX = 128
+# On an accelerator (a GPU) chunks run one at a time and each launch costs microseconds, so chunks
+# are as large as these allow (not measured yet: `bench/gpu.sh` sweeps the chunk size).
+ACCELERATOR_MEMORY_BUDGET_BYTES = 4 * 2**30
+ACCELERATOR_BATCH_MAX = 16_384
+
+
+def _chunk_limits() -> tuple[int, int]:
+    """(memory budget in bytes, most models) of an automatic chunk on JAX's default backend."""
+    if jax.default_backend() == "cpu":
+        return MEMORY_BUDGET_BYTES, AUTO_BATCH_MAX
+    return ACCELERATOR_MEMORY_BUDGET_BYTES, ACCELERATOR_BATCH_MAX
 
 
 def quasi_round_cap(n_theta: int) -> int:
@@ -79,18 +91,18 @@ def _fit_designs_impl(stacked: Design, theta0, reml: bool, gtol: float, max_iter
     return jax.vmap(one)(stacked, theta0)
 
 
-# Batched programs compiled with BATCH_CLASSIC_OPTIONS (optimised) or with BATCH_QUICK_OPTIONS (the
-# single-fit options, YNN fusions kept: `_config`).
+# Batched programs compiled with the "batch_classic" options (optimised) or the "batch_quick" ones (the
+# single-fit options, YNN fusions kept: `_compile_options`).
 # Measured on 2 CPU cores, fit_many in a fresh process, first / later calls: 4,000 sleepstudy
 # responses 3.4 / 0.31 s optimised against 2.6 / 0.92 s quick, 10,000 responses 3.95 / 0.90 s
 # against 4.4 / 2.6 s; so quick pays below about 7,000 models of 180 rows (1.2 million row-models).
 # Crossed models lose more to the quick options (psycholing maximal, 32 responses a chunk: 400 against
 # 187 ms), so the bound is lower than that.
 QUICK_BATCH_MAX_ROW_MODELS = 1_000_000
-_fit_responses = {quick: jax.jit(_fit_responses_impl, static_argnums=(4, 5),
-                                 compiler_options=BATCH_QUICK_OPTIONS if quick else BATCH_CLASSIC_OPTIONS) for quick in (False, True)}
-_fit_designs = {quick: jax.jit(_fit_designs_impl, static_argnums=(2, 3),
-                               compiler_options=BATCH_QUICK_OPTIONS if quick else BATCH_CLASSIC_OPTIONS) for quick in (False, True)}
+_fit_responses = {quick: jit_with(_fit_responses_impl, "batch_quick" if quick else "batch_classic", static_argnums=(4, 5))
+                  for quick in (False, True)}
+_fit_designs = {quick: jit_with(_fit_designs_impl, "batch_quick" if quick else "batch_classic", static_argnums=(2, 3))
+                for quick in (False, True)}
 
 
 def quick_batch(n_models: int, n_rows: int) -> bool:
@@ -263,7 +275,7 @@ def _concurrent_chunks(n_devices: int | None = None) -> int:
 
 def _safe_batch_size(n_rows: int, requested: int | None, q: int, p: int, k: int, extra_bytes: int = 0) -> int:
     """The chunk size: ``requested``, or automatic: a power of two within the memory budget and at
-    most `AUTO_BATCH_MAX` models, so that a large batch splits into chunks that run in parallel
+    most `AUTO_BATCH_MAX` models (on an accelerator `ACCELERATOR_BATCH_MAX`: `_chunk_limits`), so that a large batch splits into chunks that run in parallel
     threads and start from the first chunk's median θ (`bench/results/many.md`: on sleepstudy, 128
     models a chunk beat 256 and more; on 10,000-row designs small chunks beat large ones).
     ``extra_bytes``: per-model memory beyond the rows (a crossed model's dense block and pairs)."""
@@ -274,7 +286,8 @@ def _safe_batch_size(n_rows: int, requested: int | None, q: int, p: int, k: int,
     # Bytes per model: the design's arrays and the per-row intermediates of the vmapped fit (about
     # four times the inputs, measured: 1,000 groups x 10 rows, 256 models, ~2 GB).
     per_model = 4 * 8 * n_rows * (4 + q * q + q * p + 2 * p) + extra_bytes
-    size = max(1, min(k, MEMORY_BUDGET_BYTES // max(per_model, 1), AUTO_BATCH_MAX))
+    budget, most = _chunk_limits()
+    size = max(1, min(k, budget // max(per_model, 1), most))
     if size < k:
         size = 1 << (size.bit_length() - 1)  # chunks are padded to powers of two: no padded work
     return int(size)
