@@ -55,7 +55,8 @@ QUASI_ROUND_MAX_ITER = 12
 MAX_CONCURRENT_CHUNKS = 8
 AUTO_BATCH_MAX = 128
 # On an accelerator (a GPU) chunks run one at a time and each launch costs microseconds, so chunks
-# are as large as these allow (not measured yet: `bench/gpu.sh` sweeps the chunk size).
+# are as large as these allow. Measured on one H200 (`bench/results/gpu.md`), 100,000 sleepstudy
+# responses warm: 107,000 models/s in chunks of 16,384, 79,400 in 2,048, 71,400 in 65,536.
 ACCELERATOR_MEMORY_BUDGET_BYTES = 4 * 2**30
 ACCELERATOR_BATCH_MAX = 16_384
 
@@ -99,8 +100,8 @@ def _fit_designs_impl(stacked: Design, theta0, reml: bool, gtol: float, max_iter
 # Crossed models lose more to the quick options (psycholing maximal, 32 responses a chunk: 400 against
 # 187 ms), so the bound is lower than that.
 QUICK_BATCH_MAX_ROW_MODELS = 1_000_000
-_fit_responses = {quick: jit_with(_fit_responses_impl, "batch_quick" if quick else "batch_classic", static_argnums=(4, 5))
-                  for quick in (False, True)}
+_fit_responses = {quick: jit_with(_fit_responses_impl, "batch_quick" if quick else "batch_classic",
+                                  static_argnums=(4, 5)) for quick in (False, True)}
 _fit_designs = {quick: jit_with(_fit_designs_impl, "batch_quick" if quick else "batch_classic", static_argnums=(2, 3))
                 for quick in (False, True)}
 
@@ -275,9 +276,11 @@ def _concurrent_chunks(n_devices: int | None = None) -> int:
 
 def _safe_batch_size(n_rows: int, requested: int | None, q: int, p: int, k: int, extra_bytes: int = 0) -> int:
     """The chunk size: ``requested``, or automatic: a power of two within the memory budget and at
-    most `AUTO_BATCH_MAX` models (on an accelerator `ACCELERATOR_BATCH_MAX`: `_chunk_limits`), so that a large batch splits into chunks that run in parallel
-    threads and start from the first chunk's median θ (`bench/results/many.md`: on sleepstudy, 128
-    models a chunk beat 256 and more; on 10,000-row designs small chunks beat large ones).
+    most `AUTO_BATCH_MAX` models (on an accelerator `ACCELERATOR_BATCH_MAX`: `_chunk_limits`), so
+    that a large batch splits into chunks that run in parallel threads and start from the first
+    chunk's median θ (`bench/results/many.md`: on sleepstudy, 128 models a chunk beat 256 and more;
+    on 10,000-row designs small chunks beat large ones; on an H200 16,384 beat 2,048 and 65,536,
+    `bench/results/gpu.md`).
     ``extra_bytes``: per-model memory beyond the rows (a crossed model's dense block and pairs)."""
     if requested is not None and (not isinstance(requested, (int, np.integer)) or requested < 1):
         raise DataError(f"batch_size must be a positive integer, got {requested!r}.")
