@@ -3,6 +3,10 @@ JAX's own LAPACK-backed rules, and the property that no LAPACK custom call is lo
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +17,7 @@ from jaxlmm import _linalg, float64, jit
 from tests.hlo_checks import batched_lapack_calls, lapack_calls
 
 SIZES = [1, 2, 3, 4, 7, 23]
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _spd(rng, k, batch=()):
@@ -221,25 +226,41 @@ def test_spd_solve_matches_numpy_with_derivatives_under_vmap():
     assert lapack_calls(text) and not batched_lapack_calls(text)
 
 
-def test_accelerator_path_batches_the_solver_calls_and_agrees(monkeypatch):
-    """On an accelerator (`_linalg._map_matrices` sees a backend other than the CPU) leading and vmapped
-    axes go to one batched solver call instead of a loop of single-matrix calls; the numbers are the
-    same. The backend is faked here: the batched calls run on this CPU, a batch small enough to run
-    inline."""
-    rng = np.random.default_rng(11)
-    with float64():
-        M = jnp.asarray(_spd(rng, 7, (5,)))
-        B = jnp.asarray(rng.normal(size=(5, 7, 2)))
+_ACCELERATOR_CHECK = r"""
+import jax, jax.numpy as jnp, numpy as np
+from jaxlmm import _linalg, float64
+from tests.hlo_checks import batched_lapack_calls
 
-        def programs(m, b):
-            L = _linalg.cholesky(m)
-            values, _ = _linalg.eigh_one_at_a_time(m)
-            return L, _linalg.solve_lower(L, b), _linalg.spd_solve(m, b), values, _linalg.cholesky_and_inverse(m)[1]
 
-        looped = jax.jit(jax.vmap(programs))(M, B)
-        assert not batched_lapack_calls(_lowered(jax.vmap(programs), M, B))
-        monkeypatch.setattr(_linalg.jax, "default_backend", lambda: "gpu")
-        batched = jax.jit(jax.vmap(programs))(M, B)
-        assert batched_lapack_calls(_lowered(jax.vmap(programs), M, B))
-    for one, other in zip(jax.tree.leaves(looped), jax.tree.leaves(batched)):
-        np.testing.assert_allclose(np.asarray(other), np.asarray(one), rtol=1e-11, atol=1e-12)
+def each(m, b):
+    L = _linalg.cholesky(m)
+    values, _ = _linalg.eigh_one_at_a_time(m)
+    inverse = _linalg.cholesky_and_inverse(m)[1]
+    return L, _linalg.solve_lower(L, b), _linalg.spd_solve(m, b), values, inverse
+
+
+rng = np.random.default_rng(11)
+A = rng.normal(size=(5, 7, 10))
+M, B = A @ np.swapaxes(A, -1, -2) + 0.1 * np.eye(7), rng.normal(size=(5, 7, 2))
+if __import__("sys").argv[1] == "gpu":
+    jax.default_backend = lambda: "gpu"  # _linalg reads the backend at trace time
+with float64():
+    program = jax.jit(jax.vmap(each))
+    print(len(batched_lapack_calls(program.lower(M, B).as_text())))
+    np.save(__import__("sys").argv[2], np.concatenate([np.ravel(a) for a in program(M, B)]))
+"""
+
+
+def test_accelerator_path_batches_the_solver_calls_and_agrees(tmp_path):
+    """On an accelerator (`_linalg._map_matrices` sees a backend other than the CPU) vmapped axes go to
+    one batched solver call instead of a loop of single-matrix calls; the numbers are the same. The
+    backend is faked, in a child process each (JAX caches traces, so one process cannot trace both
+    ways); the batched calls run on this CPU, a batch small enough to run inline."""
+    out = {}
+    for backend in ("cpu", "gpu"):
+        child = subprocess.run([sys.executable, "-c", _ACCELERATOR_CHECK, backend, str(tmp_path / backend)],
+                               capture_output=True, text=True, cwd=str(REPO_ROOT), timeout=120)
+        assert child.returncode == 0, child.stderr[-2000:]
+        out[backend] = (int(child.stdout.split()[-1]), np.load(tmp_path / f"{backend}.npy"))
+    assert out["cpu"][0] == 0 and out["gpu"][0] > 0
+    np.testing.assert_allclose(out["gpu"][1], out["cpu"][1], rtol=1e-11, atol=1e-12)
