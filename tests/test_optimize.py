@@ -150,3 +150,14 @@ def test_the_boundary_probe_leaves_a_fit_with_an_interior_optimum_alone():
     fit = jaxlmm.MixedLM.from_formula(ORTHODONT_SLOPES, _orthodont_refit("orthodont_interior_slow.csv")).fit()
     assert fit.converged and np.all(fit.theta != 0.0)
     assert fit.llf >= -205.6729896815 - 1e-8
+
+
+@pytest.mark.parametrize("reml, lme4_llf", [(True, -221.3183429421), (False, -219.6058006339)])
+def test_the_first_trust_radius_keeps_orthodonts_slopes_model_short(reml, lme4_llf):
+    """From Λ = I, Orthodont's random slopes used to take 20 (REML) and 13 (ML) Newton iterations: the
+    first steps overshot and the loop wandered round θᵢᵢ = 0 (`_optimize.FIRST_RADIUS`). lme4's values:
+    `lmer(distance ~ age + (age | Subject), nlme::Orthodont)`, Nelder–Mead with maxfun = 1e5."""
+    df = jaxlmm.datasets.load("orthodont")
+    r = jaxlmm.MixedLM.from_formula("distance ~ age + (age | Subject)", df).fit(reml=reml)
+    assert r.converged and r.n_iter <= 10
+    assert r.llf >= lme4_llf - 1e-8
