@@ -8,7 +8,7 @@ Run from the repository root (about 3 minutes on a 2-core machine):
     .venv/bin/python bench/bench_many.py --n-sims 2000 --sm-fits 20 --wide-k 2000   # shorter
 
 What is measured (all REML). Sections 1 and 2 call ``fit_many`` without ``batch_size``: chunk
-sizes are jaxlmm's automatic ones (a 256 MiB memory budget, at most 256 models a chunk; chunks run in
+sizes are jaxlmm's automatic ones (a 256 MiB memory budget, at most 128 models a chunk; chunks run in
 parallel threads, one per core). Only the batch-size scan of section 3 sets ``batch_size``.
 
 1. sleepstudy ``Reaction ~ Days + (Days | Subject)``: ``--n-sims`` (10,000) responses simulated from
@@ -930,8 +930,10 @@ def main() -> int:
     res["notes"].append("lme4 and statsmodels loops run single-threaded per fit; jaxlmm uses XLA:CPU's threads "
                         "(both cores). lme4 timings are `proc.time()` elapsed around the refit loop only "
                         "(R start-up, data reading and the template `lmer` fit excluded).")
+    chunk = res["machine"].get("fit_many_chunking") or {}
     res["notes"].append("All `fit_many` calls except the batch-size scan of section 3 use the automatic batch size: "
-                        "chunks of at most 256 models within a 256 MiB memory budget, run in parallel threads (one "
+                        f"chunks of at most {chunk.get('auto_batch_max', '?')} models within a "
+                        f"{chunk.get('memory_budget_mib', 0):.0f} MiB memory budget, run in parallel threads (one "
                         "per core). The earlier caps (32,768 rows per chunk, 46,080 rows across concurrent chunks), "
                         "a workaround for jaxlib's batched-LAPACK deadlock, are gone: jaxlmm no longer makes batched "
                         "LAPACK calls (docs/deadlock.md).")
