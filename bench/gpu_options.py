@@ -36,22 +36,31 @@ t = time.perf_counter(); ll = m.fit_many(Y, progress=False).llf.to_numpy(); out[
 out["many_llf_sum"] = float(np.sum(ll))
 print("@@" + json.dumps(out), flush=True)
 '''
-loops = "while-loop-invariant-code-motion,simplify-while-loops"
-variants = {
+LOOP_PASSES = "while-loop-invariant-code-motion,simplify-while-loops"
+VARIANTS = {
     "defaults": {},
     "O0": {"xla_backend_optimization_level": 0},
     "autotune0": {"xla_gpu_autotune_level": 0},
-    "O0+autotune0+loops": {"xla_backend_optimization_level": 0, "xla_gpu_autotune_level": 0, "xla_disable_hlo_passes": loops},
+    "O0+autotune0+loops": {"xla_backend_optimization_level": 0, "xla_gpu_autotune_level": 0,
+                           "xla_disable_hlo_passes": LOOP_PASSES},
 }
-results = {}
-for name, opts in variants.items():
+
+
+def run_variant(options: dict) -> dict:
+    """One fresh process with ``options`` as every quick program's XLA options (no persistent cache)."""
     env = dict(os.environ, JAXLMM_NO_CACHE="1")
     try:
-        p = subprocess.run([sys.executable, "-c", CHILD, json.dumps(opts)], capture_output=True, text=True, timeout=50, env=env, cwd=os.getcwd())
-        line = [l for l in p.stdout.splitlines() if l.startswith("@@")]
-        results[name] = json.loads(line[0][2:]) if line else {"error": p.stderr[-600:]}
+        child = subprocess.run([sys.executable, "-c", CHILD, json.dumps(options)], capture_output=True,
+                               text=True, timeout=50, env=env, cwd=os.getcwd())
     except subprocess.TimeoutExpired:
-        results[name] = {"error": "timeout"}
+        return {"error": "timeout"}
+    found = [line for line in child.stdout.splitlines() if line.startswith("@@")]
+    return json.loads(found[0][2:]) if found else {"error": child.stderr[-600:]}
+
+
+results = {}
+for name, options in VARIANTS.items():
+    results[name] = run_variant(options)
     print(name, json.dumps(results[name]), flush=True)
-out = os.environ.get("OUT", "/tmp")
-open(os.path.join(out, "gpu_options.json"), "w").write(json.dumps(results, indent=1))
+with open(os.path.join(os.environ.get("OUT", "/tmp"), "gpu_options.json"), "w") as out:
+    json.dump(results, out, indent=1)

@@ -11,10 +11,9 @@ the options are settled at a program's first call, not at import.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
-from functools import lru_cache
+from functools import lru_cache, update_wrapper
 from typing import Callable
 
 import jax
@@ -148,7 +147,7 @@ class jit_with:
         if kind not in CPU_OPTION_SETS:
             raise ValueError(f"unknown compile-option set {kind!r}; one of {sorted(CPU_OPTION_SETS)}")
         self._fun, self._kind, self._jit_kwargs, self._jitted = fun, kind, jit_kwargs, None
-        functools.update_wrapper(self, fun)
+        update_wrapper(self, fun)
 
     def _program(self):
         if self._jitted is None:

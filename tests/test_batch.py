@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -204,8 +205,6 @@ def test_a_warm_start_on_the_boundary_does_not_trap_the_other_chunks():
     put a relative standard deviation exactly at 0, and so does the first chunk's median θ. Started
     there, the other chunks could not leave 0 (the deviance is even in it) and stopped below their
     maximum; every member must equal its own single fit."""
-    from pathlib import Path
-
     df = pd.read_csv(Path(__file__).parent / "data" / "psycholing.csv")
     m = jaxlmm.MixedLM.from_formula("rt ~ c + (1 + c | subj) + (1 + c | item)", df)
     fit = m.fit(warn=False)
@@ -239,8 +238,6 @@ def test_a_response_that_needs_many_newton_iterations_converges_in_a_batch(model
     Newton took 113 iterations before the boundary probe (`minimize_newton`'s ``probe_score``), 37
     with it; BFGS stalls short of the gradient tolerance. In a batch it must converge to its single
     fit (the later rounds run exact Newton), among a full chunk of others."""
-    from pathlib import Path
-
     hard = np.loadtxt(Path(__file__).parent / "data" / "sleepstudy_hard_response.csv")
     Y = np.column_stack([simulate(model, 127, seed=12), hard])
     rb = model.fit_many(Y, progress=False)
